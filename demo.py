@@ -1,0 +1,234 @@
+"""Synthetic demo data in the competition's exact layout, quirks included.
+
+    python demo.py demo_data
+    python demo.py demo_data --people 300 --eval-people 100 --seed 1
+
+Photos are built from two real portraits that installed packages ship
+(matplotlib's grace_hopper.jpg, scikit-image's astronaut), moved, scaled,
+tinted and set on varied backgrounds per person, with masks drawn from the
+face's landmarks. Gender and age are a synthetic cue a model can learn: a
+striped band across the forehead, vertical stripes for male and horizontal for
+female, red / green / blue for the age bands <30 / 30-59 / >=60.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from PIL import Image, ImageDraw
+
+from data import PHOTO_STEMS, age_label, encode, fail, gender_label, mask_label, write_csv
+
+app = typer.Typer(add_completion=False)
+
+W, H = 384, 512
+# Face box and landmarks (eyes, nose, mouth corners) of each portrait, measured once with
+# facenet-pytorch's MTCNN, so that generating needs no detector.
+PORTRAITS = {
+    "grace_hopper": {"box": (174, 120, 356, 340), "eyes": ((222, 192), (310, 186)), "nose": (269, 239),
+                     "mouth": ((233, 280), (307, 276))},
+    "astronaut": {"box": (181, 62, 268, 172), "eyes": ((205, 102), (247, 104)), "nose": (225, 129),
+                  "mouth": ((202, 139), (245, 142))},
+}
+MASK_COLOURS = [(235, 235, 235), (120, 170, 230), (30, 30, 35), (150, 150, 150), (235, 170, 190),
+                (60, 90, 160), (200, 220, 200)]
+AGE_COLOURS = [(220, 30, 30), (30, 190, 60), (40, 60, 230)]
+STRATA_SHARE = {(0, 0): 0.16, (0, 1): 0.16, (0, 2): 0.08, (1, 0): 0.24, (1, 1): 0.24, (1, 2): 0.12}
+
+
+def load_portraits() -> dict[str, np.ndarray]:
+    import matplotlib.cbook
+    import skimage.data
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        grace = np.asarray(im.convert("RGB"))
+    return {"grace_hopper": grace, "astronaut": skimage.data.astronaut()}
+
+
+def make_people(n: int, rng: np.random.Generator, id_offset: int) -> list[dict]:
+    """n people over the six gender x age strata, every stratum present when n >= 6."""
+    quota = {s: max(1, int(round(share * n))) if n >= 6 else 0 for s, share in STRATA_SHARE.items()}
+    strata = [s for s, q in quota.items() for _ in range(q)]
+    strata = (strata + [list(STRATA_SHARE)[i % 6] for i in range(n)])[:n]
+    rng.shuffle(strata)
+    people, pinned = [], {1: [58, 59], 2: [60]}
+    for i, (g, a) in enumerate(strata):
+        extra = pinned.get(a, [])
+        age = extra.pop(0) if extra else {0: int(rng.integers(18, 30)), 1: int(rng.integers(30, 60)), 2: 60}[a]
+        people.append({"id": f"{id_offset + i + 1:06d}", "gender": ["male", "female"][g], "age": age,
+                       "portrait": str(rng.choice(list(PORTRAITS))), "flip": bool(rng.random() < 0.5),
+                       "face_w": float(rng.uniform(120, 175)), "cx": float(rng.uniform(-25, 25)),
+                       "cy": float(rng.uniform(-30, 20)), "tint": rng.uniform(0.8, 1.2, 3).tolist(),
+                       "bg": rng.integers(40, 230, 6).tolist(), "rng_seed": int(rng.integers(2**31))})
+    return people
+
+
+def affine(p: dict, jitter: np.ndarray) -> tuple[float, float, float]:
+    """Scale and offset that put the portrait's face where this person's photos have it."""
+    x1, y1, x2, y2 = PORTRAITS[p["portrait"]]["box"]
+    s = p["face_w"] / (x2 - x1)
+    fx, fy = (x1 + x2) / 2 * s, (y1 + y2) / 2 * s
+    return s, W / 2 + p["cx"] + jitter[0] - fx, H * 0.42 + p["cy"] + jitter[1] - fy
+
+
+def place(points, s, dx, dy, flip_w):
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    if flip_w:
+        pts[:, 0] = flip_w - pts[:, 0]
+    return pts * s + [dx, dy]
+
+
+def person_layers(p: dict, base: np.ndarray) -> tuple[Image.Image, Image.Image]:
+    """The person's tinted background and portrait, flipped and scaled once for all 7 photos."""
+    tint = np.asarray(p["tint"], dtype=np.float32)
+    portrait = (base[:, ::-1] if p["flip"] else base) * tint
+    img = Image.fromarray(portrait.clip(0, 255).astype(np.uint8))
+    s = affine(p, np.zeros(2))[0]
+    img = img.resize((round(img.width * s), round(img.height * s)), Image.BILINEAR)
+    g = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
+    top, bottom = np.array(p["bg"][:3], np.float32), np.array(p["bg"][3:], np.float32)
+    bg = np.broadcast_to((top * (1 - g) + bottom * g) * tint, (H, W, 3))
+    return Image.fromarray(bg.clip(0, 255).astype(np.uint8)), img
+
+
+def draw_photo(p: dict, stem: str, base: np.ndarray, layers, rng: np.random.Generator) -> Image.Image:
+    info = PORTRAITS[p["portrait"]]
+    s, dx, dy = affine(p, rng.normal(0, 3, 2))
+    fw = base.shape[1] if p["flip"] else 0
+    canvas = layers[0].copy()
+    canvas.paste(layers[1], (round(dx), round(dy)))
+    box = place(info["box"], s, dx, dy, fw)
+    bx1, bx2 = sorted(box[:, 0])
+    by1, by2 = box[0, 1], box[1, 1]
+    eyes = place(info["eyes"], s, dx, dy, fw)
+    nose = place(info["nose"], s, dx, dy, fw)[0]
+    mouth = place(info["mouth"], s, dx, dy, fw)
+    draw = ImageDraw.Draw(canvas)
+    draw_cue(draw, p, bx1, bx2, by1, eyes[:, 1].min())
+    m = mask_label(stem)
+    if m < 2:
+        colour = MASK_COLOURS[PHOTO_STEMS.index(stem) if m == 0 else int(rng.integers(len(MASK_COLOURS)))]
+        eye_y = eyes[:, 1].mean()
+        top_y = eye_y + 0.45 * (nose[1] - eye_y) if m == 0 else nose[1] + 0.45 * (mouth[:, 1].mean() - nose[1])
+        draw_mask(draw, bx1, bx2, top_y, by2 + 0.08 * (by2 - by1), colour)
+    return canvas
+
+
+def draw_cue(draw: ImageDraw.ImageDraw, p: dict, x1: float, x2: float, face_top: float, eye_y: float) -> None:
+    """The learnable gender x age cue: a striped band on the forehead."""
+    h = eye_y - face_top
+    y1, y2 = face_top + 0.05 * h, face_top + 0.55 * h
+    colour = AGE_COLOURS[age_label(p["age"])]
+    draw.rectangle([x1, y1, x2, y2], fill=(250, 250, 250))
+    step = max(4.0, (x2 - x1) / 10)
+    if p["gender"] == "male":
+        for x in np.arange(x1, x2, step):
+            draw.rectangle([x, y1, x + step / 2, y2], fill=colour)
+    else:
+        for y in np.arange(y1, y2, (y2 - y1) / 3):
+            draw.rectangle([x1, y, x2, y + (y2 - y1) / 6], fill=colour)
+
+
+def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, bottom: float, colour) -> None:
+    w = x2 - x1
+    poly = [(x1 + 0.02 * w, top + 0.1 * (bottom - top)), (x1 + 0.3 * w, top), (x2 - 0.3 * w, top),
+            (x2 - 0.02 * w, top + 0.1 * (bottom - top)), (x2 - 0.12 * w, bottom), (x1 + 0.12 * w, bottom)]
+    draw.polygon(poly, fill=colour, outline=tuple(max(0, c - 60) for c in colour))
+    for f in (0.35, 0.6):
+        y = top + f * (bottom - top)
+        draw.line([(x1 + 0.1 * w, y), (x2 - 0.1 * w, y)], fill=tuple(max(0, c - 40) for c in colour), width=2)
+
+
+def save(img: Image.Image, path: Path, mode: str) -> None:
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+    elif mode == "L":
+        img = img.convert("L")
+    if path.suffix == ".png":
+        img.save(path)
+    else:
+        img.save(path, quality=92)
+
+
+def photo_format(i: int, j: int, rng: np.random.Generator) -> tuple[str, str]:
+    """(extension, mode) with the real data's quirks: mixed extensions, RGBA PNGs, a greyscale photo."""
+    if i == 1 and j == 6:
+        return ".jpg", "L"
+    r = rng.random()
+    if r < 0.08:
+        return ".png", "RGBA" if r < 0.04 else "RGB"
+    return (".jpeg", "RGB") if r < 0.15 else (".jpg", "RGB")
+
+
+def write_train(out: Path, people: list[dict], bases: dict, rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for i, p in enumerate(people):
+        if i == 3:
+            p["id"] = p["id"] + "-1"  # ids are not always 6 digits
+        folder = out / "images" / f"{p['id']}_{p['gender']}_Asian_{p['age']}"
+        folder.mkdir(parents=True)
+        prng = np.random.default_rng(p["rng_seed"])
+        base = bases[p["portrait"]]
+        layers = person_layers(p, base)
+        for j, stem in enumerate(PHOTO_STEMS):
+            ext, mode = photo_format(i, j, prng)
+            save(draw_photo(p, stem, base, layers, prng), folder / f"{stem}{ext}", mode)
+        if i % 10 == 0:
+            (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+        rows.append({"id": p["id"], "gender": p["gender"], "race": "Asian", "age": p["age"], "path": folder.name})
+    return pd.DataFrame(rows)
+
+
+def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.random.Generator) -> pd.DataFrame:
+    (out / "images").mkdir(parents=True)
+    rows = []
+    for p in people:
+        prng = np.random.default_rng(p["rng_seed"])
+        base = bases[p["portrait"]]
+        layers = person_layers(p, base)
+        for stem in PHOTO_STEMS:
+            image_id = hashlib.sha1(f"{seed}/{p['id']}/{stem}".encode()).hexdigest() + ".jpg"
+            save(draw_photo(p, stem, base, layers, prng), out / "images" / image_id, "RGB")
+            label = encode(mask_label(stem), gender_label(p["gender"]), age_label(p["age"]))
+            rows.append({"ImageID": image_id, "ans": int(label)})
+    (out / "images" / "._junk.jpg").write_bytes(b"\x00\x05\x16\x07")
+    truth = pd.DataFrame(rows).sample(frac=1, random_state=int(rng.integers(2**31))).reset_index(drop=True)
+    return truth
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Argument(help="folder to create (train/ and eval/ go inside)")],
+    people: Annotated[int, typer.Option(help="train people (7 photos each)")] = 80,
+    eval_people: Annotated[int, typer.Option(help="eval people (7 photos each)")] = 20,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing demo folder")] = False,
+):
+    if people < 6 or eval_people < 1:
+        fail("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            fail(f"{out} exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    rng = np.random.default_rng(seed)
+    bases = load_portraits()
+    train_people = make_people(people, rng, 0)
+    eval_people_ = make_people(eval_people, rng, people)
+    print(f"drawing {people} train and {eval_people} eval people", file=sys.stderr)
+    train = write_train(out / "train", train_people, bases, rng)
+    write_csv(train, out / "train" / "train.csv")
+    truth = write_eval(out / "eval", eval_people_, bases, seed, rng)
+    write_csv(truth, out / "eval" / "truth.csv")
+    write_csv(truth.assign(ans=0), out / "eval" / "info.csv")
+    print(json.dumps({"out": str(out), "train_people": people, "train_images": 7 * people,
+                      "eval_people": eval_people, "eval_images": len(truth)}))
+
+
+if __name__ == "__main__":
+    app()

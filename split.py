@@ -1,0 +1,137 @@
+"""Person-level stratified K folds: train.csv + an image tree -> folds.csv.
+
+    python split.py data/train/train.csv data/train/images -o work/folds.csv --folds 5 --seed 42
+    python split.py data/train/train.csv work/crops/train -o work/folds.csv   # a crop tree mirrors the raw one
+
+One row per image; `path` is relative to the folder of folds.csv, so the file
+and its images can move together. All 7 photos of a person share a fold
+(photos of one person are near duplicates: an image-level split leaks).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from sklearn.model_selection import StratifiedGroupKFold
+
+from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, encode, fail, find_by_stem, \
+    gender_label, is_hidden, mask_label, write_csv
+
+app = typer.Typer(add_completion=False)
+
+
+def read_train_csv(path: Path, allow_duplicate_ids: bool) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read CSV ({e})") from None
+    missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise UserError(f"{path}: no rows")
+    for i, row in df.iterrows():
+        where = f"{path}: row {i + 2} (id {row['id']!r})"
+        if row["gender"].strip() not in GENDERS:
+            raise UserError(f"{where}: unknown gender {row['gender']!r} (expected male or female)")
+        if not row["age"].strip().isdigit():
+            raise UserError(f"{where}: age {row['age']!r} is not a whole number")
+        if not row["path"].strip() or is_hidden(row["path"].strip()):
+            raise UserError(f"{where}: bad path {row['path']!r}")
+    df = df.apply(lambda c: c.str.strip())
+    df["age"] = df["age"].astype(int)
+    for col, what in (("path", "folder"), ("id", "id")):
+        dup = df[col].duplicated(keep=False)
+        if dup.any() and (col == "path" or not allow_duplicate_ids):
+            rows = [str(i + 2) for i in np.flatnonzero(dup)[:4]]
+            hint = " (pass --allow-duplicate-ids to keep them, in one fold)" if col == "id" else ""
+            raise UserError(f"{path}: duplicate {what} {df[col][dup].iloc[0]!r} on rows {', '.join(rows)}{hint}")
+    return df
+
+
+def list_images(people: pd.DataFrame, images: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per photo; also the names of files nobody asked for."""
+    rows, extra = [], []
+    for _, p in people.iterrows():
+        folder = images / p["path"]
+        if not folder.is_dir():
+            raise UserError(f"{folder}: person folder missing (train.csv id {p['id']})")
+        for stem in PHOTO_STEMS:
+            f = find_by_stem(folder, stem)
+            if f is None:
+                raise UserError(f"{folder}: photo {stem}.* missing")
+            rows.append({"file": f, "person": p["path"], "id": p["id"], "gender": p["gender"], "age": p["age"],
+                         "mask_label": mask_label(stem)})
+        extra += [str(f) for f in folder.iterdir() if not is_hidden(f.name) and f.stem not in PHOTO_STEMS]
+    known = set(people["path"])
+    extra += [str(d) for d in images.iterdir() if not is_hidden(d.name) and d.name not in known]
+    return pd.DataFrame(rows), extra
+
+
+def assign_folds(df: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    n_people = df["id"].nunique()
+    if not 2 <= folds <= n_people:
+        raise UserError(f"--folds {folds}: must be between 2 and the number of people ({n_people})")
+    strata = df["gender_label"] * 3 + df["age_label"]
+    fold = np.full(len(df), -1)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, val) in enumerate(splitter.split(df, strata, groups=df["id"])):
+        fold[val] = k
+    return fold
+
+
+def check_no_leak(df: pd.DataFrame) -> None:
+    spans = df.groupby("id")["fold"].nunique()
+    if (spans > 1).any():
+        raise AssertionError(f"person {spans[spans > 1].index[0]} spans two folds")
+    if (df["fold"] < 0).any():
+        raise AssertionError("an image got no fold")
+
+
+@app.command()
+def main(
+    train_csv: Annotated[Path, typer.Argument(help="train.csv: id,gender,race,age,path")],
+    images: Annotated[Path, typer.Argument(help="folder of person folders (raw photos or a crop tree)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folds CSV to write")] = Path("folds.csv"),
+    folds: Annotated[int, typer.Option(help="number of folds K")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed of the split")] = 42,
+    allow_duplicate_ids: Annotated[bool, typer.Option(help="keep rows sharing an id (kept in one fold)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+):
+    try:
+        if not train_csv.is_file():
+            raise UserError(f"{train_csv}: no such file")
+        if not images.is_dir():
+            raise UserError(f"{images}: no such folder")
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists (pass --overwrite to replace it)")
+        people = read_train_csv(train_csv, allow_duplicate_ids)
+        df, extra = list_images(people, images)
+        df["gender_label"] = [gender_label(g) for g in df["gender"]]
+        df["age_label"] = age_label(df["age"].to_numpy())
+        df["label"] = encode(df["mask_label"], df["gender_label"], df["age_label"])
+        df["fold"] = assign_folds(df, folds, seed)
+        check_no_leak(df)
+    except UserError as e:
+        fail(str(e))
+    for f in extra[:20]:
+        print(f"warning: not a photo of the layout, ignored: {f}", file=sys.stderr)
+    out_dir = out.resolve().parent
+    df.insert(0, "path", [os.path.relpath(f.resolve(), out_dir) for f in df.pop("file")])
+    cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]
+    counts = pd.crosstab(df["label"], df["fold"])
+    print(counts.to_string(), file=sys.stderr)
+    write_csv(df[cols], out)
+    summary = {"out": str(out), "images": len(df), "people": int(df["person"].nunique()), "folds": folds,
+               "images_per_fold": df["fold"].value_counts().sort_index().tolist(), "extra_files": len(extra)}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,134 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import data
+from data import UserError
+
+
+@pytest.mark.parametrize("stem,gender,age,expected", [
+    ("mask1", "male", 25, 0), ("mask5", "female", 45, 4), ("incorrect_mask", "male", 60, 8),
+    ("incorrect_mask", "female", 29, 9), ("normal", "male", 30, 13), ("normal", "female", 59, 16),
+    ("normal", "female", 60, 17), ("mask3", "male", 61, 2),
+])
+def test_label_code_hand_examples(stem, gender, age, expected):
+    code = data.encode(data.mask_label(stem), data.gender_label(gender), data.age_label(age))
+    assert code == expected
+    assert tuple(int(x) for x in data.decode(code)) == (data.mask_label(stem), data.gender_label(gender),
+                                                        data.age_label(age))
+
+
+def test_age_band_boundaries_and_old_age_threshold():
+    ages = np.array([0, 29, 30, 57, 58, 59, 60, 90])
+    assert data.age_label(ages).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert data.age_label(ages, old_age=58).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
+
+
+def test_decode_inverts_encode_for_every_class():
+    m, g, a = data.decode(np.arange(18))
+    assert data.encode(m, g, a).tolist() == list(range(18))
+    assert set(zip(m.tolist(), g.tolist(), a.tolist())) == {(i, j, k) for i in range(3) for j in range(2)
+                                                            for k in range(3)}
+
+
+def test_unknown_photo_name_is_an_error():
+    with pytest.raises(ValueError):
+        data.mask_label("selfie")
+
+
+def test_marginals_and_joint_round_trip():
+    rng = np.random.default_rng(0)
+    mask, gender, age = (rng.dirichlet(np.ones(n), 4) for n in (3, 2, 3))
+    j = data.joint(mask, gender, age)
+    assert np.allclose(j.sum(1), 1)
+    # class 13 = normal (2), male (0), 30-59 (1)
+    assert np.allclose(j[:, 13], mask[:, 2] * gender[:, 0] * age[:, 1])
+    back = data.marginals(j)
+    assert np.allclose(back["mask"], mask) and np.allclose(back["gender"], gender) and np.allclose(back["age"], age)
+
+
+def _save(im: Image.Image, path, **kw):
+    im.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])
+def test_read_image_returns_rgb_uint8_for_every_mode(tmp_path, mode):
+    rgb = Image.new("RGB", (6, 4), (200, 100, 50))
+    if mode == "I;16":
+        im = Image.fromarray(np.full((4, 6), 40000, dtype=np.uint16))
+    else:
+        im = rgb.convert(mode)
+    ext = ".jpg" if mode in ("CMYK", "L", "RGB") else ".tiff" if mode == "I;16" else ".png"
+    path = _save(im, tmp_path / f"img{ext}")
+    out = data.read_image(path)
+    assert out.dtype == np.uint8 and out.shape == (4, 6, 3)
+    if mode in ("RGB", "RGBA", "P"):
+        assert np.abs(out[1, 1].astype(int) - [200, 100, 50]).max() <= 12
+    if mode == "I;16":
+        assert out[0, 0].tolist() == [156, 156, 156]  # 40000 / 257: scaled to 8 bits, not clipped or wrapped
+
+
+def test_read_image_composites_transparency_on_white(tmp_path):
+    im = Image.new("RGBA", (2, 2), (10, 20, 30, 0))
+    out = data.read_image(_save(im, tmp_path / "a.png"))
+    assert out[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("content", [b"", b"this is text, not a picture\n"])
+def test_read_image_names_unreadable_file(tmp_path, content):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(UserError, match="bad.jpg"):
+        data.read_image(p)
+
+
+def test_read_image_refuses_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(UserError, match="cut.jpg"):
+        data.read_image(p)
+
+
+def test_find_by_stem_ignores_extension_and_dot_files(tmp_path):
+    (tmp_path / "._mask1.jpg").write_bytes(b"junk")
+    (tmp_path / "mask1.jpeg").write_bytes(b"x")
+    (tmp_path / "normal.png").write_bytes(b"x")
+    assert data.find_by_stem(tmp_path, "mask1").name == "mask1.jpeg"
+    assert data.find_by_stem(tmp_path, "normal").name == "normal.png"
+    assert data.find_by_stem(tmp_path, "mask2") is None
+    (tmp_path / "mask1.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="more than one"):
+        data.find_by_stem(tmp_path, "mask1")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with data.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _probs_csv(tmp_path, rows, name="p.csv"):
+    df = pd.DataFrame(rows, columns=["ImageID"] + data.PROB_COLS)
+    df.to_csv(tmp_path / name, index=False)
+    return tmp_path / name
+
+
+def test_read_probs_accepts_valid_and_rejects_bad(tmp_path):
+    ok = [["a.jpg"] + [1 / 18] * 18]
+    assert len(data.read_probs(_probs_csv(tmp_path, ok))) == 1
+    with pytest.raises(UserError, match="row 2"):
+        data.read_probs(_probs_csv(tmp_path, [["a.jpg", float("nan")] + [1 / 17] * 17]))
+    with pytest.raises(UserError, match="not a probability"):
+        data.read_probs(_probs_csv(tmp_path, [["a.jpg"] + [0.5] * 18]))
+    pd.DataFrame({"ImageID": ["a"], "p0": [1.0]}).to_csv(tmp_path / "few.csv", index=False)
+    with pytest.raises(UserError, match="missing probability columns"):
+        data.read_probs(tmp_path / "few.csv")
