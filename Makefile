@@ -21,7 +21,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) demo.py $(DEMO) --overwrite
-	$(PY) split.py $(DEMO)/train/train.csv $(DEMO)/train/images -o $(WORK)/folds_raw.csv --folds $(FOLDS) --overwrite
+	$(PY) crop.py $(DEMO)/train/images $(WORK)/crops/train --overwrite
+	$(PY) crop.py $(DEMO)/eval/images $(WORK)/crops/eval --overwrite
+	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds.csv --folds $(FOLDS) --overwrite
 
 clean:
 	rm -rf $(DEMO) $(WORK) runs

@@ -1,0 +1,318 @@
+"""Face crops of a whole image tree: batched MTCNN, person-aware fallbacks, resumable.
+
+    python crop.py data/train/images work/crops/train
+    python crop.py data/eval/images work/crops/eval --device cuda --batch-size 256
+
+Mirrors SRC into DST as RGB JPEGs named <stem>.jpg, writes DST/crop_report.csv (one
+row per image: status face / person / prior / unreadable) and DST/preview.jpg. A
+folder holding at most --person-photos images is one person's photos (the train
+layout): a photo whose face is missing or implausible borrows the median box of
+that person's other photos. Anything else falls back to the run's median face
+position (the prior). A rerun skips finished crops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from data import UserError, atomic_path, check_outside, fail, is_hidden, read_image, write_csv
+from facebox import Detector, Geometry, agrees, consensus, crop_box, cut
+
+app = typer.Typer(add_completion=False)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+REPORT = "crop_report.csv"
+PARTIAL = ".crop_report.partial.csv"
+COLUMNS = ["path", "status", "prob", "face_x1", "face_y1", "face_x2", "face_y2",
+           "crop_x1", "crop_y1", "crop_x2", "crop_y2", "width", "height", "note"]
+# Where a face sits when no photo of the run shows one: centre of a 384x512 portrait.
+DEFAULT_PRIOR = np.array([0.25, 0.18, 0.75, 0.58])
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class Item:
+    rel: str  # path below SRC, posix
+    src: Path
+    dst: Path
+    group: str  # the person folder, or the image itself when its folder is not one person's
+
+
+def list_items(src: Path, dst: Path, person_photos: int) -> list[Item]:
+    items = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        names = sorted(f for f in files if not is_hidden(f) and Path(f).suffix.lower() in IMAGE_EXTS)
+        rel_root = Path(root).relative_to(src)
+        person = len(names) <= person_photos and rel_root != Path(".")
+        for name in names:
+            rel = (rel_root / name).as_posix()
+            items.append(Item(rel, Path(root) / name, dst / rel_root / (Path(name).stem + ".jpg"),
+                              rel_root.as_posix() if person else rel))
+    seen: dict[Path, str] = {}
+    for it in items:
+        if it.dst in seen:
+            raise UserError(f"{seen[it.dst]} and {it.rel} would both be cropped to {it.dst}")
+        seen[it.dst] = it.rel
+    return items
+
+
+def load_done(dst: Path, items: list[Item]) -> pd.DataFrame:
+    """Report rows of crops already on disk, from a finished or an interrupted run."""
+    frames = [pd.read_csv(p) for p in (dst / REPORT, dst / PARTIAL) if p.is_file() and p.stat().st_size]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = pd.concat(frames).drop_duplicates("path", keep="last")
+    exists = {it.rel for it in items if it.dst.is_file()}
+    return rows[rows["path"].isin(exists) & (rows["status"] != "unreadable")]
+
+
+def chunks(items: list[Item], size: int):
+    """Batches of whole persons, so every photo meets the rest of its person."""
+    chunk, last = [], None
+    for it in items:
+        if len(chunk) >= size and it.group != last:
+            yield chunk
+            chunk = []
+        chunk.append(it)
+        last = it.group
+    if chunk:
+        yield chunk
+
+
+def decode(it: Item):
+    try:
+        return read_image(it.src)
+    except UserError as e:
+        return str(e)
+
+
+def decoded(pool: ThreadPoolExecutor, batches):
+    """Decode the next batch in the background while the current one is detected."""
+    pending = None
+    for batch in batches:
+        futures = [pool.submit(decode, it) for it in batch]
+        if pending:
+            yield pending[0], [f.result() for f in pending[1]]
+        pending = (batch, futures)
+    if pending:
+        yield pending[0], [f.result() for f in pending[1]]
+
+
+def decide(batch, images, dets, det: Detector, done: pd.DataFrame) -> tuple[list[dict], list]:
+    """Status and face box per photo; photos that need the run-wide prior come back deferred."""
+    rows, deferred = [], []
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(batch):
+        groups.setdefault(it.group, []).append(i)
+    for group, idx in groups.items():
+        best = {i: det.best(dets[i]) if dets[i] is not None else (None, None, "") for i in idx}
+        earlier = done[done["path"].str.startswith(group + "/") & (done["status"] == "face")]
+        faces = [b for b, _, _ in best.values() if b is not None] + list(
+            earlier[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float))
+        ref = consensus(faces)
+        if len(faces) >= 3:
+            faces = [f for f in faces if agrees(f, ref)]
+            ref = consensus(faces)
+        for i in idx:
+            it, (box, prob, why) = batch[i], best[i]
+            if isinstance(images[i], str):
+                rows.append({"path": it.rel, "status": "unreadable", "note": images[i]})
+                continue
+            if box is not None and len(faces) >= 2 and not agrees(box, ref):
+                box, why = None, "off person"
+            if box is not None:
+                rows.append(row(it, "face", prob, box, images[i].shape[:2], ""))
+            elif it.group != it.rel and faces:
+                rows.append(row(it, "person", prob, ref, images[i].shape[:2], why))
+            else:
+                deferred.append((it, prob, why))
+    return rows, deferred
+
+
+def row(it: Item, status: str, prob, box, shape, note) -> dict:
+    return {"path": it.rel, "status": status, "prob": None if prob is None else round(prob, 5),
+            **dict(zip(COLUMNS[3:7], np.round(box, 1))), "width": shape[1], "height": shape[0], "note": note}
+
+
+def write_crops(pool, rows: list[dict], items: dict[str, Item], images: dict[str, np.ndarray], g: Geometry,
+                quality: int) -> None:
+    def one(r):
+        box = crop_box(np.array([r[c] for c in COLUMNS[3:7]]), (r["height"], r["width"]), g)
+        r.update(zip(COLUMNS[7:11], box.tolist()))
+        with atomic_path(items[r["path"]].dst) as tmp:
+            Image.fromarray(cut(images[r["path"]], box)).save(tmp, "JPEG", quality=quality)
+
+    list(pool.map(one, [r for r in rows if r["status"] != "unreadable"]))
+
+
+def prior_box(report: pd.DataFrame) -> np.ndarray:
+    """The run's median face position, as fractions of each photo's size (photos may differ in size)."""
+    faces = report[report["status"] == "face"]
+    if faces.empty:
+        return DEFAULT_PRIOR
+    size = faces[["width", "height", "width", "height"]].to_numpy(float)
+    return np.median(faces[COLUMNS[3:7]].to_numpy(float) / size, axis=0)
+
+
+def preview(dst: Path, report: pd.DataFrame, n: int, seed: int = 0) -> None:
+    """A contact sheet of every fallback plus a sample of faces, to eyeball failures at once."""
+    ok = report[report["status"] != "unreadable"]
+    fallbacks = ok[ok["status"] != "face"]
+    faces = ok[ok["status"] == "face"]
+    pick = pd.concat([fallbacks.head(n), faces.sample(min(len(faces), max(0, n - len(fallbacks))), random_state=seed)])
+    if pick.empty:
+        return
+    tw, th, cols = 120, 160, 8
+    sheet = Image.new("RGB", (tw * cols, th * ((len(pick) + cols - 1) // cols)), (40, 40, 40))
+    colours = {"face": (60, 200, 60), "person": (240, 200, 40), "prior": (240, 60, 60)}
+    for k, (_, r) in enumerate(pick.iterrows()):
+        with Image.open(dst / Path(r["path"]).with_suffix(".jpg")) as im:
+            thumb = im.convert("RGB").resize((tw - 6, th - 22))
+        x, y = (k % cols) * tw, (k // cols) * th
+        sheet.paste(thumb, (x + 3, y + 3))
+        d = ImageDraw.Draw(sheet)
+        d.rectangle([x + 1, y + 1, x + tw - 2, y + th - 2], outline=colours[r["status"]], width=2)
+        d.text((x + 4, y + th - 18), f"{r['status']} {Path(r['path']).stem[:12]}", fill=colours[r["status"]])
+    with atomic_path(dst / "preview.jpg") as tmp:
+        sheet.save(tmp, "JPEG", quality=90)
+
+
+def append_partial(dst: Path, rows: list[dict]) -> None:
+    path = dst / PARTIAL
+    new = not path.exists()
+    pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(path, mode="a", header=new, index=False)
+
+
+def resolve_device(device: Device) -> str:
+    import torch
+
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return device.value
+
+
+@app.command()
+def main(
+    src: Annotated[Path, typer.Argument(help="image tree: a folder of person folders, or a flat eval folder")],
+    dst: Annotated[Path, typer.Argument(help="output tree, mirroring SRC")],
+    device: Annotated[Device, typer.Option(help="where MTCNN runs")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(help="photos per detection batch (32 suits a CPU, 256 a GPU)")] = 32,
+    workers: Annotated[int, typer.Option(help="decode / write threads")] = min(8, os.cpu_count() or 1),
+    scale: Annotated[float, typer.Option(help="detect on a copy downscaled by this factor")] = 0.5,
+    min_face: Annotated[int, typer.Option(help="smallest face MTCNN looks for, source pixels")] = 100,
+    min_prob: Annotated[float, typer.Option(help="lowest face probability taken as a face")] = 0.75,
+    margin_x: Annotated[float, typer.Option(help="crop margin left and right, fraction of face width")] = 0.25,
+    margin_top: Annotated[float, typer.Option(help="crop margin above, fraction of face height")] = 0.35,
+    margin_bottom: Annotated[float, typer.Option(help="crop margin below, fraction of face height")] = 0.25,
+    aspect: Annotated[float, typer.Option(help="width/height of every crop")] = 0.75,
+    person_photos: Annotated[int, typer.Option(help="a folder with at most this many images is one person")] = 10,
+    quality: Annotated[int, typer.Option(help="JPEG quality of the crops")] = 95,
+    preview_size: Annotated[int, typer.Option(help="crops on the preview sheet (0: none)")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="redo every crop instead of resuming")] = False,
+):
+    t0 = time.time()
+    try:
+        if not src.is_dir():
+            raise UserError(f"{src}: no such folder")
+        check_outside(dst, src)
+        if not (0 < scale <= 1) or batch_size < 1 or workers < 1 or aspect <= 0:
+            raise UserError("--scale must be in (0, 1], --batch-size, --workers and --aspect positive")
+        items = list_items(src, dst, person_photos)
+        if not items:
+            raise UserError(f"{src}: no images found")
+        dev = resolve_device(device)
+    except UserError as e:
+        fail(str(e))
+    dst.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for p in (dst / REPORT, dst / PARTIAL):
+            p.unlink(missing_ok=True)
+    done = load_done(dst, items)
+    todo = [it for it in items if it.rel not in set(done["path"])]
+    det = Detector(device=dev, scale=scale, min_face=min_face, min_prob=min_prob)
+    geom = Geometry(margin_x, margin_top, margin_bottom, aspect)
+    by_rel = {it.rel: it for it in items}
+    new_rows, deferred = [], []
+    t1 = time.time()
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="crop", unit="img", file=sys.stderr) as bar:
+        for batch, images in decoded(pool, chunks(todo, batch_size)):
+            ok = [i for i, im in enumerate(images) if not isinstance(im, str)]
+            found = det.detect([images[i] for i in ok])
+            dets = [None] * len(batch)
+            for i, f in zip(ok, found):
+                dets[i] = f
+            rows, later = decide(batch, images, dets, det, done)
+            write_crops(pool, rows, by_rel, {it.rel: im for it, im in zip(batch, images)}, geom, quality)
+            append_partial(dst, rows)
+            new_rows += rows
+            deferred += later
+            bar.update(len(batch))
+        if deferred:
+            new_rows += crop_with_prior(pool, deferred, done, new_rows, geom, quality)
+    report = finish_report(dst, done, new_rows)
+    elapsed = time.time() - t1
+    counts = report["status"].value_counts().to_dict()
+    if preview_size:
+        preview(dst, report, preview_size)
+    summary = {"src": str(src), "dst": str(dst), "images": len(items), "skipped": len(done),
+               "processed": len(todo), **{s: int(counts.get(s, 0)) for s in ("face", "person", "prior", "unreadable")},
+               "img_per_s": round(len(todo) / elapsed, 1) if todo else None, "seconds": round(time.time() - t0, 1),
+               "device": dev}
+    with atomic_path(dst / "crop_summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    bad = report[report["status"] == "unreadable"]
+    if len(bad):
+        for _, r in bad.head(5).iterrows():
+            print(f"unreadable: {r['note']}", file=sys.stderr)
+        fail(f"{len(bad)} unreadable image(s), first {', '.join(bad['path'].head(3))}; see {dst / REPORT}", code=1)
+
+
+def crop_with_prior(pool, deferred, done: pd.DataFrame, rows: list[dict], geom: Geometry, quality: int) -> list[dict]:
+    """Photos with no usable face of their own or of their person: the run's median face position."""
+    prior = prior_box(pd.concat([done, pd.DataFrame(rows).reindex(columns=COLUMNS)]))
+    out = []
+    images = list(pool.map(decode, [it for it, _, _ in deferred]))
+    for (it, prob, why), im in zip(deferred, images):
+        if isinstance(im, str):
+            out.append({"path": it.rel, "status": "unreadable", "note": im})
+            continue
+        H, W = im.shape[:2]
+        box = prior * [W, H, W, H]
+        out.append(row(it, "prior", prob, box, (H, W), why or "no face"))
+    write_crops(pool, out, {it.rel: it for it, _, _ in deferred},
+                {it.rel: im for (it, _, _), im in zip(deferred, images)}, geom, quality)
+    return out
+
+
+def finish_report(dst: Path, done: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    report = pd.concat([done, pd.DataFrame(rows).reindex(columns=COLUMNS)]).drop_duplicates("path", keep="last")
+    report = report.sort_values("path").reindex(columns=COLUMNS)
+    write_csv(report, dst / REPORT)
+    (dst / PARTIAL).unlink(missing_ok=True)
+    return report
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+import crop
+import demo
+from conftest import invoke
+from facebox import Geometry, crop_box
+
+
+def photo(portrait: str, stem: str, seed: int = 0):
+    """A 384x512 photo of a real portrait and where its face is, in photo pixels."""
+    rng = np.random.default_rng(seed)
+    p = demo.make_people(6, rng, 0)[0] | {"portrait": portrait, "flip": False, "face_w": 150.0, "cx": 0.0, "cy": 0.0}
+    base = demo.load_portraits()[portrait]
+    img = demo.draw_photo(p, stem, base, demo.person_layers(p, base), np.random.default_rng(seed))
+    s, dx, dy = demo.affine(p, np.zeros(2))
+    face = np.array(demo.PORTRAITS[portrait]["box"], dtype=float) * s + [dx, dy, dx, dy]
+    return img, face
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    person = src / "000001_female_Asian_45"
+    person.mkdir()
+    faces = {}
+    # drawn masks that MTCNN finds at both full and half size (it misses some others, as on real masks)
+    for name, (portrait, stem) in {"normal": ("grace_hopper", "normal"), "mask1": ("grace_hopper", "mask1"),
+                                   "mask2": ("astronaut", "normal"), "mask3": ("astronaut", "mask2")}.items():
+        img, faces[f"000001_female_Asian_45/{name}.jpg"] = photo(portrait, stem, seed=1)
+        img.save(person / f"{name}.jpg", quality=95)
+    img, faces["000001_female_Asian_45/mask4.png"] = photo("astronaut", "mask1", seed=1)
+    img.convert("RGBA").save(person / "mask4.png")
+    # a photo of the same person with no detectable face: a flat grey card
+    Image.new("RGB", (384, 512), (128, 128, 128)).save(person / "incorrect_mask.jpg")
+    (person / "mask5.jpg").write_bytes(b"")
+    (person / "._normal.jpg").write_bytes(b"junk")
+    flat = src / "eval"
+    flat.mkdir()
+    for i in range(11):  # more than --person-photos: a flat folder, not a person
+        img, face = photo("astronaut" if i % 2 else "grace_hopper", "normal", seed=i)
+        img.save(flat / f"{i:040x}.jpg", quality=95)
+        faces[f"eval/{i:040x}.jpg"] = face
+    Image.new("RGB", (384, 512), (90, 90, 90)).save(flat / f"{99:040x}.jpg")
+    (flat / "notes.jpg").write_text("a text file named .jpg\n")
+    return src, faces
+
+
+@pytest.fixture(scope="module")
+def cropped(tree, tmp_path_factory):
+    src, _ = tree
+    dst = tmp_path_factory.mktemp("dst") / "crops"
+    r = invoke(crop.app, src, dst, "--device", "cpu", "--batch-size", "8", "--preview-size", "16")
+    return dst, r
+
+
+def test_faces_found_and_inside_their_crops(tree, cropped):
+    _, faces = tree
+    dst, r = cropped
+    report = pd.read_csv(dst / "crop_report.csv").set_index("path")
+    for rel, face in faces.items():
+        row = report.loc[rel]
+        assert row["status"] == "face", (rel, row.to_dict())
+        crop_xyxy = row[["crop_x1", "crop_y1", "crop_x2", "crop_y2"]].to_numpy(float)
+        assert (crop_xyxy[:2] <= face[:2] + 15).all() and (crop_xyxy[2:] >= face[2:] - 15).all(), rel
+        found = row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float)
+        inter = np.clip(np.minimum(found[2:], face[2:]) - np.maximum(found[:2], face[:2]), 0, None).prod()
+        assert inter / np.prod(face[2:] - face[:2]) > 0.6, rel  # the detected box is the drawn face
+        with Image.open(dst / rel.replace(".png", ".jpg")) as im:
+            assert im.mode == "RGB" and im.format == "JPEG"
+            w, h = im.size
+        assert abs(w / h - 0.75) < 0.01
+
+
+def test_faceless_photo_borrows_the_person_box(cropped):
+    dst, _ = cropped
+    report = pd.read_csv(dst / "crop_report.csv").set_index("path")
+    row = report.loc["000001_female_Asian_45/incorrect_mask.jpg"]
+    assert row["status"] == "person"
+    others = report[(report.index.str.startswith("000001_female_Asian_45/")) & (report["status"] == "face")]
+    box = row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float)
+    assert np.allclose(box, np.median(others[["face_x1", "face_y1", "face_x2", "face_y2"]], axis=0), atol=0.2)
+
+
+def test_flat_folder_faceless_photo_gets_the_prior(cropped):
+    dst, _ = cropped
+    report = pd.read_csv(dst / "crop_report.csv").set_index("path")
+    assert report.loc[f"eval/{99:040x}.jpg", "status"] == "prior"
+    assert (dst / "eval" / f"{99:040x}.jpg").is_file()
+
+
+def test_unreadable_reported_rest_cropped_nonzero_exit(tree, cropped):
+    src, faces = tree
+    dst, r = cropped
+    assert r.exit_code == 1
+    report = pd.read_csv(dst / "crop_report.csv").set_index("path")
+    assert report.loc["000001_female_Asian_45/mask5.jpg", "status"] == "unreadable"
+    assert report.loc["eval/notes.jpg", "status"] == "unreadable"
+    assert "2 unreadable image(s)" in r.stderr.strip().splitlines()[-1]
+    assert len(report) == len(faces) + 4  # every image has a row; ._ junk has none
+    assert not any("._" in p for p in report.index)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["face"] == len(faces) and summary["person"] == 1 and summary["prior"] == 1
+    assert (dst / "preview.jpg").is_file()
+    assert not list(dst.rglob("*.tmp")) and not (dst / crop.PARTIAL).exists()
+    assert sorted(p.name for p in src.rglob("*") if p.is_file() and "crops" in str(p)) == []
+
+
+def test_resume_redoes_only_missing_crops(tree, cropped, tmp_path):
+    src, _ = tree
+    dst, _ = cropped
+    import shutil
+    copy = tmp_path / "crops"
+    shutil.copytree(dst, copy)
+    (copy / "eval" / f"{3:040x}.jpg").unlink()
+    (copy / "000001_female_Asian_45" / "normal.jpg").unlink()
+    before = (copy / "eval" / f"{4:040x}.jpg").stat().st_mtime_ns
+    r = invoke(crop.app, src, copy, "--device", "cpu", "--preview-size", "0")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    # the two deleted crops, plus the two unreadable files that are tried again
+    assert summary["processed"] == 4 and summary["face"] == len(tree[1])
+    assert (copy / "eval" / f"{3:040x}.jpg").is_file()
+    assert (copy / "eval" / f"{4:040x}.jpg").stat().st_mtime_ns == before
+    assert pd.read_csv(copy / "crop_report.csv").equals(pd.read_csv(dst / "crop_report.csv"))
+
+
+def test_refuses_output_inside_input(tree):
+    src, _ = tree
+    r = invoke(crop.app, src, src / "crops", "--device", "cpu")
+    assert r.exit_code == 2 and "inside the input folder" in r.stderr
+    assert not (src / "crops").exists()
+
+
+def test_crop_box_keeps_aspect_and_stays_inside():
+    g = Geometry()
+    for face in ([150, 150, 250, 280], [0, 0, 120, 160], [300, 400, 384, 512]):
+        b = crop_box(np.array(face, float), (512, 384), g)
+        w, h = b[2] - b[0], b[3] - b[1]
+        assert abs(w / h - 0.75) < 0.01
+        assert b[0] >= 0 and b[1] >= 0 and b[2] <= 384 and b[3] <= 512
+        assert b[0] <= face[0] and b[1] <= face[1] and b[2] >= face[2] and b[3] >= face[3]
