@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import UserError, atomic_path, check_outside, fail, is_hidden, read_image, write_csv
 from facebox import Detector, Geometry, agrees, consensus, crop_box, cut
 
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 REPORT = "crop_report.csv"

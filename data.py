@@ -60,8 +60,8 @@ def encode(mask, gender, age_band):
 
 
 def decode(label):
-    """Class code -> (mask, gender, age band), scalar or array."""
-    label = np.asarray(label)
+    """Class code -> (mask, gender, age band): scalar, array or torch tensor alike."""
+    label = label if hasattr(label, "dtype") else np.asarray(label)
     return label // 6, (label // 3) % 2, label % 3
 
 
@@ -75,6 +75,17 @@ def joint(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
     """Per-task probabilities -> 18-class joint, assuming independence."""
     j = mask[:, :, None, None] * gender[:, None, :, None] * age[:, None, None, :]
     return j.reshape(len(mask), NUM_CLASSES)
+
+
+def scores(y_true, y_pred) -> dict[str, float]:
+    """Macro F1 over the 18 classes of the whole set (never averaged over batches), accuracy, per-task F1."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {"f1": float(f1_score(y_true, y_pred, average="macro")), "acc": float(accuracy_score(y_true, y_pred))}
+    for task, t, p in zip(TASKS, decode(y_true), decode(y_pred)):
+        out[f"f1_{task}"] = float(f1_score(t, p, average="macro"))
+    return out
 
 
 # ---------------------------------------------------------------- images

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from data import PHOTO_STEMS, age_label, encode, fail, gender_label, mask_label, write_csv
 
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 W, H = 384, 512
 # Face box and landmarks (eyes, nose, mouth corners) of each portrait, measured once with

@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, encode, fail, find_by_stem, \
     gender_label, is_hidden, mask_label, write_csv
 
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def read_train_csv(path: Path, allow_duplicate_ids: bool) -> pd.DataFrame:
@@ -70,7 +70,9 @@ def list_images(people: pd.DataFrame, images: Path) -> tuple[pd.DataFrame, list[
                          "mask_label": mask_label(stem)})
         extra += [str(f) for f in folder.iterdir() if not is_hidden(f.name) and f.stem not in PHOTO_STEMS]
     known = set(people["path"])
-    extra += [str(d) for d in images.iterdir() if not is_hidden(d.name) and d.name not in known]
+    # At the top, only stray folders and pictures count: a crop tree also holds crop.py's report files.
+    extra += [str(d) for d in images.iterdir() if not is_hidden(d.name) and d.name not in known
+              and (d.is_dir() or d.suffix.lower() in (".jpg", ".jpeg", ".png"))]
     return pd.DataFrame(rows), extra
 
 

@@ -1,0 +1,64 @@
+"""Losses in one registry; each takes (logits, class indices) and returns a scalar mean."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse frequency, normalised so a balanced set gets weight 1 (absent classes count as 1)."""
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1)
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+class Focal:
+    """Focal loss, -(1 - p_t)^gamma log p_t (Lin et al. 2017); gamma 0 is cross entropy."""
+
+    def __init__(self, gamma: float, weight=None):
+        self.gamma, self.weight = gamma, weight
+
+    def __call__(self, logits, target):
+        logp = F.log_softmax(logits.float(), dim=1)
+        logp_t = logp.gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - logp_t.exp()) ** self.gamma) * logp_t
+        if self.weight is not None:
+            loss = loss * self.weight.to(logits.device)[target]
+        return loss.mean()
+
+
+class SoftF1:
+    """1 - macro F1 computed on probabilities: differentiable, optimises the metric directly."""
+
+    def __init__(self, eps: float = 1e-7):
+        self.eps = eps
+
+    def __call__(self, logits, target):
+        p = F.softmax(logits.float(), dim=1)
+        y = F.one_hot(target, p.shape[1]).float()
+        tp = (p * y).sum(0)
+        fp = (p * (1 - y)).sum(0)
+        fn = ((1 - p) * y).sum(0)
+        f1 = 2 * tp / (2 * tp + fp + fn + self.eps)
+        return 1 - f1.mean()
+
+
+def _ce(weight=None, smoothing=0.0):
+    def loss(logits, target):
+        w = None if weight is None else weight.to(logits.device)
+        return F.cross_entropy(logits.float(), target, weight=w, label_smoothing=smoothing)
+    return loss
+
+
+LOSSES = {
+    "ce": lambda counts, gamma, smoothing: _ce(),
+    "weighted_ce": lambda counts, gamma, smoothing: _ce(class_weights(counts)),
+    "focal": lambda counts, gamma, smoothing: Focal(gamma),
+    "label_smoothing": lambda counts, gamma, smoothing: _ce(smoothing=smoothing),
+    "f1": lambda counts, gamma, smoothing: SoftF1(),
+}
+
+
+def build(name: str, counts: np.ndarray, gamma: float = 2.0, smoothing: float = 0.1):
+    """The loss `name`, given the training fold's class counts (for weighted_ce)."""
+    return LOSSES[name](counts, gamma, smoothing)
