@@ -37,7 +37,7 @@ PORTRAITS = {
     "astronaut": {"box": (181, 62, 268, 172), "eyes": ((205, 102), (247, 104)), "nose": (225, 129),
                   "mouth": ((202, 139), (245, 142))},
 }
-MASK_COLOURS = [(235, 235, 235), (120, 170, 230), (30, 30, 35), (150, 150, 150), (235, 170, 190),
+MASK_COLOURS = [(235, 235, 235), (120, 170, 230), (30, 30, 35), (150, 150, 150), (70, 160, 120),
                 (60, 90, 160), (200, 220, 200)]
 AGE_COLOURS = [(220, 30, 30), (30, 190, 60), (40, 60, 230)]
 STRATA_SHARE = {(0, 0): 0.16, (0, 1): 0.16, (0, 2): 0.08, (1, 0): 0.24, (1, 1): 0.24, (1, 2): 0.12}
@@ -115,7 +115,8 @@ def draw_photo(p: dict, stem: str, base: np.ndarray, layers, rng: np.random.Gene
     if m < 2:
         colour = MASK_COLOURS[PHOTO_STEMS.index(stem) if m == 0 else int(rng.integers(len(MASK_COLOURS)))]
         eye_y = eyes[:, 1].mean()
-        top_y = eye_y + 0.45 * (nose[1] - eye_y) if m == 0 else nose[1] + 0.45 * (mouth[:, 1].mean() - nose[1])
+        # worn: up to the bridge of the nose; worn wrongly: pulled down to the mouth, the nose bare
+        top_y = eye_y + 0.45 * (nose[1] - eye_y) if m == 0 else nose[1] + 0.75 * (mouth[:, 1].mean() - nose[1])
         draw_mask(draw, bx1, bx2, top_y, by2 + 0.08 * (by2 - by1), colour)
     return canvas
 
@@ -139,7 +140,11 @@ def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, botto
     w = x2 - x1
     poly = [(x1 + 0.02 * w, top + 0.1 * (bottom - top)), (x1 + 0.3 * w, top), (x2 - 0.3 * w, top),
             (x2 - 0.02 * w, top + 0.1 * (bottom - top)), (x2 - 0.12 * w, bottom), (x1 + 0.12 * w, bottom)]
-    draw.polygon(poly, fill=colour, outline=tuple(max(0, c - 60) for c in colour))
+    edge = tuple(max(0, c - 90) for c in colour)
+    # ear loops: a mask is a mask whatever its colour
+    for x_face, x_mask in ((x1 - 0.04 * w, x1 + 0.02 * w), (x2 + 0.04 * w, x2 - 0.02 * w)):
+        draw.line([(x_mask, top + 0.1 * (bottom - top)), (x_face, top - 0.25 * (bottom - top))], fill=edge, width=4)
+    draw.polygon(poly, fill=colour, outline=edge, width=3)
     for f in (0.35, 0.6):
         y = top + f * (bottom - top)
         draw.line([(x1 + 0.1 * w, y), (x2 - 0.1 * w, y)], fill=tuple(max(0, c - 40) for c in colour), width=2)

@@ -70,9 +70,8 @@ def list_images(people: pd.DataFrame, images: Path) -> tuple[pd.DataFrame, list[
                          "mask_label": mask_label(stem)})
         extra += [str(f) for f in folder.iterdir() if not is_hidden(f.name) and f.stem not in PHOTO_STEMS]
     known = set(people["path"])
-    # At the top, only stray folders and pictures count: a crop tree also holds crop.py's report files.
-    extra += [str(d) for d in images.iterdir() if not is_hidden(d.name) and d.name not in known
-              and (d.is_dir() or d.suffix.lower() in (".jpg", ".jpeg", ".png"))]
+    # At the top only stray folders count: a crop tree also holds crop.py's report and preview.
+    extra += [str(d) for d in images.iterdir() if not is_hidden(d.name) and d.name not in known and d.is_dir()]
     return pd.DataFrame(rows), extra
 
 

@@ -405,6 +405,7 @@ def main(
             print(json.dumps(finished))
             return
         dev, rank, world = setup_device(device)
+        seed_all(seed)  # the same initial weights in every process and every run of this seed
         net = models.create(model, head, pretrained, drop_rate)
         ck = load_checkpoint(resume_from) if resume_from else None
     except ValueError as e:

@@ -29,9 +29,9 @@ def tree(tmp_path_factory):
     person.mkdir()
     faces = {}
     # drawn masks that MTCNN finds at both full and half size (it misses some others, as on real masks)
-    for name, (portrait, stem) in {"normal": ("grace_hopper", "normal"), "mask1": ("grace_hopper", "mask1"),
-                                   "mask2": ("astronaut", "normal"), "mask3": ("astronaut", "mask2")}.items():
-        img, faces[f"000001_female_Asian_45/{name}.jpg"] = photo(portrait, stem, seed=1)
+    for name, (portrait, stem, seed) in {"normal": ("grace_hopper", "normal", 1), "mask1": ("grace_hopper", "mask3", 0),
+                                         "mask2": ("astronaut", "normal", 1), "mask3": ("astronaut", "mask2", 1)}.items():
+        img, faces[f"000001_female_Asian_45/{name}.jpg"] = photo(portrait, stem, seed=seed)
         img.save(person / f"{name}.jpg", quality=95)
     img, faces["000001_female_Asian_45/mask4.png"] = photo("astronaut", "mask1", seed=1)
     img.convert("RGBA").save(person / "mask4.png")

@@ -1,0 +1,215 @@
+"""Speed of every step against the habit and the hardware, as ratios measured in one run.
+
+    python bench/run.py --quick            # about 5 minutes on a 2-core CPU
+    python bench/run.py --device cuda      # sizes that fill a GPU
+
+Prints one table (stderr) and, last on stdout, one JSON object; also saved to bench/out/bench.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data import atomic_path, read_image  # noqa: E402
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+PY = sys.executable
+GOALS = {"crop_vs_habit": 10, "crop_agreement": 0.95, "train_vs_model_only": 0.9, "loader_vs_peer": 3,
+         "predict_vs_model_only": 0.9}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def step(name: str, args: list[str], times: dict) -> dict:
+    """Run one pipeline script as a user would; its last stdout line is its JSON result."""
+    t = time.time()
+    r = subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+    times[name] = round(time.time() - t, 1)
+    if r.returncode not in (0,):
+        raise SystemExit(f"{name} failed ({r.returncode}): {r.stderr[-2000:]}")
+    print(f"{name}: {times[name]} s", file=sys.stderr)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+    return inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter)
+
+
+def habit_crop(files: list[Path], device: str, out: Path) -> tuple[float, dict]:
+    """The teams' way: MTCNN defaults, one full-size PIL image per call, then crop and save."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    mtcnn = MTCNN(device=device, select_largest=True)
+    out.mkdir(parents=True, exist_ok=True)
+    boxes, t = {}, time.time()
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        b, _ = mtcnn.detect(im)
+        if b is not None:
+            boxes[f] = b[0]
+            im.crop(tuple(int(v) for v in b[0])).save(out / (f.stem + ".jpg"))
+    return len(files) / (time.time() - t), boxes
+
+
+def model_only_train(model: str, head: str, batch: int, size, device: str, amp: bool, steps: int = 12) -> float:
+    import models
+
+    net = models.create(model, head, pretrained=False).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters())
+    x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, models.HEADS[head], (batch,), device=device)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    for i in range(steps):
+        if i == 2:
+            sync(device)
+            t = time.time()
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(net(x).float()[:, :models.HEADS[head]], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync(device)
+    return batch * (steps - 2) / (time.time() - t)
+
+
+@torch.inference_mode()
+def model_only_infer(model: str, batch: int, size, device: str, amp: bool, steps: int = 10) -> float:
+    import models
+
+    net = models.create(model, "multi", pretrained=False).to(device).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    for i in range(steps):
+        if i == 2:
+            sync(device)
+            t = time.time()
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            net(x)
+    sync(device)
+    return batch * (steps - 2) / (time.time() - t)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def loaders(files: list[str], size, batch: int, workers: int, device: str) -> tuple[float, float]:
+    """img/s of train.py's data path alone (cache + albumentations + device normalise) and of the
+    teams' loader (PIL open per image + torchvision transforms), same workers and batch."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    from datasets import CachedImages, load_cache, to_input
+
+    def rate(loader, norm):
+        n, t = 0, None
+        for i, (x, _) in enumerate(loader):
+            if i == 1:
+                t, n = time.time(), 0
+            x = norm(x)
+            n += len(x)
+        sync(device)
+        return n / (time.time() - t)
+
+    ours = CachedImages(load_cache(files, size), np.zeros(len(files), int), "seed")
+    mine = rate(DataLoader(ours, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True),
+                lambda x: to_input(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device))
+
+    class Peer(Dataset):
+        tf = T.Compose([T.Resize(list(size)), T.ColorJitter(brightness=(0.2, 3)), T.ColorJitter(contrast=(0.2, 3)),
+                        T.ColorJitter(saturation=(0.2, 3)), T.ColorJitter(hue=(-0.3, 0.3)), T.RandomHorizontalFlip(),
+                        T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            from PIL import Image
+            return self.tf(Image.open(files[i]).convert("RGB")), 0
+
+    peer = rate(DataLoader(Peer(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True),
+                lambda x: x.to(device))
+    return mine, peer
+
+
+@app.command()
+def main(
+    quick: Annotated[bool, typer.Option(help="small sizes: about 5 minutes on a 2-core CPU")] = False,
+    device: Annotated[Device, typer.Option(help="where to measure")] = Device.auto,
+    out: Annotated[Path, typer.Option(help="work folder")] = ROOT / "bench" / "out",
+):
+    dev = "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
+    gpu = dev == "cuda"
+    people, model, size, batch, epochs = (30, "mobilenetv3_small_100", (96, 72), 32, 2) if quick else \
+        (2700 if gpu else 200, "efficientnet_b2", (256, 192), 256 if gpu else 32, 3)
+    amp = gpu
+    times: dict[str, float] = {}
+    data, work = out / "data", out / "work"
+    step("demo", ["demo.py", str(data), "--people", str(people), "--eval-people", str(max(people // 6, 5)),
+                  "--overwrite"], times)
+    crop = step("crop_train", ["crop.py", str(data / "train/images"), str(work / "crops/train"), "--overwrite",
+                               "--device", dev, "--batch-size", "256" if gpu else "32"], times)
+    step("crop_eval", ["crop.py", str(data / "eval/images"), str(work / "crops/eval"), "--overwrite", "--device", dev],
+         times)
+    step("split", ["split.py", str(data / "train/train.csv"), str(work / "crops/train"), "-o", str(work / "folds.csv"),
+                   "--overwrite"], times)
+    common = ["--model", model, "--no-pretrained", "--epochs", str(epochs), "--img-size", *map(str, size),
+              "--batch-size", str(batch), "--out", str(work / "runs"), "--overwrite", "--device", dev, "--head", "multi"]
+    trained = step("train_fold0", ["train.py", str(work / "folds.csv"), "--fold", "0", *common], times)
+    pred = step("predict", ["predict.py", str(work / "runs" / model), "--images", str(work / "crops/eval"), "--info",
+                            str(data / "eval/info.csv"), "-o", str(work / "probs.csv"), "--overwrite", "--device", dev,
+                            "--batch-size", str(batch)], times)
+    step("ensemble", ["ensemble.py", str(work / "probs.csv"), "--info", str(data / "eval/info.csv"), "-o",
+                      str(work / "submission.csv"), "--oof", str(work / "runs" / model), "--overwrite"], times)
+
+    files = sorted((data / "train/images").rglob("*.*"))
+    files = [f for f in files if not f.name.startswith(".")][: 140 if quick else 1000]
+    habit_rate, habit_boxes = habit_crop(files, dev, work / "habit")
+    report = pd.read_csv(work / "crops/train/crop_report.csv").set_index("path")
+    pairs = [(report.loc[f.relative_to(data / "train/images").as_posix()], b) for f, b in habit_boxes.items()]
+    both = [(r, b) for r, b in pairs if r["status"] == "face"]
+    agree = np.mean([iou(r[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float), b) >= 0.8 for r, b in both])
+    folds = pd.read_csv(work / "folds.csv")
+    mine, peer = loaders([str(work / p) for p in folds["path"]], size, batch, min(8, os.cpu_count() or 1), dev)
+    result = {
+        "device": dev, "quick": quick, "model": model, "img_size": list(size), "batch": batch,
+        "crop_img_per_s": crop["img_per_s"], "habit_img_per_s": round(habit_rate, 1),
+        "crop_vs_habit": round(crop["img_per_s"] / habit_rate, 2), "crop_agreement": round(float(agree), 3),
+        "crop_agreement_pairs": len(both),
+        "train_img_per_s": trained["img_per_s"],
+        "train_vs_model_only": round(trained["img_per_s"] / model_only_train(model, "multi", batch, size, dev, amp), 3),
+        "loader_vs_peer": round(mine / peer, 2), "loader_img_per_s": round(mine, 1), "peer_img_per_s": round(peer, 1),
+        "predict_vs_model_only": round(pred["img_per_s"] / model_only_infer(model, batch, size, dev, amp), 3),
+        "pipeline_s": times, "date": time.strftime("%Y-%m-%d"),
+    }
+    for k, goal in GOALS.items():
+        print(f"{k:24s} {result[k]:>8}   goal >= {goal}  {'ok' if result[k] >= goal else 'MISSED'}", file=sys.stderr)
+    with atomic_path(out / "bench.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,155 @@
+"""Class probabilities of the eval images from runs or checkpoints, averaged.
+
+    python predict.py runs/efficientnet_b2 --images work/crops/eval --info data/eval/info.csv -o work/probs_b2.csv
+    python predict.py runs/resnet50/fold0/best.pt runs/resnet50/fold3/best.pt --images work/crops/eval \
+        --info data/eval/info.csv -o work/probs_r50.csv --no-tta
+
+A run folder means every fold's best.pt in it. Each checkpoint brings its own model,
+head, image size and normalisation. Writes ImageID,p0..p17 in info.csv order.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from tqdm import tqdm
+
+import models
+from data import NUM_CLASSES, PROB_COLS, UserError, fail, find_by_stem, write_csv
+from datasets import load_cache, to_input
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+CKPT_KEYS = ("model", "head", "img_size", "mean", "std", "num_classes", "state_dict")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def checkpoints(sources: list[Path]) -> list[Path]:
+    out = []
+    for s in sources:
+        if s.is_dir():
+            found = sorted(s.glob("fold*/best.pt"))
+            if not found:
+                raise UserError(f"{s}: no fold*/best.pt in this run folder")
+            out += found
+        elif s.is_file():
+            out.append(s)
+        else:
+            raise UserError(f"{s}: no such run folder or checkpoint")
+    return out
+
+
+def load_model(path: Path, device: str):
+    """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a safe checkpoint of this toolkit ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
+        raise UserError(f"{path}: a checkpoint of another kind (it lacks model, head, image size or weights)")
+    if ck["num_classes"] != NUM_CLASSES:
+        raise UserError(f"{path}: a checkpoint for {ck['num_classes']} classes, not {NUM_CLASSES}")
+    net = models.create(ck["model"], ck["head"], pretrained=False)
+    try:
+        net.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: its weights do not fit {ck['model']} ({str(e).splitlines()[1].strip()[:120]})") from None
+    return net.to(device).eval().to(memory_format=torch.channels_last), ck
+
+
+def image_files(images: Path, ids: list[str]) -> list[Path]:
+    """Each ImageID's file in DIR: the same name, else the same stem (crops are .jpg, raw photos vary)."""
+    files, missing = [], []
+    for i in ids:
+        f = images / i
+        if not f.is_file():
+            f = find_by_stem(images, Path(i).stem) if images.is_dir() else None
+        (files if f else missing).append(f or i)
+    if missing:
+        raise UserError(f"{images}: {len(missing)} image(s) of info.csv missing, first {', '.join(missing[:3])}")
+    return files
+
+
+@torch.inference_mode()
+def infer(net, ck, cache: np.ndarray, batch_size: int, device: str, tta: bool, amp: bool) -> np.ndarray:
+    out = []
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    for i in tqdm(range(0, len(cache), batch_size), desc=f"{ck['model']}", file=sys.stderr, leave=False):
+        x = to_input(torch.from_numpy(cache[i:i + batch_size]), ck["mean"], ck["std"], device)
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            p = models.probs18(net(x), ck["head"])
+            if tta:  # horizontal flip: faces are left-right symmetric, labels are not
+                p = (p + models.probs18(net(torch.flip(x, dims=[3])), ck["head"])) / 2
+        out.append(p.float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+@app.command()
+def main(
+    sources: Annotated[list[Path], typer.Argument(help="run folders and/or checkpoint files")],
+    images: Annotated[Path, typer.Option(help="folder of eval images (raw photos or crops)")],
+    info: Annotated[Path, typer.Option(help="info.csv giving ImageID and the row order")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="probability CSV to write")],
+    tta: Annotated[bool, typer.Option(help="average with the horizontally flipped image")] = True,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 128,
+    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA")] = True,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+):
+    t0 = time.time()
+    try:
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists (pass --overwrite to replace it)")
+        if not info.is_file():
+            raise UserError(f"{info}: no such file")
+        if not images.is_dir():
+            raise UserError(f"{images}: no such folder")
+        if device == Device.cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+        dev = "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
+        ids = pd.read_csv(info, dtype=str)
+        if "ImageID" not in ids.columns:
+            raise UserError(f"{info}: no ImageID column")
+        ids = ids["ImageID"].tolist()
+        files = image_files(images, ids)
+        paths = checkpoints(sources)
+        nets = [load_model(p, dev) for p in paths]
+        t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
+        caches = {}
+        for _, ck in nets:
+            size = tuple(ck["img_size"])
+            if size not in caches:  # decode once per image size, whatever the number of checkpoints
+                caches[size] = load_cache(files, size)
+    except UserError as e:
+        fail(str(e))
+    probs = np.zeros((len(ids), NUM_CLASSES))
+    for (net, ck), path in zip(nets, paths):
+        probs += infer(net, ck, caches[tuple(ck["img_size"])], batch_size, dev, tta, amp and dev == "cuda")
+        print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
+    probs /= len(nets)
+    probs /= probs.sum(axis=1, keepdims=True)
+    df = pd.DataFrame(probs, columns=PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    write_csv(df, out, float_format="%.6g")
+    passes = len(ids) * len(nets) * (2 if tta else 1)
+    summary = {"out": str(out), "images": len(ids), "checkpoints": len(nets), "tta": tta, "device": dev,
+               "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1)}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,142 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import split
+import train
+from conftest import ROOT, invoke
+
+TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
+        "--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def folds(demo_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("folds") / "folds.csv"
+    r = invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", out, "--folds", "3")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def run_train(folds, out, *extra):
+    return invoke(train.app, folds, *TINY, "--out", out, *extra)
+
+
+REGISTRY = ([["--loss", name] for name in ("ce", "weighted_ce", "focal", "label_smoothing", "f1")]
+            + [["--loss", name, "--head", "multi", "--task-weights", "1,0.5,2"]
+               for name in ("ce", "weighted_ce", "focal", "label_smoothing", "f1")]
+            + [["--optimizer", name] for name in ("sgd", "adam", "adamw", "madgrad")]
+            + [["--scheduler", name, "--warmup-epochs", "1" if name == "cosine" else "0"]
+               for name in ("none", "step", "cyclic", "cosine", "onecycle")]
+            + [["--cutmix", "1", "--cutmix-mode", mode] for mode in ("box", "vertical", "half")]
+            + [["--aug", name] for name in ("none", "light", "seed")]
+            + [["--old-age", "58", "--amp"]])
+
+
+@pytest.mark.parametrize("extra", REGISTRY, ids=lambda e: " ".join(e))
+def test_every_registry_entry_trains(folds, tmp_path, extra):
+    r = run_train(folds, tmp_path / "runs", *extra)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 <= m["f1"] <= 1 and m["best_epoch"] == 1
+    fold = tmp_path / "runs" / "test_resnet" / "fold0"
+    for f in ("best.pt", "last.pt", "history.csv", "oof.csv", "metrics.json", "confusion.png", "curves.png",
+              "train.log"):
+        assert (fold / f).is_file(), f
+    oof = pd.read_csv(fold / "oof.csv")
+    assert list(oof.columns[:3]) == ["path", "label", "fold"] and (oof["fold"] == 0).all()
+    assert abs(oof[[f"p{i}" for i in range(18)]].sum(axis=1) - 1).max() < 1e-4
+    cfg = json.loads((tmp_path / "runs" / "test_resnet" / "config.json").read_text())
+    assert cfg["loss"] == extra[1] or extra[0] != "--loss"
+    ck = torch.load(fold / "best.pt", weights_only=True)
+    assert ck["model"] == "test_resnet" and ck["img_size"] == [32, 24] and len(ck["mean"]) == 3
+    assert pd.read_csv(tmp_path / "runs" / "results.csv").shape[0] == 1
+
+
+def test_old_age_moves_training_targets_only():
+    df = pd.DataFrame({"mask_label": [0, 2], "gender_label": [1, 0], "age": [58, 57], "label": [4, 13]})
+    assert train.train_targets(df, 58).tolist() == [5, 13]
+    assert train.train_targets(df, 60).tolist() == [4, 13]
+
+
+def test_loop_skips_finished_and_refuses_other_options(folds, tmp_path):
+    out = tmp_path / "runs"
+    assert run_train(folds, out).exit_code == 0
+    again = run_train(folds, out)
+    assert again.exit_code == 2 and "--skip-done" in again.stderr
+    skip = run_train(folds, out, "--skip-done")
+    assert skip.exit_code == 0 and json.loads(skip.stdout.strip().splitlines()[-1])["fold"] == 0
+    other = run_train(folds, out, "--fold", "1", "--loss", "focal")
+    assert other.exit_code == 2 and "other options (loss)" in other.stderr
+    assert pd.read_csv(out / "results.csv").shape[0] == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--loss", "focall"], "did you mean focal"),
+    (["--optimizer", "adamx"], "choose from sgd, adam, adamw, madgrad"),
+    (["--scheduler", "cosin"], "did you mean cosine"),
+    (["--fold", "7"], "--fold 7"),
+    (["--model", "resnet_18"], "closest: resnet18"),
+])
+def test_bad_options_one_line(folds, tmp_path, args, needle):
+    r = run_train(folds, tmp_path / "runs", *args)
+    assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_leaky_folds_refused(folds, tmp_path):
+    df = pd.read_csv(folds)
+    first = df["person"].iloc[0]
+    df.loc[df.index[(df["person"] == first)][0], "fold"] = (df.loc[df["person"] == first, "fold"].iloc[0] + 1) % 3
+    leaky = folds.parent / "leaky.csv"
+    df.to_csv(leaky, index=False)
+    r = invoke(train.app, leaky, *TINY, "--out", tmp_path / "runs")
+    assert r.exit_code == 2 and "more than one fold" in r.stderr
+
+
+def _cli(folds, out, *extra):
+    return [sys.executable, str(ROOT / "train.py"), str(folds), *TINY, "--out", str(out), *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
+    args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = subprocess.run(_cli(folds, tmp_path / "a", *args), capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr
+    p = subprocess.Popen(_cli(folds, tmp_path / "b", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    hist = tmp_path / "b" / "test_resnet" / "fold0" / "history.csv"
+    deadline = time.time() + 120
+    while not hist.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)  # mid-run: after epoch 1 was saved
+    p.wait()
+    assert not (tmp_path / "b" / "test_resnet" / "fold0" / "metrics.json").exists()
+    again = subprocess.run(_cli(folds, tmp_path / "b", *args), capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run(_cli(folds, tmp_path / "b", *args, "--resume"), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    ma, mb = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (full, resumed))
+    for k in ("f1", "acc", "best_epoch", "val_loss"):
+        assert ma[k] == mb[k], k
+    oa, ob = (pd.read_csv(tmp_path / d / "test_resnet" / "fold0" / "oof.csv") for d in "ab")
+    pd.testing.assert_frame_equal(oa, ob)
+
+
+def test_torchrun_two_processes_gloo(folds, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    r = subprocess.run(torchrun + [str(ROOT / "train.py"), str(folds), *TINY, "--out", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fold = tmp_path / "runs" / "test_resnet" / "fold0"
+    m = json.loads((fold / "metrics.json").read_text())
+    assert m["fold"] == 0 and 0 <= m["f1"] <= 1
+    assert "x2" in (fold / "train.log").read_text()
+    assert len(pd.read_csv(fold / "oof.csv")) == len(pd.read_csv(folds).query("fold == 0"))
