@@ -185,9 +185,11 @@ def main(
         summary["cv"] = {k: round(v["f1"], 5) for k, v in cv["scores"].items()}
         if bias:
             plain, held = held_out_bias_gain(cv["p"], cv["y"], cv["folds"])
-            b = fit_bias(cv["p"], cv["y"])
-            summary["bias_cv_gain"] = round(held - plain, 5)
-            print(f"bias: held-out CV macro F1 {plain:.4f} -> {held:.4f}", file=sys.stderr)
+            # Applied only where it helped on folds it was not fitted on: an overfitted bias is worse than none.
+            b = fit_bias(cv["p"], cv["y"]) if held > plain else b
+            summary["bias_cv_gain"], summary["bias_applied"] = round(held - plain, 5), bool(held > plain)
+            print(f"bias: held-out CV macro F1 {plain:.4f} -> {held:.4f}; "
+                  f"{'applied' if held > plain else 'not applied'}", file=sys.stderr)
         if suspects_out:
             write_csv(suspects(cv["oof"], cv["p"], 50), suspects_out)
     ans = (np.log(np.clip(p, 1e-12, None)) + b).argmax(1)

@@ -206,6 +206,6 @@ def test_cv_from_oof_and_suspects(run, demo_tree, tmp_path):
     s = json.loads(r.stdout.strip().splitlines()[-1])
     oof = pd.concat([pd.read_csv(f) for f in sorted(run.glob("fold*/oof.csv"))])
     assert abs(s["cv_f1"] - scores(oof["label"], oof[PROB_COLS].to_numpy().argmax(1))["f1"]) < 1e-4
-    assert "bias_cv_gain" in s and "test_f1" in s
+    assert "bias_cv_gain" in s and "test_f1" in s and s["bias_applied"] == (s["bias_cv_gain"] > 0)
     sus = pd.read_csv(tmp_path / "sus.csv")
     assert sus["mean_p_label"].is_monotonic_increasing and (sus["images"] == 7).all()
