@@ -18,7 +18,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +27,8 @@ import typer
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data import UserError, atomic_path, check_outside, fail, is_hidden, read_image, write_csv
+from data import Device, UserError, atomic_path, check_outside, fail, is_hidden, read_image, resolve_device, \
+    write_csv
 from facebox import Detector, Geometry, agrees, consensus, crop_box, cut
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -40,12 +40,6 @@ COLUMNS = ["path", "status", "prob", "face_x1", "face_y1", "face_x2", "face_y2",
            "crop_x1", "crop_y1", "crop_x2", "crop_y2", "width", "height", "note"]
 # Where a face sits when no photo of the run shows one: centre of a 384x512 portrait.
 DEFAULT_PRIOR = np.array([0.25, 0.18, 0.75, 0.58])
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @dataclass
@@ -200,16 +194,6 @@ def append_partial(dst: Path, rows: list[dict]) -> None:
     path = dst / PARTIAL
     new = not path.exists()
     pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(path, mode="a", header=new, index=False)
-
-
-def resolve_device(device: Device) -> str:
-    import torch
-
-    if device == Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return device.value
 
 
 @app.command()

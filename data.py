@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from enum import Enum
+
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -28,6 +30,21 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class UserError(Exception):
     """A mistake in the user's input: reported as one line, no traceback."""
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def resolve_device(device: Device) -> str:
+    """auto -> cuda when present; asking for cuda without one is the user's mistake."""
+    import torch
+
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------- labels

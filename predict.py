@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,18 +22,12 @@ import typer
 from tqdm import tqdm
 
 import models
-from data import NUM_CLASSES, PROB_COLS, UserError, fail, find_by_stem, write_csv
+from data import NUM_CLASSES, PROB_COLS, Device, UserError, fail, find_by_stem, resolve_device, write_csv
 from datasets import load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 CKPT_KEYS = ("model", "head", "img_size", "mean", "std", "num_classes", "state_dict")
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def checkpoints(sources: list[Path]) -> list[Path]:
@@ -118,9 +111,7 @@ def main(
             raise UserError(f"{info}: no such file")
         if not images.is_dir():
             raise UserError(f"{images}: no such folder")
-        if device == Device.cuda and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available")
-        dev = "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
+        dev = resolve_device(device)
         ids = pd.read_csv(info, dtype=str)
         if "ImageID" not in ids.columns:
             raise UserError(f"{info}: no ImageID column")

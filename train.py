@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,8 +29,8 @@ from tqdm import tqdm
 
 import losses
 import models
-from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, age_label, atomic_path, decode, encode, fail, scores, \
-    write_csv
+from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, decode, encode, fail, \
+    resolve_device, scores, write_csv
 from datasets import AUGS, CUTMIX_MODES, CachedImages, cutmix, load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -43,12 +42,6 @@ RUN_KEYS = ("model", "pretrained", "head", "task_weights", "loss", "focal_gamma"
             "weight_decay", "scheduler", "warmup_epochs", "epochs", "batch_size", "img_size", "aug", "cutmix",
             "cutmix_mode", "cutmix_alpha", "old_age", "seed", "drop_rate", "folds_csv")
 FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def choose(value: str, valid, option: str) -> str:
@@ -318,9 +311,7 @@ def prepare_run(opts: dict, out: Path, run: str, fold: int, resume: bool, skip_d
 def setup_device(device: Device) -> tuple[str, int, int]:
     """(device, rank, world size); under torchrun, one process per device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device != Device.cpu
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    cuda = resolve_device(device) == "cuda"
     if world == 1:
         return ("cuda" if cuda else "cpu"), 0, 1
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,18 +23,12 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import atomic_path, read_image  # noqa: E402
+from data import Device, atomic_path, resolve_device  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 PY = sys.executable
 GOALS = {"crop_vs_habit": 10, "crop_agreement": 0.95, "train_vs_model_only": 0.9, "loader_vs_peer": 3,
          "predict_vs_model_only": 0.9}
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def step(name: str, args: list[str], times: dict) -> dict:
@@ -160,7 +153,7 @@ def main(
     device: Annotated[Device, typer.Option(help="where to measure")] = Device.auto,
     out: Annotated[Path, typer.Option(help="work folder")] = ROOT / "bench" / "out",
 ):
-    dev = "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
     gpu = dev == "cuda"
     people, model, size, batch, epochs = (30, "mobilenetv3_small_100", (96, 72), 32, 2) if quick else \
         (2700 if gpu else 200, "efficientnet_b2", (256, 192), 256 if gpu else 32, 3)
