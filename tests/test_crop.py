@@ -143,3 +143,18 @@ def test_crop_box_keeps_aspect_and_stays_inside():
         assert abs(w / h - 0.75) < 0.01
         assert b[0] >= 0 and b[1] >= 0 and b[2] <= 384 and b[3] <= 512
         assert b[0] <= face[0] and b[1] <= face[1] and b[2] >= face[2] and b[3] >= face[3]
+
+
+def test_geometry_options_reach_the_crops(tree, cropped, tmp_path):
+    src, faces = tree
+    dst, _ = cropped
+    r = invoke(crop.app, src, tmp_path / "sq", "--device", "cpu", "--aspect", "1.0", "--margin-x", "0.6",
+               "--preview-size", "0")
+    assert r.exit_code == 1  # the two unreadable files, as before
+    wide = pd.read_csv(tmp_path / "sq" / "crop_report.csv").set_index("path")
+    base = pd.read_csv(dst / "crop_report.csv").set_index("path")
+    rel = "eval/" + f"{0:040x}.jpg"
+    with Image.open(tmp_path / "sq" / rel) as im:
+        assert abs(im.width - im.height) <= 1
+    w = lambda df: df.loc[rel, "crop_x2"] - df.loc[rel, "crop_x1"]  # noqa: E731
+    assert w(wide) > w(base)
