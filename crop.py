@@ -50,6 +50,11 @@ class Item:
     group: str  # the person folder, or the image itself when its folder is not one person's
 
 
+def crop_path(dst: Path, rel: str) -> Path:
+    """Where the crop of SRC/rel goes: the same tree, named <stem>.jpg."""
+    return dst / Path(rel).with_suffix(".jpg")
+
+
 def list_items(src: Path, dst: Path, person_photos: int) -> list[Item]:
     items = []
     for root, dirs, files in os.walk(src):
@@ -59,8 +64,7 @@ def list_items(src: Path, dst: Path, person_photos: int) -> list[Item]:
         person = len(names) <= person_photos and rel_root != Path(".")
         for name in names:
             rel = (rel_root / name).as_posix()
-            items.append(Item(rel, Path(root) / name, dst / rel_root / (Path(name).stem + ".jpg"),
-                              rel_root.as_posix() if person else rel))
+            items.append(Item(rel, Path(root) / name, crop_path(dst, rel), rel_root.as_posix() if person else rel))
     seen: dict[Path, str] = {}
     for it in items:
         if it.dst in seen:
@@ -111,7 +115,16 @@ def decoded(pool: ThreadPoolExecutor, batches):
         yield pending[0], [f.result() for f in pending[1]]
 
 
-def decide(batch, images, dets, det: Detector, done: pd.DataFrame) -> tuple[list[dict], list]:
+def faces_by_folder(done: pd.DataFrame) -> dict[str, list[np.ndarray]]:
+    """Face boxes of crops finished earlier, by folder: a resumed person still meets its other photos."""
+    faces = done[done["status"] == "face"]
+    out: dict[str, list[np.ndarray]] = {}
+    for path, box in zip(faces["path"], faces[COLUMNS[3:7]].to_numpy(float)):
+        out.setdefault(Path(path).parent.as_posix(), []).append(box)
+    return out
+
+
+def decide(batch, images, dets, det: Detector, earlier: dict[str, list[np.ndarray]]) -> tuple[list[dict], list]:
     """Status and face box per photo; photos that need the run-wide prior come back deferred."""
     rows, deferred = [], []
     groups: dict[str, list[int]] = {}
@@ -119,9 +132,7 @@ def decide(batch, images, dets, det: Detector, done: pd.DataFrame) -> tuple[list
         groups.setdefault(it.group, []).append(i)
     for group, idx in groups.items():
         best = {i: det.best(dets[i]) if dets[i] is not None else (None, None, "") for i in idx}
-        earlier = done[done["path"].str.startswith(group + "/") & (done["status"] == "face")]
-        faces = [b for b, _, _ in best.values() if b is not None] + list(
-            earlier[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float))
+        faces = [b for b, _, _ in best.values() if b is not None] + earlier.get(group, [])
         ref = consensus(faces)
         if len(faces) >= 3:
             faces = [f for f in faces if agrees(f, ref)]
@@ -179,7 +190,7 @@ def preview(dst: Path, report: pd.DataFrame, n: int, seed: int = 0) -> None:
     sheet = Image.new("RGB", (tw * cols, th * ((len(pick) + cols - 1) // cols)), (40, 40, 40))
     colours = {"face": (60, 200, 60), "person": (240, 200, 40), "prior": (240, 60, 60)}
     for k, (_, r) in enumerate(pick.iterrows()):
-        with Image.open(dst / Path(r["path"]).with_suffix(".jpg")) as im:
+        with Image.open(crop_path(dst, r["path"])) as im:
             thumb = im.convert("RGB").resize((tw - 6, th - 22))
         x, y = (k % cols) * tw, (k // cols) * th
         sheet.paste(thumb, (x + 3, y + 3))
@@ -233,7 +244,9 @@ def main(
         for p in (dst / REPORT, dst / PARTIAL):
             p.unlink(missing_ok=True)
     done = load_done(dst, items)
-    todo = [it for it in items if it.rel not in set(done["path"])]
+    finished = set(done["path"])
+    todo = [it for it in items if it.rel not in finished]
+    earlier = faces_by_folder(done)
     det = Detector(device=dev, scale=scale, min_face=min_face, min_prob=min_prob)
     geom = Geometry(margin_x, margin_top, margin_bottom, aspect)
     by_rel = {it.rel: it for it in items}
@@ -246,7 +259,7 @@ def main(
             dets = [None] * len(batch)
             for i, f in zip(ok, found):
                 dets[i] = f
-            rows, later = decide(batch, images, dets, det, done)
+            rows, later = decide(batch, images, dets, det, earlier)
             write_crops(pool, rows, by_rel, {it.rel: im for it, im in zip(batch, images)}, geom, quality)
             append_partial(dst, rows)
             new_rows += rows
