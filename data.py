@@ -9,9 +9,8 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
-
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,12 +175,27 @@ def check_outside(out: Path, *inputs: Path) -> None:
             raise UserError(f"output {out} is inside the input folder {src}")
 
 
-def read_probs(path: Path, id_col: str | None = None) -> pd.DataFrame:
-    """A probability CSV (id column, p0..p17[, label, fold]) checked for shape and sanity."""
+def read_table(path: Path, **kw) -> pd.DataFrame:
+    """pd.read_csv, with a broken or missing file reported as one line naming it."""
     try:
-        df = pd.read_csv(path)
+        return pd.read_csv(path, **kw)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read CSV ({e})") from None
+
+
+def read_info(path: Path) -> pd.Series:
+    """The ImageIDs of info.csv, in its row order (the order a submission must follow)."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    ids = read_table(path, dtype=str)
+    if "ImageID" not in ids.columns:
+        raise UserError(f"{path}: no ImageID column")
+    return ids["ImageID"]
+
+
+def read_probs(path: Path, id_col: str | None = None) -> pd.DataFrame:
+    """A probability CSV (id column, p0..p17[, label, fold]) checked for shape and sanity."""
+    df = read_table(path)
     missing = [c for c in PROB_COLS if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing probability columns {', '.join(missing[:5])}")

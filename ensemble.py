@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, fail, joint, marginals, read_probs, scores, write_csv
+from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, fail, joint, marginals, read_info, read_probs, read_table, \
+    scores, write_csv
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -149,8 +150,6 @@ def main(
         for p in [out, probs_out, suspects_out]:
             if p is not None and p.exists() and not overwrite:
                 raise UserError(f"{p} exists (pass --overwrite to replace it)")
-        if not info.is_file():
-            raise UserError(f"{info}: no such file")
         w = np.ones(len(inputs))
         if weights:
             try:
@@ -165,10 +164,7 @@ def main(
                 raise UserError(f"--{t}-from {i}: there are {len(inputs)} inputs")
         if (bias or suspects_out) and not oof:
             raise UserError("--bias and --suspects need --oof runs")
-        ids = pd.read_csv(info, dtype=str)
-        if "ImageID" not in ids.columns:
-            raise UserError(f"{info}: no ImageID column")
-        ids = ids["ImageID"]
+        ids = read_info(info)
         probs = read_inputs(inputs, ids)
         cv = cv_report([read_oof(r) for r in oof], oof, w, mean) if oof else None
         truth_y = read_truth(truth, ids) if truth else None
@@ -205,7 +201,7 @@ def main(
 
 
 def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
-    t = pd.read_csv(path, dtype={"ImageID": str})
+    t = read_table(path, dtype={"ImageID": str})
     if not {"ImageID", "ans"} <= set(t.columns) or set(t["ImageID"]) != set(ids):
         raise UserError(f"{path}: needs ImageID,ans for exactly the ImageIDs of info.csv")
     return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import difflib
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,3 +67,37 @@ def probs18(logits: torch.Tensor, head: str) -> torch.Tensor:
     p = {t: F.softmax(v.float(), dim=1) for t, v in split_logits(logits).items()}
     j = p["mask"][:, :, None, None] * p["gender"][:, None, :, None] * p["age"][:, None, None, :]
     return j.reshape(len(logits), NUM_CLASSES)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """weights_only: a checkpoint passed around a team must never run code when loaded."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a safe checkpoint of this toolkit ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]})") from None
+
+
+def autocast(device: str, amp: bool):
+    """bf16 autocast on the device's type when amp is on; a no-op otherwise."""
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=amp)
+
+
+@torch.no_grad()
+def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, batch_size: int, amp: bool,
+                  channels_last: bool = True, tta: bool = False, desc: str | None = None) -> np.ndarray:
+    """18-class probabilities of cached uint8 images; with tta, averaged with the mirrored image."""
+    from tqdm import tqdm
+
+    from datasets import to_input
+
+    net.eval()
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, leave=False, disable=desc is None):
+        x = to_input(torch.from_numpy(images[i:i + batch_size]), mean, std, device, channels_last)
+        with autocast(device, amp):
+            p = probs18(net(x), head)
+            if tta:  # horizontal flip: faces are left-right symmetric, labels are not
+                p = (p + probs18(net(torch.flip(x, dims=[3])), head)) / 2
+        out.append(p.float().cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, NUM_CLASSES))

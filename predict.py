@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from tqdm import tqdm
 
 import models
-from data import NUM_CLASSES, PROB_COLS, Device, UserError, fail, find_by_stem, resolve_device, write_csv
-from datasets import load_cache, to_input
+from data import NUM_CLASSES, PROB_COLS, Device, UserError, fail, find_by_stem, read_info, resolve_device, write_csv
+from datasets import load_cache
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -47,11 +46,7 @@ def checkpoints(sources: list[Path]) -> list[Path]:
 
 def load_model(path: Path, device: str):
     """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a safe checkpoint of this toolkit ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]})") from None
+    ck = models.load_checkpoint(path)
     if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
         raise UserError(f"{path}: a checkpoint of another kind (it lacks model, head, image size or weights)")
     if ck["num_classes"] != NUM_CLASSES:
@@ -77,20 +72,6 @@ def image_files(images: Path, ids: list[str]) -> list[Path]:
     return files
 
 
-@torch.inference_mode()
-def infer(net, ck, cache: np.ndarray, batch_size: int, device: str, tta: bool, amp: bool) -> np.ndarray:
-    out = []
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
-    for i in tqdm(range(0, len(cache), batch_size), desc=f"{ck['model']}", file=sys.stderr, leave=False):
-        x = to_input(torch.from_numpy(cache[i:i + batch_size]), ck["mean"], ck["std"], device)
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
-            p = models.probs18(net(x), ck["head"])
-            if tta:  # horizontal flip: faces are left-right symmetric, labels are not
-                p = (p + models.probs18(net(torch.flip(x, dims=[3])), ck["head"])) / 2
-        out.append(p.float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
-
-
 @app.command()
 def main(
     sources: Annotated[list[Path], typer.Argument(help="run folders and/or checkpoint files")],
@@ -107,15 +88,10 @@ def main(
     try:
         if out.exists() and not overwrite:
             raise UserError(f"{out} exists (pass --overwrite to replace it)")
-        if not info.is_file():
-            raise UserError(f"{info}: no such file")
         if not images.is_dir():
             raise UserError(f"{images}: no such folder")
         dev = resolve_device(device)
-        ids = pd.read_csv(info, dtype=str)
-        if "ImageID" not in ids.columns:
-            raise UserError(f"{info}: no ImageID column")
-        ids = ids["ImageID"].tolist()
+        ids = read_info(info).tolist()
         files = image_files(images, ids)
         paths = checkpoints(sources)
         nets = [load_model(p, dev) for p in paths]
@@ -129,7 +105,8 @@ def main(
         fail(str(e))
     probs = np.zeros((len(ids), NUM_CLASSES))
     for (net, ck), path in zip(nets, paths):
-        probs += infer(net, ck, caches[tuple(ck["img_size"])], batch_size, dev, tta, amp and dev == "cuda")
+        probs += models.predict_probs(net, ck["head"], caches[tuple(ck["img_size"])], ck["mean"], ck["std"], dev,
+                                      batch_size, amp and dev == "cuda", tta=tta, desc=ck["model"])
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
     probs /= len(nets)
     probs /= probs.sum(axis=1, keepdims=True)

@@ -21,16 +21,13 @@ import typer
 from sklearn.model_selection import StratifiedGroupKFold
 
 from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, encode, fail, find_by_stem, \
-    gender_label, is_hidden, mask_label, write_csv
+    gender_label, is_hidden, mask_label, read_table, write_csv
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def read_train_csv(path: Path, allow_duplicate_ids: bool) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read CSV ({e})") from None
+    df = read_table(path, dtype=str, keep_default_na=False)
     missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -16,7 +16,6 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,7 +29,7 @@ from tqdm import tqdm
 import losses
 import models
 from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, decode, encode, fail, \
-    resolve_device, scores, write_csv
+    read_table, resolve_device, scores, write_csv
 from datasets import AUGS, CUTMIX_MODES, CachedImages, cutmix, load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -54,10 +53,7 @@ def choose(value: str, valid, option: str) -> str:
 
 
 def read_folds(path: Path, fold: int) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read CSV ({e})") from None
+    df = read_table(path, dtype={"id": str})
     missing = [c for c in FOLD_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (make it with split.py)")
@@ -163,7 +159,7 @@ def train_epoch(ctx, loader, epoch: int):
         y_b, lam = y, 1.0
         if ctx["cutmix"] and torch.rand(1, generator=gen).item() < ctx["cutmix"]:
             x, y, y_b, lam = cutmix(x, y, ctx["cutmix_alpha"], ctx["cutmix_mode"], gen)
-        with ctx["autocast"]():
+        with models.autocast(ctx["device"], ctx["amp"]):
             logits = net(x)
             loss = crit(logits, y) if lam == 1.0 else lam * crit(logits, y) + (1 - lam) * crit(logits, y_b)
         opt.zero_grad(set_to_none=True)
@@ -181,24 +177,11 @@ def train_epoch(ctx, loader, epoch: int):
     return {"train_loss": total / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
 
 
-@torch.no_grad()
-def predict(ctx, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """18-class probabilities of this process's share of images (all of them without DDP)."""
-    net = ctx["model"]
-    net.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[i:i + batch_size]), ctx["mean"], ctx["std"], ctx["device"],
-                     ctx["channels_last"])
-        with ctx["autocast"]():
-            out.append(models.probs18(net(x), ctx["head"]).cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, NUM_CLASSES))
-
-
 def validate(ctx, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:
     rank, world = ctx["rank"], ctx["world"]
     mine = np.arange(rank, len(images), world)
-    probs = predict(ctx, images[mine], batch_size)
+    probs = models.predict_probs(ctx["model"], ctx["head"], images[mine], ctx["mean"], ctx["std"], ctx["device"],
+                                 batch_size, ctx["amp"], ctx["channels_last"])
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, (mine, probs))
@@ -225,15 +208,6 @@ def checkpoint(ctx, epoch: int, metric: dict, full: bool) -> dict:
 def save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """weights_only: a checkpoint passed around a team must never run code when loaded."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a safe checkpoint of this toolkit ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]})") from None
 
 
 def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
@@ -398,7 +372,7 @@ def main(
         dev, rank, world = setup_device(device)
         seed_all(seed)  # the same initial weights in every process and every run of this seed
         net = models.create(model, head, pretrained, drop_rate)
-        ck = load_checkpoint(resume_from) if resume_from else None
+        ck = models.load_checkpoint(resume_from) if resume_from else None
     except ValueError as e:
         fail(f"--task-weights: {e}")
     except UserError as e:
@@ -434,9 +408,7 @@ def main(
            "cutmix_mode": cutmix_mode, "cutmix_alpha": cutmix_alpha, "history": [],
            "best": {"f1": -1.0, "epoch": -1},
            "crit": Criterion(loss, head, targets, focal_gamma, smoothing, weights)}
-    use_amp = amp if amp is not None else dev.startswith("cuda")
-    dev_type = "cuda" if dev.startswith("cuda") else "cpu"
-    ctx["autocast"] = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    ctx["amp"] = amp if amp is not None else dev.startswith("cuda")
     start = 0
     if ck is not None:
         net.load_state_dict(ck["state_dict"])
@@ -460,7 +432,7 @@ def main(
             from torch.utils.data.distributed import DistributedSampler
             sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed, drop_last=True)
             sampler.set_epoch(epoch)
-        loader = make_loader(train_ds, batch_size, workers, sampler, seed * 1000 + epoch, dev_type == "cuda")
+        loader = make_loader(train_ds, batch_size, workers, sampler, seed * 1000 + epoch, dev.startswith("cuda"))
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **train_epoch(ctx, loader, epoch)}
         v, probs = validate(ctx, va_images, val_labels, batch_size * 2)
         row.update(v, seconds=round(time.time() - t, 2))

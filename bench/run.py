@@ -65,6 +65,17 @@ def habit_crop(files: list[Path], device: str, out: Path) -> tuple[float, dict]:
     return len(files) / (time.time() - t), boxes
 
 
+def timed_rate(fn, batch: int, steps: int, device: str) -> float:
+    """Images per second of `fn` (one batch per call), after two warm-up calls."""
+    for i in range(steps):
+        if i == 2:
+            sync(device)
+            t = time.time()
+        fn()
+    sync(device)
+    return batch * (steps - 2) / (time.time() - t)
+
+
 def model_only_train(model: str, head: str, batch: int, size, device: str, amp: bool, steps: int = 12) -> float:
     import models
 
@@ -72,18 +83,15 @@ def model_only_train(model: str, head: str, batch: int, size, device: str, amp: 
     opt = torch.optim.AdamW(net.parameters())
     x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, models.HEADS[head], (batch,), device=device)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
-    for i in range(steps):
-        if i == 2:
-            sync(device)
-            t = time.time()
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+
+    def one_step():
+        with models.autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(net(x).float()[:, :models.HEADS[head]], y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    sync(device)
-    return batch * (steps - 2) / (time.time() - t)
+
+    return timed_rate(one_step, batch, steps, device)
 
 
 @torch.inference_mode()
@@ -92,15 +100,12 @@ def model_only_infer(model: str, batch: int, size, device: str, amp: bool, steps
 
     net = models.create(model, "multi", pretrained=False).to(device).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
-    for i in range(steps):
-        if i == 2:
-            sync(device)
-            t = time.time()
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+
+    def one_pass():
+        with models.autocast(device, amp):
             net(x)
-    sync(device)
-    return batch * (steps - 2) / (time.time() - t)
+
+    return timed_rate(one_pass, batch, steps, device)
 
 
 def sync(device: str) -> None:
