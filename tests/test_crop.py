@@ -158,3 +158,36 @@ def test_geometry_options_reach_the_crops(tree, cropped, tmp_path):
         assert abs(im.width - im.height) <= 1
     w = lambda df: df.loc[rel, "crop_x2"] - df.loc[rel, "crop_x1"]  # noqa: E731
     assert w(wide) > w(base)
+
+
+def _report(dst):
+    return pd.read_csv(dst / "crop_report.csv").set_index("path")
+
+
+@pytest.mark.parametrize("option,value,note", [("--min-face", "400", "no face"), ("--min-prob", "1.01", "low prob")])
+def test_detection_options_reach_the_detector(tree, tmp_path, option, value, note):
+    src, faces = tree
+    r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu", option, value, "--preview-size", "0")
+    report = _report(tmp_path / "c")
+    assert (report["status"] != "face").all(), r.output
+    assert (report.loc[list(faces), "note"] == note).all()
+
+
+def test_person_quality_margin_and_scale_options(tree, cropped, tmp_path):
+    src, faces = tree
+    dst, _ = cropped
+    r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu", "--person-photos", "0", "--quality", "30",
+               "--margin-top", "1.0", "--margin-bottom", "0.6", "--scale", "1.0", "--workers", "1",
+               "--preview-size", "0")
+    assert r.exit_code == 1
+    new, base = _report(tmp_path / "c"), _report(dst)
+    # no folder counts as a person: the faceless card falls back to the prior, not the person
+    assert new.loc["000001_female_Asian_45/incorrect_mask.jpg", "status"] == "prior"
+    rel = "eval/" + f"{0:040x}.jpg"
+    h = lambda df: df.loc[rel, "crop_y2"] - df.loc[rel, "crop_y1"]  # noqa: E731
+    assert h(new) > h(base)
+    assert (tmp_path / "c" / rel).stat().st_size < (dst / rel).stat().st_size
+    # detected on the full-size photo: boxes close to, but not the same as, the half-size ones
+    cols = ["face_x1", "face_y1", "face_x2", "face_y2"]
+    assert not np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float))
+    assert np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float), atol=20)

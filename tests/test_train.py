@@ -140,3 +140,35 @@ def test_torchrun_two_processes_gloo(folds, tmp_path):
     assert m["fold"] == 0 and 0 <= m["f1"] <= 1
     assert "x2" in (fold / "train.log").read_text()
     assert len(pd.read_csv(fold / "oof.csv")) == len(pd.read_csv(folds).query("fold == 0"))
+
+
+def _metrics(folds, out, *extra):
+    r = run_train(folds, out, "--epochs", "2", *extra)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout.strip().splitlines()[-1]), pd.read_csv(out / "test_resnet" / "fold0" / "history.csv")
+
+
+KEYS = ("f1", "val_loss")
+
+
+@pytest.mark.parametrize("neutral,active", [
+    (["--loss", "focal", "--focal-gamma", "0"], ["--loss", "focal", "--focal-gamma", "5"]),
+    (["--loss", "label_smoothing", "--smoothing", "0"], ["--loss", "label_smoothing", "--smoothing", "0.4"]),
+    (["--drop-rate", "0"], ["--drop-rate", "0.7"]),
+    (["--cutmix", "1", "--cutmix-alpha", "1"], ["--cutmix", "1", "--cutmix-alpha", "0.05"]),
+], ids=["focal-gamma", "smoothing", "drop-rate", "cutmix-alpha"])
+def test_loss_and_regularisation_options_change_training(folds, tmp_path, neutral, active):
+    base, _ = _metrics(folds, tmp_path / "base", *neutral)
+    again, _ = _metrics(folds, tmp_path / "again", *neutral)
+    other, _ = _metrics(folds, tmp_path / "other", *active)
+    assert [base[k] for k in KEYS] == [again[k] for k in KEYS]  # deterministic, so a difference is the option's
+    assert [base[k] for k in KEYS] != [other[k] for k in KEYS]
+    if neutral[1] in ("focal", "label_smoothing"):  # gamma 0 / smoothing 0 are plain cross entropy
+        ce, _ = _metrics(folds, tmp_path / "ce")
+        assert [ce[k] for k in KEYS] == [base[k] for k in KEYS]
+
+
+def test_step_scheduler_options_set_the_learning_rate(folds, tmp_path):
+    _, hist = _metrics(folds, tmp_path / "r", "--scheduler", "step", "--step-size", "1", "--step-gamma", "0.1",
+                       "--lr", "0.01")
+    assert hist["lr"].tolist() == pytest.approx([0.01, 0.001])
