@@ -6,6 +6,7 @@ label scheme of COMPETITION.md exists in exactly one place.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -159,6 +160,15 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files a killed run left under `folder` (atomic_path's names only)."""
+    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+    stale = [p for p in Path(folder).rglob(".*.tmp") if pattern.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
 
 
 def write_csv(df: pd.DataFrame, path: Path, **kw) -> None:

@@ -25,7 +25,10 @@ class Geometry:
 class Detector:
     device: str = "cpu"
     scale: float = 0.5  # detect on a downscaled copy: faces in these portraits are large
-    min_face: int = 100  # smallest face to look for, in source pixels
+    # Smallest face to look for, in source pixels. 112 = 20 / 0.709**5: the image pyramid is then the
+    # tail of the one MTCNN's defaults (min_face_size=20, factor 0.709) build, so the same faces come
+    # out at a third of the cost; 384x512 portraits hold faces of 100-250 px.
+    min_face: int = 112
     min_prob: float = 0.75
     min_size: int = 40  # smallest plausible face box side, in source pixels
 
@@ -34,6 +37,9 @@ class Detector:
 
         self.mtcnn = MTCNN(device=self.device, keep_all=True)
         self.mtcnn.eval()
+        # Same boxes (to 1e-4 px), 1.6x faster on a CPU: max-pooling's channels-last kernel is the fast one.
+        for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
+            net.to(memory_format=torch.channels_last)
 
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, an array (n, 5) of candidate boxes x1,y1,x2,y2,prob in source pixels."""
@@ -94,6 +100,32 @@ def agrees(box: np.ndarray, ref: np.ndarray, shift: float = 0.35, size: float = 
 def consensus(boxes: list[np.ndarray]) -> np.ndarray | None:
     """Median box of a person's photos (all 7 share pose and framing)."""
     return np.median(np.stack(boxes), axis=0) if boxes else None
+
+
+def signature(image: np.ndarray) -> np.ndarray:
+    """A photo's look, minus the face region: a person's photos share background, hair and clothes,
+    and differ only where the mask is. Unit vector; photos of one person have the largest dot products."""
+    x = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    keep = np.ones((32, 24), bool)
+    keep[10:26, 5:19] = False  # the face, where a prior would put it (rows .3-.8, columns .2-.8)
+    x = x[keep].ravel()
+    x -= x.mean()
+    return x / (np.linalg.norm(x) + 1e-6)
+
+
+def borrow(sims: np.ndarray, boxes: list, k: int = 6, floor: float = 0.5) -> tuple[np.ndarray | None, int]:
+    """For a photo without a face in a folder of unnamed photos: the consensus box of its k most similar
+    photos (its person's others, when the folder holds them), if at least two of those show faces that
+    agree with the most similar one. `boxes` are face boxes as fractions of each photo's size, None where
+    it has none. On demo photos, one person's photos have similarities 0.71-1 (other people's up to 0.94:
+    hence the top k, not a threshold); the floor only keeps a blank card from borrowing anything."""
+    near = [boxes[i] for i in np.argsort(-sims)[:k] if boxes[i] is not None and sims[i] >= floor]
+    if len(near) < 2:
+        return None, len(near)
+    # The most similar photo with a face is the likeliest to be the same person: the others must agree
+    # with it (a median would side with other people whenever the person has fewer faces among the k).
+    near = [b for b in near if agrees(b, near[0])]
+    return (consensus(near), len(near)) if len(near) >= 2 else (None, len(near))
 
 
 def crop_box(face: np.ndarray, shape: tuple[int, int], g: Geometry) -> np.ndarray:

@@ -11,10 +11,10 @@ from conftest import invoke
 from facebox import Geometry, crop_box
 
 
-def photo(portrait: str, stem: str, seed: int = 0):
-    """A 384x512 photo of a real portrait and where its face is, in photo pixels."""
+def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 0.0):
+    """A 384x512 photo of a real portrait and where its face is, in photo pixels (cx, cy: face offset)."""
     rng = np.random.default_rng(seed)
-    p = demo.make_people(6, rng, 0)[0] | {"portrait": portrait, "flip": False, "face_w": 150.0, "cx": 0.0, "cy": 0.0}
+    p = demo.make_people(6, rng, 0)[0] | {"portrait": portrait, "flip": False, "face_w": 150.0, "cx": cx, "cy": cy}
     base = demo.load_portraits()[portrait]
     img = demo.draw_photo(p, stem, base, demo.person_layers(p, base), np.random.default_rng(seed))
     s, dx, dy = demo.affine(p, np.zeros(2))
@@ -28,12 +28,12 @@ def tree(tmp_path_factory):
     person = src / "000001_female_Asian_45"
     person.mkdir()
     faces = {}
-    # drawn masks that MTCNN finds at both full and half size (it misses some others, as on real masks)
-    for name, (portrait, stem, seed) in {"normal": ("grace_hopper", "normal", 1), "mask1": ("grace_hopper", "mask3", 0),
+    # drawn masks found by MTCNN's defaults and crop.py's (both miss some others, as on real masks)
+    for name, (portrait, stem, seed) in {"normal": ("grace_hopper", "normal", 1), "mask1": ("grace_hopper", "mask1", 2),
                                          "mask2": ("astronaut", "normal", 1), "mask3": ("astronaut", "mask2", 1)}.items():
         img, faces[f"000001_female_Asian_45/{name}.jpg"] = photo(portrait, stem, seed=seed)
         img.save(person / f"{name}.jpg", quality=95)
-    img, faces["000001_female_Asian_45/mask4.png"] = photo("astronaut", "mask1", seed=1)
+    img, faces["000001_female_Asian_45/mask4.png"] = photo("astronaut", "mask5", seed=1)
     img.convert("RGBA").save(person / "mask4.png")
     # a photo of the same person with no detectable face: a flat grey card
     Image.new("RGB", (384, 512), (128, 128, 128)).save(person / "incorrect_mask.jpg")
@@ -46,6 +46,12 @@ def tree(tmp_path_factory):
         img.save(flat / f"{i:040x}.jpg", quality=95)
         faces[f"eval/{i:040x}.jpg"] = face
     Image.new("RGB", (384, 512), (90, 90, 90)).save(flat / f"{99:040x}.jpg")
+    # one person framed off-centre, unlike everyone else in the folder: two photos with faces, one without
+    for name, stem in (("look_normal", "normal"), ("look_incorrect", "incorrect_mask"), ("look_mask", "mask1")):
+        img, face = photo("grace_hopper", stem, 5, cx=-70, cy=30)
+        img.save(flat / f"{name}.jpg", quality=95)
+        if name != "look_mask":
+            faces[f"eval/{name}.jpg"] = face
     (flat / "notes.jpg").write_text("a text file named .jpg\n")
     return src, faces
 
@@ -93,6 +99,17 @@ def test_flat_folder_faceless_photo_gets_the_prior(cropped):
     assert (dst / "eval" / f"{99:040x}.jpg").is_file()
 
 
+def test_flat_folder_faceless_photo_borrows_its_look_alikes_box(cropped):
+    dst, _ = cropped
+    row = pd.read_csv(dst / "crop_report.csv").set_index("path").loc["eval/look_mask.jpg"]
+    assert row["status"] == "person" and "box of 2 look-alike photos" in row["note"], row.to_dict()
+    _, face = photo("grace_hopper", "mask1", 5, cx=-70, cy=30)
+    found = row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float)
+    inter = np.clip(np.minimum(found[2:], face[2:]) - np.maximum(found[:2], face[:2]), 0, None).prod()
+    # its person's faces, not the centred ones of everyone else in the folder (IoU with those is about 0.4)
+    assert inter / (np.prod(found[2:] - found[:2]) + np.prod(face[2:] - face[:2]) - inter) > 0.7
+
+
 def test_unreadable_reported_rest_cropped_nonzero_exit(tree, cropped):
     src, faces = tree
     dst, r = cropped
@@ -101,10 +118,10 @@ def test_unreadable_reported_rest_cropped_nonzero_exit(tree, cropped):
     assert report.loc["000001_female_Asian_45/mask5.jpg", "status"] == "unreadable"
     assert report.loc["eval/notes.jpg", "status"] == "unreadable"
     assert "2 unreadable image(s)" in r.stderr.strip().splitlines()[-1]
-    assert len(report) == len(faces) + 4  # every image has a row; ._ junk has none
+    assert len(report) == len(faces) + 5  # every image has a row; ._ junk has none
     assert not any("._" in p for p in report.index)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["face"] == len(faces) and summary["person"] == 1 and summary["prior"] == 1
+    assert summary["face"] == len(faces) and summary["person"] == 2 and summary["prior"] == 1
     assert (dst / "preview.jpg").is_file()
     assert not list(dst.rglob("*.tmp")) and not (dst / crop.PARTIAL).exists()
     assert sorted(p.name for p in src.rglob("*") if p.is_file() and "crops" in str(p)) == []
@@ -191,3 +208,19 @@ def test_person_quality_margin_and_scale_options(tree, cropped, tmp_path):
     cols = ["face_x1", "face_y1", "face_x2", "face_y2"]
     assert not np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float))
     assert np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float), atol=20)
+
+
+def test_worker_processes_and_threads_give_the_same_crops(tree, tmp_path):
+    src, _ = tree
+    runs = {}
+    for workers in ("1", "2"):
+        r = invoke(crop.app, src, tmp_path / workers, "--device", "cpu", "--workers", workers, "--batch-size", "4",
+                   "--preview-size", "0")
+        runs[workers] = json.loads(r.stdout.strip().splitlines()[-1])["workers"]
+    assert runs == {"1": "1 threads", "2": "2 processes"}  # on CPU, more than one worker means processes
+    one, two = _report(tmp_path / "1"), _report(tmp_path / "2")
+    assert one.index.equals(two.index) and (one["status"] == two["status"]).all()
+    assert np.allclose(one.iloc[:, 1:12].to_numpy(float), two.iloc[:, 1:12].to_numpy(float), atol=0.2, equal_nan=True)
+    for rel in one.index[one["status"] != "unreadable"]:
+        a, b = (np.asarray(Image.open(crop.crop_path(tmp_path / w, rel))) for w in ("1", "2"))
+        assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1
