@@ -78,6 +78,29 @@ def load_checkpoint(path: Path) -> dict:
                         f"{str(e).splitlines()[0][:160]})") from None
 
 
+CKPT_KEYS = ("model", "head", "img_size", "mean", "std", "num_classes", "state_dict")
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "torch_rng", "history", "best")
+
+
+def read_checkpoint(path: Path, resume: bool = False) -> dict:
+    """A checkpoint of this toolkit, checked to be one before anything uses it."""
+    ck = load_checkpoint(path)
+    missing = [k for k in CKPT_KEYS + (RESUME_KEYS if resume else ()) if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise UserError(f"{path}: a checkpoint of another kind (it lacks {', '.join(missing)})")
+    if ck["num_classes"] != NUM_CLASSES:
+        raise UserError(f"{path}: a checkpoint for {ck['num_classes']} classes, not {NUM_CLASSES}")
+    return ck
+
+
+def load_weights(net: nn.Module, ck: dict, path: Path) -> None:
+    try:
+        net.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise UserError(f"{path}: its weights do not fit {ck['model']} ({first[:120]})") from None
+
+
 def autocast(device: str, amp: bool):
     """bf16 autocast on the device's type when amp is on; a no-op otherwise."""
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=amp)

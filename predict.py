@@ -26,9 +26,6 @@ from datasets import load_cache
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-CKPT_KEYS = ("model", "head", "img_size", "mean", "std", "num_classes", "state_dict")
-
-
 def checkpoints(sources: list[Path]) -> list[Path]:
     out = []
     for s in sources:
@@ -46,16 +43,9 @@ def checkpoints(sources: list[Path]) -> list[Path]:
 
 def load_model(path: Path, device: str):
     """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
-    ck = models.load_checkpoint(path)
-    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
-        raise UserError(f"{path}: a checkpoint of another kind (it lacks model, head, image size or weights)")
-    if ck["num_classes"] != NUM_CLASSES:
-        raise UserError(f"{path}: a checkpoint for {ck['num_classes']} classes, not {NUM_CLASSES}")
+    ck = models.read_checkpoint(path)
     net = models.create(ck["model"], ck["head"], pretrained=False)
-    try:
-        net.load_state_dict(ck["state_dict"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: its weights do not fit {ck['model']} ({str(e).splitlines()[1].strip()[:120]})") from None
+    models.load_weights(net, ck, path)
     return net.to(device).eval().to(memory_format=torch.channels_last), ck
 
 

@@ -372,7 +372,14 @@ def main(
         dev, rank, world = setup_device(device)
         seed_all(seed)  # the same initial weights in every process and every run of this seed
         net = models.create(model, head, pretrained, drop_rate)
-        ck = models.load_checkpoint(resume_from) if resume_from else None
+        ck = models.read_checkpoint(resume_from, resume=True) if resume_from else None
+        if ck is not None:
+            mine, theirs = (model, head, list(img_size)), (ck["model"], ck["head"], list(ck["img_size"]))
+            if mine != theirs:
+                raise UserError(f"{resume_from}: a checkpoint of {theirs[0]} ({theirs[1]} head, "
+                                f"{theirs[2][0]}x{theirs[2][1]}), not of this run's {model} ({head} head, "
+                                f"{img_size[0]}x{img_size[1]}); --overwrite restarts the fold")
+            models.load_weights(net, ck, resume_from)
     except ValueError as e:
         fail(f"--task-weights: {e}")
     except UserError as e:
@@ -411,7 +418,6 @@ def main(
     ctx["amp"] = amp if amp is not None else dev.startswith("cuda")
     start = 0
     if ck is not None:
-        net.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])

@@ -79,7 +79,7 @@ class Evil:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("kind", ["other", "evil", "classes"])
+@pytest.mark.parametrize("kind", ["other", "evil", "classes", "architecture"])
 def test_predict_refuses_foreign_and_unsafe_checkpoints(run, demo_tree, tmp_path, kind):
     ck = tmp_path / "x.pt"
     marker = tmp_path / "pwned"
@@ -89,7 +89,10 @@ def test_predict_refuses_foreign_and_unsafe_checkpoints(run, demo_tree, tmp_path
         torch.save({"model": Evil(str(marker))}, ck)
     else:
         good = torch.load(run / "fold0" / "best.pt", weights_only=True)
-        good["num_classes"] = 10
+        if kind == "classes":
+            good["num_classes"] = 10
+        else:  # weights of one architecture, labelled as another
+            good["model"] = "test_efficientnet"
         torch.save(good, ck)
     r = run_predict(ck, demo_tree, tmp_path / "p.csv")
     assert r.exit_code == 2 and str(ck) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

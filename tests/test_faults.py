@@ -1,0 +1,178 @@
+"""Faults as a user meets them: processes really killed with SIGKILL, foreign checkpoints on --resume."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import crop
+import split
+import train
+from conftest import ROOT, invoke
+from data import PROB_COLS
+
+TINY = ["--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16", "--workers", "0",
+        "--device", "cpu"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
+
+
+def script(name, *args):
+    return [sys.executable, str(ROOT / name), *map(str, args)]
+
+
+def kill_when(p: subprocess.Popen, ready, timeout: float = 120) -> bool:
+    """SIGKILL `p` as soon as `ready()` holds; whether it was still running then."""
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    alive = p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    return alive
+
+
+@pytest.fixture(scope="module")
+def photos(demo_tree, tmp_path_factory):
+    """Three copies of the demo's train photos: enough batches for a kill to land mid-run."""
+    src = tmp_path_factory.mktemp("photos") / "images"
+    for copy in range(3):
+        for person in sorted((demo_tree / "train" / "images").iterdir()):
+            if person.is_dir() and not person.name.startswith("."):
+                shutil.copytree(person, src / f"{person.name}_{copy}")
+    return src
+
+
+def test_crop_killed_mid_run_resumes_and_every_file_decodes(photos, tmp_path):
+    whole, dst = tmp_path / "whole", tmp_path / "killed"
+    args = ["--device", "cpu", "--batch-size", "7", "--workers", "2", "--preview-size", "0"]
+    assert subprocess.run(script("crop.py", photos, whole, *args), capture_output=True, env=ENV).returncode == 0
+    partial = dst / crop.PARTIAL
+
+    def two_batches_recorded():
+        return partial.is_file() and partial.read_text().count("\n") > 14
+
+    p = subprocess.Popen(script("crop.py", photos, dst, *args), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=ENV)
+    assert kill_when(p, two_batches_recorded), "crop.py finished before the kill"
+    time.sleep(0.3)  # the worker processes die with their parent
+    recorded = pd.read_csv(partial)
+    assert 14 <= len(recorded) < 252
+    first = dst / recorded["path"].iloc[0]
+    (first.parent / f".{first.name}.abcd_123.tmp").write_bytes(b"\xff\xd8 half a crop")  # as a kill mid-write leaves
+    r = subprocess.run(script("crop.py", photos, dst, *args), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    # only what was not yet recorded is redone: recorded crops are on disk, in-flight ones are not trusted
+    assert summary["skipped"] == len(recorded) and summary["processed"] == 252 - len(recorded)
+    files = [f for f in dst.rglob("*") if f.is_file()]
+    assert {f.name for f in files if f.suffix != ".jpg"} == {"crop_report.csv", "crop_summary.json"}
+    for f in files:
+        if f.suffix == ".jpg":
+            with Image.open(f) as im:
+                im.load()  # every crop decodes: none is half written
+    a, b = (pd.read_csv(d / "crop_report.csv").set_index("path") for d in (whole, dst))
+    assert a.index.equals(b.index) and (a["status"] == b["status"]).all()
+    cols = crop.COLUMNS[3:11]
+    assert np.allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), atol=1)
+
+
+@pytest.fixture(scope="module")
+def run(demo_tree, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    folds = tmp / "folds.csv"
+    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds,
+                  "--folds", "2").exit_code == 0
+    r = invoke(train.app, folds, "--model", "test_resnet", *TINY, "--out", tmp / "runs")
+    assert r.exit_code == 0, r.output
+    return folds, tmp / "runs" / "test_resnet"
+
+
+def kill_at_delays(cmd, out, previous: bytes | None, check_new, delays):
+    """Kill `cmd` at each delay; the output is then the previous file, untouched, or a whole new one."""
+    landed = 0
+    for delay in delays:
+        if previous is None:
+            out.unlink(missing_ok=True)
+        else:
+            out.write_bytes(previous)
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        start = time.time()
+        landed += kill_when(p, lambda: time.time() - start > delay)
+        if out.exists() and (previous is None or out.read_bytes() != previous):
+            check_new(out)
+        elif previous is None:
+            assert not out.exists()
+        else:
+            assert out.read_bytes() == previous
+    assert landed >= 1, "every kill came after the end"
+
+
+def test_predict_and_ensemble_killed_leave_the_old_file_or_none(run, demo_tree, tmp_path):
+    _, folder = run
+    probs = tmp_path / "probs.csv"
+    ids = pd.read_csv(demo_tree / "eval" / "info.csv")["ImageID"].tolist()
+    predict = script("predict.py", folder, "--images", demo_tree / "eval" / "images", "--info",
+                     demo_tree / "eval" / "info.csv", "-o", probs, "--device", "cpu", "--overwrite")
+
+    def whole_probs(path):
+        df = pd.read_csv(path)
+        assert df["ImageID"].tolist() == ids and np.allclose(df[PROB_COLS].sum(axis=1), 1, atol=1e-4)
+
+    kill_at_delays(predict, probs, None, whole_probs, [1.0, 3.0])
+    kill_at_delays(predict, probs, b"ImageID,p0\nold,1\n", whole_probs, [2.0, 4.0])
+    assert subprocess.run(predict, capture_output=True, env=ENV).returncode == 0
+    sub = tmp_path / "submission.csv"
+    ensemble = script("ensemble.py", probs, "--info", demo_tree / "eval" / "info.csv", "-o", sub, "--overwrite")
+
+    def whole_submission(path):
+        df = pd.read_csv(path)
+        assert df["ImageID"].tolist() == ids and df["ans"].between(0, 17).all()
+
+    kill_at_delays(ensemble, sub, b"ImageID,ans\nold,0\n", whole_submission, [0.05, 0.25, 0.4])
+    kill_at_delays(ensemble, sub, None, whole_submission, [0.1, 0.3, 0.45])
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("architecture", "a checkpoint of test_resnet (single head, 32x24), not of this run's test_efficientnet"),
+    ("image size", "(single head, 32x24), not of this run's test_resnet (single head, 40x32)"),
+    ("classes", "a checkpoint for 10 classes"),
+    ("weights only", "lacks optimizer, scheduler"),
+    ("unsafe", "not a safe checkpoint"),
+])
+def test_resume_refuses_a_foreign_checkpoint(run, tmp_path, kind, needle):
+    folds, folder = run
+    last = torch.load(folder / "fold0" / "last.pt", weights_only=True)
+    model, size = ("test_efficientnet" if kind == "architecture" else "test_resnet",
+                   ["40", "32"] if kind == "image size" else ["32", "24"])
+    target = tmp_path / "runs" / model / "fold0" / "last.pt"
+    target.parent.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    if kind == "classes":
+        last["num_classes"] = 10
+    elif kind == "weights only":
+        last = torch.load(folder / "fold0" / "best.pt", weights_only=True)
+    elif kind == "unsafe":
+        last = {"model": Evil(str(marker))}
+    torch.save(last, target)
+    tiny = list(TINY)
+    tiny[tiny.index("--img-size") + 1:tiny.index("--img-size") + 3] = size
+    r = invoke(train.app, folds, "--model", model, *tiny, "--out", tmp_path / "runs", "--resume")
+    assert r.exit_code == 2 and needle in r.stderr and str(target) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
+    assert not (target.parent / "metrics.json").exists()
