@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import albumentations as A
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import asks the network for a newer version
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch

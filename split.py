@@ -20,7 +20,7 @@ import pandas as pd
 import typer
 from sklearn.model_selection import StratifiedGroupKFold
 
-from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, encode, fail, find_by_stem, \
+from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, check_outside, encode, fail, find_by_stem, \
     gender_label, is_hidden, mask_label, read_table, write_csv
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -107,6 +107,7 @@ def main(
             raise UserError(f"{train_csv}: no such file")
         if not images.is_dir():
             raise UserError(f"{images}: no such folder")
+        check_outside(out, images)
         if out.exists() and not overwrite:
             raise UserError(f"{out} exists (pass --overwrite to replace it)")
         people = read_train_csv(train_csv, allow_duplicate_ids)

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 import losses
 import models
-from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, decode, encode, fail, \
-    read_table, resolve_device, scores, write_csv
+from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, check_outside, decode, \
+    encode, fail, read_table, resolve_device, scores, write_csv
 from datasets import AUGS, CUTMIX_MODES, CachedImages, cutmix, load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -149,7 +149,8 @@ def train_epoch(ctx, loader, epoch: int):
     net, opt, sched, crit = ctx["model"], ctx["opt"], ctx["sched"], ctx["crit"]
     net.train()
     gen = torch.Generator().manual_seed(ctx["seed"] * 7919 + epoch)
-    total, n, preds, ys, seen, t_steady = 0.0, 0, [], [], 0, None
+    # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
+    total, n, preds, ys, seen, t_steady = torch.zeros((), dtype=torch.float64, device=ctx["device"]), 0, [], [], 0, None
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", file=sys.stderr, leave=False, disable=not ctx["rank0"])
     for step, (x, y) in enumerate(bar):
         if step == 2:  # steady state: after the first batches have warmed up workers and kernels
@@ -166,15 +167,16 @@ def train_epoch(ctx, loader, epoch: int):
         loss.backward()
         opt.step()
         sched.step()
-        total += loss.item() * len(y)
+        total += loss.detach() * len(y)
         n += len(y)
         seen += len(y)
-        preds.append(models.probs18(logits.detach(), ctx["head"]).argmax(1).cpu())
-        ys.append(y.cpu())
-        bar.set_postfix(loss=f"{total / n:.4f}")
+        preds.append(models.probs18(logits.detach(), ctx["head"]).argmax(1))
+        ys.append(y)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{total.item() / n:.4f}")
+    s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
     rate = seen / (time.time() - t_steady) if t_steady and seen else None
-    s = scores(torch.cat(ys).numpy(), torch.cat(preds).numpy())
-    return {"train_loss": total / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
+    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
 
 
 def validate(ctx, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:
@@ -363,6 +365,7 @@ def main(
         if not folds_csv.is_file():
             raise UserError(f"{folds_csv}: no such file")
         df = read_folds(folds_csv, fold)
+        check_outside(out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
         run = run or model
         fold_dir, resume_from, finished = prepare_run(opts, out, run, fold, resume, skip_done, overwrite)
         if finished is not None:

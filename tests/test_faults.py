@@ -176,3 +176,24 @@ def test_resume_refuses_a_foreign_checkpoint(run, tmp_path, kind, needle):
     assert r.exit_code == 2 and needle in r.stderr and str(target) in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
     assert not (target.parent / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("script_name", ["split", "train", "predict"])
+def test_no_script_writes_inside_its_input_folder(run, demo_tree, script_name):
+    folds, folder = run
+    train_images, eval_images = demo_tree / "train" / "images", demo_tree / "eval" / "images"
+    before = sorted(p for p in demo_tree.rglob("*"))
+    if script_name == "split":
+        target = train_images / "folds.csv"
+        r = invoke(split.app, demo_tree / "train" / "train.csv", train_images, "-o", target)
+    elif script_name == "train":
+        target = train_images / "runs"
+        r = invoke(train.app, folds, "--model", "test_resnet", *TINY, "--out", target)
+    else:
+        import predict
+        target = eval_images / "probs.csv"
+        r = invoke(predict.app, folder, "--images", eval_images, "--info", demo_tree / "eval" / "info.csv", "-o",
+                   target, "--device", "cpu")
+    assert r.exit_code == 2 and "is inside the input folder" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and not target.exists()
+    assert sorted(p for p in demo_tree.rglob("*")) == before

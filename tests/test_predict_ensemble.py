@@ -212,3 +212,28 @@ def test_cv_from_oof_and_suspects(run, demo_tree, tmp_path):
     assert "bias_cv_gain" in s and "test_f1" in s and s["bias_applied"] == (s["bias_cv_gain"] > 0)
     sus = pd.read_csv(tmp_path / "sus.csv")
     assert sus["mean_p_label"].is_monotonic_increasing and (sus["images"] == 7).all()
+
+
+def test_chunked_prediction_equals_one_pass(run, demo_tree):
+    nets = [predict.load_model(p, "cpu") for p in sorted(run.glob("fold*/best.pt"))]
+    info = pd.read_csv(demo_tree / "eval" / "info.csv")
+    files = predict.image_files(demo_tree / "eval" / "images", info["ImageID"].tolist())
+    whole = predict.predict_all(nets, files, 8, "cpu", False, True)
+    chunked = predict.predict_all(nets, files, 8, "cpu", False, True, chunk=5)  # 21 images: 5 chunks, the last of 1
+    assert whole.shape == (len(files), 18) and np.allclose(whole.sum(axis=1), len(nets), atol=1e-4)
+    assert np.allclose(whole, chunked, atol=1e-5)
+
+
+def test_batch_size_option_reaches_the_model(run, demo_tree, tmp_path, monkeypatch):
+    import models
+    sizes = []
+    real = models.predict_probs
+
+    def spy(net, head, images, *args, **kw):
+        sizes.append(args[3])  # batch_size, after mean, std, device
+        return real(net, head, images, *args, **kw)
+
+    monkeypatch.setattr(models, "predict_probs", spy)
+    r = run_predict(run, demo_tree, tmp_path / "p.csv", "--batch-size", "7")
+    assert r.exit_code == 0, r.output
+    assert sizes and set(sizes) == {7}

@@ -172,3 +172,26 @@ def test_step_scheduler_options_set_the_learning_rate(folds, tmp_path):
     _, hist = _metrics(folds, tmp_path / "r", "--scheduler", "step", "--step-size", "1", "--step-gamma", "0.1",
                        "--lr", "0.01")
     assert hist["lr"].tolist() == pytest.approx([0.01, 0.001])
+
+
+@pytest.mark.parametrize("flags,compiled,layout", [([], False, torch.channels_last),
+                                                   (["--compile", "--no-channels-last"], True, torch.contiguous_format)])
+def test_compile_and_memory_format_options_reach_the_model(folds, tmp_path, monkeypatch, flags, compiled, layout):
+    """--compile hands the model to torch.compile (spied: compiling takes minutes on a CPU) and
+    --no-channels-last keeps the weights and every batch in the default layout."""
+    calls, seen = [], []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(net) or net)
+    real = train.to_input
+
+    def spy(x, mean, std, device, channels_last=True):
+        out = real(x, mean, std, device, channels_last)
+        seen.append(out.is_contiguous(memory_format=layout))
+        return out
+
+    monkeypatch.setattr(train, "to_input", spy)
+    r = run_train(folds, tmp_path / "runs", *flags)
+    assert r.exit_code == 0, r.output
+    assert len(calls) == int(compiled) and seen and all(seen)
+    if compiled:
+        conv = next(m for m in calls[0].modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous()  # not converted to channels_last
