@@ -94,6 +94,17 @@ def joint(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
     return j.reshape(len(mask), NUM_CLASSES)
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """sklearn's macro F1 (over the classes present in either array), from counts: 1000x faster,
+    for searches that score thousands of candidate predictions."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    n = int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1
+    tp = np.bincount(y_true[y_true == y_pred], minlength=n)
+    true, pred = np.bincount(y_true, minlength=n), np.bincount(y_pred, minlength=n)
+    present = (true + pred) > 0
+    return float((2 * tp[present] / (true[present] + pred[present])).mean()) if present.any() else 0.0
+
+
 def scores(y_true, y_pred) -> dict[str, float]:
     """Macro F1 over the 18 classes of the whole set (never averaged over batches), accuracy, per-task F1."""
     from sklearn.metrics import accuracy_score, f1_score

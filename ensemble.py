@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, fail, joint, marginals, read_info, read_probs, read_table, \
-    scores, write_csv
+from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, fail, joint, macro_f1, marginals, read_info, read_probs, \
+    read_table, scores, write_csv
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -77,14 +77,14 @@ def fit_bias(p: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.ndarray:
     hand-set age thresholds, fitted instead). Starts at zero, so it never lowers the fitted F1."""
     logp = np.log(np.clip(p, 1e-12, None))
     b = np.zeros(NUM_CLASSES)
-    best = scores(y, logp.argmax(1))["f1"]
+    best = macro_f1(y, logp.argmax(1))
     grid = np.linspace(-2, 2, 21)
     for _ in range(rounds):
         for c in range(NUM_CLASSES):
             for v in grid:
                 trial = b.copy()
                 trial[c] = v
-                f = scores(y, (logp + trial).argmax(1))["f1"]
+                f = macro_f1(y, (logp + trial).argmax(1))
                 if f > best + 1e-9:
                     best, b = f, trial
     return b

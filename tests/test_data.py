@@ -132,3 +132,14 @@ def test_read_probs_accepts_valid_and_rejects_bad(tmp_path):
     pd.DataFrame({"ImageID": ["a"], "p0": [1.0]}).to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(UserError, match="missing probability columns"):
         data.read_probs(tmp_path / "few.csv")
+
+
+def test_fast_macro_f1_equals_sklearn():
+    from sklearn.metrics import f1_score
+
+    from data import macro_f1
+    rng = np.random.default_rng(0)
+    for n, k in ((50, 18), (400, 18), (30, 5), (7, 18)):
+        y, p = rng.integers(0, k, n), rng.integers(0, 18, n)  # some classes only predicted, some never
+        assert abs(macro_f1(y, p) - f1_score(y, p, average="macro")) < 1e-12
+    assert macro_f1(np.array([3, 3]), np.array([3, 3])) == 1.0
