@@ -84,6 +84,25 @@ def test_crop_killed_mid_run_resumes_and_every_file_decodes(photos, tmp_path):
     assert np.allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), atol=1)
 
 
+def test_crop_interrupted_by_ctrl_c_says_so_in_one_line_and_resumes(photos, tmp_path):
+    dst = tmp_path / "crops"
+    args = ["--device", "cpu", "--batch-size", "7", "--workers", "2", "--preview-size", "0"]
+    p = subprocess.Popen(script("crop.py", photos, dst, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=ENV)
+    partial = dst / crop.PARTIAL
+    deadline = time.time() + 120
+    while not (partial.is_file() and partial.stat().st_size) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    assert p.poll() is None, "crop.py finished before Ctrl-C"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted after")
+    r = subprocess.run(script("crop.py", photos, dst, *args), capture_output=True, text=True, env=ENV)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0 and summary["skipped"] > 0 and summary["skipped"] + summary["processed"] == 252
+
+
 @pytest.fixture(scope="module")
 def run(demo_tree, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
@@ -197,3 +216,23 @@ def test_no_script_writes_inside_its_input_folder(run, demo_tree, script_name):
     assert r.exit_code == 2 and "is inside the input folder" in r.stderr, r.output
     assert len(r.stderr.strip().splitlines()) == 1 and not target.exists()
     assert sorted(p for p in demo_tree.rglob("*")) == before
+
+
+@pytest.mark.parametrize("script_name", ["predict", "ensemble"])
+def test_finished_output_kept_without_overwrite(run, demo_tree, tmp_path, script_name):
+    import ensemble
+    import predict
+    _, folder = run
+    out = tmp_path / "out.csv"
+    out.write_text("ImageID,ans\nkeep,0\n")
+    info = demo_tree / "eval" / "info.csv"
+    if script_name == "predict":
+        r = invoke(predict.app, folder, "--images", demo_tree / "eval" / "images", "--info", info, "-o", out,
+                   "--device", "cpu")
+    else:
+        ids = pd.read_csv(info)["ImageID"]
+        probs = pd.DataFrame(np.full((len(ids), 18), 1 / 18), columns=PROB_COLS).assign(ImageID=ids)
+        probs.to_csv(tmp_path / "p.csv", index=False)
+        r = invoke(ensemble.app, tmp_path / "p.csv", "--info", info, "-o", out)
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert out.read_text() == "ImageID,ans\nkeep,0\n"
