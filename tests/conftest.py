@@ -23,6 +23,23 @@ def demo_tree(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_run(demo_tree, tmp_path_factory) -> tuple[Path, Path]:
+    """(folds.csv, run folder) of a tiny model trained one epoch on each of 2 folds of the demo tree."""
+    import split
+    import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    folds = tmp / "folds.csv"
+    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds,
+                  "--folds", "2").exit_code == 0
+    for k in (0, 1):
+        r = invoke(train.app, folds, "--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32",
+                   "24", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--out", tmp / "runs", "--fold", k)
+        assert r.exit_code == 0, r.output
+    return folds, tmp / "runs" / "test_resnet"
+
+
 def invoke(app, *args):
     """Run a script's Typer app in-process as its command line would."""
     from typer.testing import CliRunner

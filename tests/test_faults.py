@@ -104,14 +104,8 @@ def test_crop_interrupted_by_ctrl_c_says_so_in_one_line_and_resumes(photos, tmp_
 
 
 @pytest.fixture(scope="module")
-def run(demo_tree, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    folds = tmp / "folds.csv"
-    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds,
-                  "--folds", "2").exit_code == 0
-    r = invoke(train.app, folds, "--model", "test_resnet", *TINY, "--out", tmp / "runs")
-    assert r.exit_code == 0, r.output
-    return folds, tmp / "runs" / "test_resnet"
+def run(tiny_run):
+    return tiny_run
 
 
 def kill_at_delays(cmd, out, previous: bytes | None, check_new, delays):

@@ -7,23 +7,13 @@ import torch
 
 import ensemble
 import predict
-import split
-import train
 from conftest import invoke
 from data import PROB_COLS, scores
 
 
 @pytest.fixture(scope="module")
-def run(demo_tree, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    folds = tmp / "folds.csv"
-    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds,
-                  "--folds", "2").exit_code == 0
-    for k in (0, 1):
-        r = invoke(train.app, folds, "--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32",
-                   "24", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--out", tmp / "runs", "--fold", k)
-        assert r.exit_code == 0, r.output
-    return tmp / "runs" / "test_resnet"
+def run(tiny_run):
+    return tiny_run[1]
 
 
 def run_predict(run, demo_tree, out, *extra):
