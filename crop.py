@@ -404,14 +404,15 @@ def lookalikes(pool, deferred, src: Path, report: pd.DataFrame) -> dict[str, tup
         S = np.stack([sigs[i] for i in keep]) if keep else np.zeros((0, 1))
         boxes = [boxes[i] for i in keep]
         at = {rels[i]: j for j, i in enumerate(keep)}
-        for it in queries:
-            if it.rel not in at:
-                continue
-            sims = S @ S[at[it.rel]]
-            sims[at[it.rel]] = -np.inf
-            box, n = borrow(sims, boxes)
-            if box is not None:
-                out[it.rel] = box, f"box of {n} look-alike photos"
+        asked = [it.rel for it in queries if it.rel in at]
+        for start in range(0, len(asked), 512):  # one matrix product per block of queries
+            block = asked[start:start + 512]
+            sims = S[[at[r] for r in block]] @ S.T
+            for rel, row_sims in zip(block, sims):
+                row_sims[at[rel]] = -np.inf
+                box, n = borrow(row_sims, boxes)
+                if box is not None:
+                    out[rel] = box, f"box of {n} look-alike photos"
     return out
 
 
@@ -423,19 +424,23 @@ def crop_fallbacks(pool, deferred, src: Path, done: pd.DataFrame, rows: list[dic
     prior = prior_box(report)
     borrowed = lookalikes(pool, deferred, src, report)
     out = []
-    images = list(pool.map(decode, [it for it, _, _ in deferred]))
-    for (it, prob, why), im in zip(deferred, images):
-        if isinstance(im, str):
-            out.append({"path": it.rel, "status": "unreadable", "note": im})
-            continue
-        H, W = im.shape[:2]
-        if it.rel in borrowed:
-            box, note = borrowed[it.rel]
-            out.append(row(it, "person", prob, box * [W, H, W, H], (H, W), f"{why or 'no face'}; {note}"))
-        else:
-            out.append(row(it, "prior", prob, prior * [W, H, W, H], (H, W), why or "no face"))
-    for f in write_crops(pool, out, [it for it, _, _ in deferred], images, geom, quality):
-        f.result()
+    for start in range(0, len(deferred), 256):  # a few hundred full-size photos in memory at a time
+        part = deferred[start:start + 256]
+        images = list(pool.map(decode, [it for it, _, _ in part]))
+        rows_part = []
+        for (it, prob, why), im in zip(part, images):
+            if isinstance(im, str):
+                rows_part.append({"path": it.rel, "status": "unreadable", "note": im})
+                continue
+            H, W = im.shape[:2]
+            if it.rel in borrowed:
+                box, note = borrowed[it.rel]
+                rows_part.append(row(it, "person", prob, box * [W, H, W, H], (H, W), f"{why or 'no face'}; {note}"))
+            else:
+                rows_part.append(row(it, "prior", prob, prior * [W, H, W, H], (H, W), why or "no face"))
+        for f in write_crops(pool, rows_part, [it for it, _, _ in part], images, geom, quality):
+            f.result()
+        out += rows_part
     return out
 
 
