@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -171,37 +172,68 @@ def photo_format(i: int, j: int, rng: np.random.Generator) -> tuple[str, str]:
     return (".jpeg", "RGB") if r < 0.15 else (".jpg", "RGB")
 
 
-def write_train(out: Path, people: list[dict], bases: dict, rng: np.random.Generator) -> pd.DataFrame:
+def draw_train_person(i: int, p: dict, folder: Path, bases: dict) -> None:
+    folder.mkdir(parents=True)
+    prng = np.random.default_rng(p["rng_seed"])
+    base = bases[p["portrait"]]
+    layers = person_layers(p, base)
+    for j, stem in enumerate(PHOTO_STEMS):
+        ext, mode = photo_format(i, j, prng)
+        save(draw_photo(p, stem, base, layers, prng), folder / f"{stem}{ext}", mode)
+    if i % 10 == 0:
+        (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+
+
+def draw_eval_person(p: dict, folder: Path, bases: dict, seed: int) -> list[dict]:
+    prng = np.random.default_rng(p["rng_seed"])
+    base = bases[p["portrait"]]
+    layers = person_layers(p, base)
     rows = []
+    for stem in PHOTO_STEMS:
+        image_id = hashlib.sha1(f"{seed}/{p['id']}/{stem}".encode()).hexdigest() + ".jpg"
+        save(draw_photo(p, stem, base, layers, prng), folder / image_id, "RGB")
+        label = encode(mask_label(stem), gender_label(p["gender"]), age_label(p["age"]))
+        rows.append({"ImageID": image_id, "ans": int(label)})
+    return rows
+
+
+_bases: dict = {}
+
+
+def _draw(task: tuple):
+    """One person, in a worker process: each person has its own random stream, so the files do not
+    depend on the number of workers."""
+    kind, args = task
+    return draw_train_person(*args, _bases) if kind == "train" else draw_eval_person(args[0], args[1], _bases, args[2])
+
+
+def draw_all(tasks: list[tuple], bases: dict, workers: int) -> list:
+    _bases.update(bases)
+    if workers <= 1:
+        return [_draw(t) for t in tasks]
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:  # forked after _bases is set: the portraits are not sent per task
+        return pool.map(_draw, tasks, chunksize=8)
+
+
+def write_train(out: Path, people: list[dict], bases: dict, workers: int = 1) -> pd.DataFrame:
+    rows, tasks = [], []
     for i, p in enumerate(people):
         if i == 3:
             p["id"] = p["id"] + "-1"  # ids are not always 6 digits
         folder = out / "images" / f"{p['id']}_{p['gender']}_Asian_{p['age']}"
-        folder.mkdir(parents=True)
-        prng = np.random.default_rng(p["rng_seed"])
-        base = bases[p["portrait"]]
-        layers = person_layers(p, base)
-        for j, stem in enumerate(PHOTO_STEMS):
-            ext, mode = photo_format(i, j, prng)
-            save(draw_photo(p, stem, base, layers, prng), folder / f"{stem}{ext}", mode)
-        if i % 10 == 0:
-            (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+        tasks.append(("train", (i, p, folder)))
         rows.append({"id": p["id"], "gender": p["gender"], "race": "Asian", "age": p["age"], "path": folder.name})
+    draw_all(tasks, bases, workers)
     return pd.DataFrame(rows)
 
 
-def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.random.Generator) -> pd.DataFrame:
+def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.random.Generator,
+               workers: int = 1) -> pd.DataFrame:
     (out / "images").mkdir(parents=True)
-    rows = []
-    for p in people:
-        prng = np.random.default_rng(p["rng_seed"])
-        base = bases[p["portrait"]]
-        layers = person_layers(p, base)
-        for stem in PHOTO_STEMS:
-            image_id = hashlib.sha1(f"{seed}/{p['id']}/{stem}".encode()).hexdigest() + ".jpg"
-            save(draw_photo(p, stem, base, layers, prng), out / "images" / image_id, "RGB")
-            label = encode(mask_label(stem), gender_label(p["gender"]), age_label(p["age"]))
-            rows.append({"ImageID": image_id, "ans": int(label)})
+    rows = sum(draw_all([("eval", (p, out / "images", seed)) for p in people], bases, workers), [])
     (out / "images" / "._junk.jpg").write_bytes(b"\x00\x05\x16\x07")
     truth = pd.DataFrame(rows).sample(frac=1, random_state=int(rng.integers(2**31))).reset_index(drop=True)
     return truth
@@ -214,6 +246,8 @@ def main(
     eval_people: Annotated[int, typer.Option(help="eval people (7 photos each)")] = 20,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing demo folder")] = False,
+    workers: Annotated[int, typer.Option(help="processes drawing people (the files do not depend on it)")] = min(
+        8, os.cpu_count() or 1),
 ):
     if people < 6 or eval_people < 1:
         fail("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
@@ -226,9 +260,9 @@ def main(
     train_people = make_people(people, rng, 0)
     eval_people_ = make_people(eval_people, rng, people)
     print(f"drawing {people} train and {eval_people} eval people", file=sys.stderr)
-    train = write_train(out / "train", train_people, bases, rng)
+    train = write_train(out / "train", train_people, bases, workers)
     write_csv(train, out / "train" / "train.csv")
-    truth = write_eval(out / "eval", eval_people_, bases, seed, rng)
+    truth = write_eval(out / "eval", eval_people_, bases, seed, rng, workers)
     write_csv(truth, out / "eval" / "truth.csv")
     write_csv(truth.assign(ans=0), out / "eval" / "info.csv")
     print(json.dumps({"out": str(out), "train_people": people, "train_images": 7 * people,

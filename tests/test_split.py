@@ -130,3 +130,15 @@ def test_demo_has_the_real_quirks(demo_tree):
     assert info["ImageID"].str.fullmatch(r"[0-9a-f]{40}\.jpg").all()
     assert info["ImageID"].tolist() == truth["ImageID"].tolist() and len(info) == 21
     assert all((demo_tree / "eval" / "images" / i).is_file() for i in info["ImageID"])
+
+
+def test_demo_files_do_not_depend_on_the_number_of_workers(tmp_path):
+    import demo
+    trees = []
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        r = invoke(demo.app, out, "--people", "6", "--eval-people", "2", "--seed", "5", "--workers", workers)
+        assert r.exit_code == 0, r.output
+        trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert len(trees[0]) == 6 * 7 + 1 + 2 * 7 + 1 + 3  # photos, ._ junk, eval photos, ._ junk, three CSVs
+    assert trees[0] == trees[1]
