@@ -55,12 +55,40 @@ class CachedImages(Dataset):
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        """key: an index, or (epoch seed, index) from EpochSampler."""
+        seed, i = key if isinstance(key, tuple) else (self.epoch_seed, key)
         x = self.images[i]
         if self.tf is not None:
-            self.tf.set_random_seed((self.epoch_seed * 1_000_003 + int(i)) % 2**32)
+            self.tf.set_random_seed((seed * 1_000_003 + int(i)) % 2**32)
             x = self.tf(image=x)["image"]
         return torch.from_numpy(np.ascontiguousarray(x)), self.labels[i]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch seed, index): each index carries its epoch's augmentation seed, so the loader's
+    workers can persist across epochs instead of being forked again to learn the new epoch. The order
+    is a permutation seeded by the epoch seed alone (or a DistributedSampler's share, under torchrun)."""
+
+    def __init__(self, n: int, distributed=None):
+        self.n, self.distributed, self.seed = n, distributed, 0
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.seed = seed
+        if self.distributed is not None:
+            self.distributed.set_epoch(epoch)
+
+    def __iter__(self):
+        if self.distributed is not None:
+            order = list(self.distributed)
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            torch.empty((), dtype=torch.int64).random_(generator=g)  # the draw a seeded DataLoader makes first
+            order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.seed, i) for i in order])
+
+    def __len__(self) -> int:
+        return len(self.distributed) if self.distributed is not None else self.n
 
 
 def to_input(x: torch.Tensor, mean, std, device, channels_last: bool = True) -> torch.Tensor:

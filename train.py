@@ -30,7 +30,7 @@ import losses
 import models
 from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, check_outside, decode, \
     encode, fail, read_table, resolve_device, scores, write_csv
-from datasets import AUGS, CUTMIX_MODES, CachedImages, cutmix, load_cache, to_input
+from datasets import AUGS, CUTMIX_MODES, CachedImages, EpochSampler, cutmix, load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -297,13 +297,12 @@ def setup_device(device: Device) -> tuple[str, int, int]:
     return (f"cuda:{local}" if cuda else "cpu"), dist.get_rank(), world
 
 
-def make_loader(ds, batch_size: int, workers: int, sampler, epoch_seed: int, pin: bool):
+def make_loader(ds, batch_size: int, workers: int, sampler, pin: bool):
+    """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed)."""
     from torch.utils.data import DataLoader
 
-    ds.epoch_seed = epoch_seed
-    gen = torch.Generator().manual_seed(epoch_seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-                      pin_memory=pin, drop_last=len(ds) > batch_size, generator=gen,
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                      drop_last=len(sampler) > batch_size, persistent_workers=workers > 0,
                       multiprocessing_context="fork" if workers else None)
 
 
@@ -433,15 +432,16 @@ def main(
         ctx["model"] = DistributedDataParallel(ctx["model"], device_ids=[int(dev.split(":")[1])] if ":" in dev else None)
 
     val_labels = va["label"].to_numpy()
+    distributed = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        distributed = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = EpochSampler(len(train_ds), distributed)
+    loader = make_loader(train_ds, batch_size, workers, sampler, dev.startswith("cuda"))
     for epoch in range(start, epochs):
         t = time.time()
         seed_all(seed * 1000 + epoch)  # each epoch's randomness depends on (seed, epoch) only: resumable
-        sampler = None
-        if world > 1:
-            from torch.utils.data.distributed import DistributedSampler
-            sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=seed, drop_last=True)
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_ds, batch_size, workers, sampler, seed * 1000 + epoch, dev.startswith("cuda"))
+        sampler.set_epoch(epoch, seed * 1000 + epoch)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **train_epoch(ctx, loader, epoch)}
         v, probs = validate(ctx, va_images, val_labels, batch_size * 2)
         row.update(v, seconds=round(time.time() - t, 2))

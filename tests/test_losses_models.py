@@ -104,3 +104,22 @@ def test_unknown_model_names_closest():
     from data import UserError
     with pytest.raises(UserError, match="closest: resnet18"):
         models.create("resnet_18", "single", pretrained=False)
+
+
+def test_persistent_workers_augment_with_each_epochs_seed():
+    from torch.utils.data import DataLoader
+
+    from datasets import CachedImages, EpochSampler
+    rng = np.random.default_rng(0)
+    ds = CachedImages(rng.integers(0, 255, (16, 32, 24, 3), dtype=np.uint8), np.zeros(16, int), "seed")
+    sampler = EpochSampler(16)
+    loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=2, persistent_workers=True,
+                        multiprocessing_context="fork")
+    seen = []
+    for epoch, seed in ((0, 11), (1, 12)):
+        sampler.set_epoch(epoch, seed)
+        x, _ = next(iter(loader))
+        order = [i for _, i in sampler]
+        assert torch.equal(x, torch.stack([ds[(seed, i)][0] for i in order]))  # what the main process computes
+        seen.append(x)
+    assert not torch.equal(seen[0], seen[1])

@@ -106,15 +106,16 @@ def _cli(folds, out, *extra):
 
 
 def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
-    args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36"]
+    args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2", "--aug", "seed"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(_cli(folds, tmp_path / "a", *args), capture_output=True, text=True, env=env)
     assert full.returncode == 0, full.stderr
     p = subprocess.Popen(_cli(folds, tmp_path / "b", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    hist = tmp_path / "b" / "test_resnet" / "fold0" / "history.csv"
+    last = tmp_path / "b" / "test_resnet" / "fold0" / "last.pt"  # renamed into place after epoch 1
     deadline = time.time() + 120
-    while not hist.exists() and time.time() < deadline and p.poll() is None:
+    while not last.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
+    assert p.poll() is None, "train.py finished before the kill"
     p.send_signal(signal.SIGKILL)  # mid-run: after epoch 1 was saved
     p.wait()
     assert not (tmp_path / "b" / "test_resnet" / "fold0" / "metrics.json").exists()
