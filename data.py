@@ -95,8 +95,8 @@ def joint(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """sklearn's macro F1 (over the classes present in either array), from counts: 1000x faster,
-    for searches that score thousands of candidate predictions."""
+    """sklearn's macro F1 (over the classes present in either array), from counts: 57-105x faster
+    (18,900 and 400 labels), for searches that score thousands of candidate predictions."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     n = int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1
     tp = np.bincount(y_true[y_true == y_pred], minlength=n)

@@ -27,6 +27,7 @@ from datasets import load_cache
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
+
 def checkpoints(sources: list[Path]) -> list[Path]:
     out = []
     for s in sources:
