@@ -26,8 +26,9 @@ class Detector:
     device: str = "cpu"
     scale: float = 0.5  # detect on a downscaled copy: faces in these portraits are large
     # Smallest face to look for, in source pixels. 112 = 20 / 0.709**5: the image pyramid is then the
-    # tail of the one MTCNN's defaults (min_face_size=20, factor 0.709) build, so the same faces come
-    # out at a third of the cost; 384x512 portraits hold faces of 100-250 px.
+    # tail of the one MTCNN's defaults (min_face_size=20, factor 0.709) build, so large faces come out
+    # as the defaults find them (measured: 234 img/s against 162 at 100, batch 32, half size, 2 CPU
+    # threads); 384x512 portraits hold faces of 100-250 px.
     min_face: int = 112
     min_prob: float = 0.75
     min_size: int = 40  # smallest plausible face box side, in source pixels
