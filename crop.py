@@ -28,8 +28,8 @@ import typer
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data import Device, UserError, atomic_path, check_outside, fail, is_hidden, read_image, \
-    remove_stale_temps, resolve_device, write_csv
+from data import Device, UserError, append_csv, atomic_path, check_outside, fail, is_hidden, read_image, \
+    read_table, remove_stale_temps, resolve_device, write_csv
 from facebox import Detector, Geometry, agrees, borrow, consensus, crop_box, cut, signature
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -76,7 +76,7 @@ def list_items(src: Path, dst: Path, person_photos: int) -> list[Item]:
 
 def load_done(dst: Path, items: list[Item]) -> pd.DataFrame:
     """Report rows of crops already on disk, from a finished or an interrupted run."""
-    frames = [pd.read_csv(p) for p in (dst / REPORT, dst / PARTIAL) if p.is_file() and p.stat().st_size]
+    frames = [read_table(p) for p in (dst / REPORT, dst / PARTIAL) if p.is_file() and p.stat().st_size]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     rows = pd.concat(frames).drop_duplicates("path", keep="last")
@@ -284,12 +284,6 @@ def preview(dst: Path, report: pd.DataFrame, n: int, seed: int = 0) -> None:
         sheet.save(tmp, "JPEG", quality=90)
 
 
-def append_partial(dst: Path, rows: list[dict]) -> None:
-    path = dst / PARTIAL
-    new = not path.exists()
-    pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(path, mode="a", header=new, index=False)
-
-
 @app.command()
 def main(
     src: Annotated[Path, typer.Argument(help="image tree: a folder of person folders, or a flat eval folder")],
@@ -329,7 +323,10 @@ def main(
     if overwrite:
         for p in (dst / REPORT, dst / PARTIAL):
             p.unlink(missing_ok=True)
-    done = load_done(dst, items)
+    try:
+        done = load_done(dst, items)
+    except UserError as e:
+        fail(f"{e}; --overwrite starts afresh")
     finished = set(done["path"])
     todo = [it for it in items if it.rel not in finished]
     earlier = faces_by_folder(done)
@@ -347,7 +344,7 @@ def main(
     try:
         with tqdm(total=len(todo), desc="crop", unit="img", file=sys.stderr) as bar:
             for batch, rows, later in batches:
-                append_partial(dst, rows)  # only now: these crops are on disk
+                append_csv(pd.DataFrame(rows).reindex(columns=COLUMNS), dst / PARTIAL)  # only now: crops on disk
                 new_rows += rows
                 deferred += later
                 bar.update(len(batch))
@@ -393,9 +390,10 @@ def lookalikes(pool, deferred, src: Path, report: pd.DataFrame) -> dict[str, tup
     by_folder: dict[str, list[Item]] = {}
     for it in wanted:
         by_folder.setdefault(Path(it.rel).parent.as_posix(), []).append(it)
-    ok = report[report["status"] != "unreadable"]
+    faces_all = report[report["status"] == "face"]
+    parents = faces_all["path"].map(lambda p: Path(p).parent.as_posix())
     for folder, queries in by_folder.items():
-        faces = ok[(ok["status"] == "face") & (ok["path"].map(lambda p: Path(p).parent.as_posix()) == folder)]
+        faces = faces_all[parents == folder]
         frac = faces[COLUMNS[3:7]].to_numpy(float) / faces[["width", "height", "width", "height"]].to_numpy(float)
         rels = faces["path"].tolist() + [it.rel for it in queries]
         boxes = list(frac) + [None] * len(queries)

@@ -182,6 +182,15 @@ def remove_stale_temps(folder: Path) -> int:
     return len(stale)
 
 
+def append_csv(df: pd.DataFrame, path: Path) -> None:
+    """Rows appended in one write (a header first if the file is new): parallel jobs do not interleave
+    and a kill never leaves a half-written row."""
+    path = Path(path)
+    text = df.to_csv(index=False, header=not path.exists())
+    with open(path, "a") as f:
+        f.write(text)
+
+
 def write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, **kw)

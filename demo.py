@@ -184,7 +184,7 @@ def draw_train_person(i: int, p: dict, folder: Path, bases: dict) -> None:
         (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
 
 
-def draw_eval_person(p: dict, folder: Path, bases: dict, seed: int) -> list[dict]:
+def draw_eval_person(p: dict, folder: Path, seed: int, bases: dict) -> list[dict]:
     prng = np.random.default_rng(p["rng_seed"])
     base = bases[p["portrait"]]
     layers = person_layers(p, base)
@@ -204,7 +204,7 @@ def _draw(task: tuple):
     """One person, in a worker process: each person has its own random stream, so the files do not
     depend on the number of workers."""
     kind, args = task
-    return draw_train_person(*args, _bases) if kind == "train" else draw_eval_person(args[0], args[1], _bases, args[2])
+    return (draw_train_person if kind == "train" else draw_eval_person)(*args, _bases)
 
 
 def draw_all(tasks: list[tuple], bases: dict, workers: int) -> list:

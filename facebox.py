@@ -91,6 +91,13 @@ class Detector:
         return candidates[i, :4], float(candidates[i, 4]), ""
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1,y1,x2,y2 boxes."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+    return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
+
+
 def agrees(box: np.ndarray, ref: np.ndarray, shift: float = 0.35, size: float = 0.6) -> bool:
     """Whether a face box sits where the person's other photos put it."""
     cw, rw = box[2] - box[0], ref[2] - ref[0]

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 import losses
 import models
-from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, atomic_path, check_outside, decode, \
-    encode, fail, read_table, resolve_device, scores, write_csv
+from data import NUM_CLASSES, PROB_COLS, TASKS, Device, UserError, age_label, append_csv, atomic_path, check_outside, \
+    decode, encode, fail, read_table, resolve_device, scores, write_csv
 from datasets import AUGS, CUTMIX_MODES, CachedImages, EpochSampler, cutmix, load_cache, to_input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -150,7 +150,8 @@ def train_epoch(ctx, loader, epoch: int):
     net.train()
     gen = torch.Generator().manual_seed(ctx["seed"] * 7919 + epoch)
     # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
-    total, n, preds, ys, seen, t_steady = torch.zeros((), dtype=torch.float64, device=ctx["device"]), 0, [], [], 0, None
+    total = torch.zeros((), dtype=torch.float64, device=ctx["device"])
+    n, preds, ys, seen, t_steady = 0, [], [], 0, None
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", file=sys.stderr, leave=False, disable=not ctx["rank0"])
     for step, (x, y) in enumerate(bar):
         if step == 2:  # steady state: after the first batches have warmed up workers and kernels
@@ -253,14 +254,6 @@ def plots(fold_dir: Path, history: pd.DataFrame, labels: np.ndarray, probs: np.n
     with atomic_path(fold_dir / "confusion.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-
-
-def append_result(out: Path, row: dict) -> None:
-    """One line per finished fold, appended in one write so parallel jobs do not interleave."""
-    path = out / "results.csv"
-    line = pd.DataFrame([row]).to_csv(index=False, header=not path.exists())
-    with open(path, "a") as f:
-        f.write(line)
 
 
 def prepare_run(opts: dict, out: Path, run: str, fold: int, resume: bool, skip_done: bool, overwrite: bool):
@@ -440,8 +433,9 @@ def main(
     loader = make_loader(train_ds, batch_size, workers, sampler, dev.startswith("cuda"))
     for epoch in range(start, epochs):
         t = time.time()
-        seed_all(seed * 1000 + epoch)  # each epoch's randomness depends on (seed, epoch) only: resumable
-        sampler.set_epoch(epoch, seed * 1000 + epoch)
+        epoch_seed = seed * 1000 + epoch  # each epoch's randomness depends on (seed, epoch) only: resumable
+        seed_all(epoch_seed)
+        sampler.set_epoch(epoch, epoch_seed)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **train_epoch(ctx, loader, epoch)}
         v, probs = validate(ctx, va_images, val_labels, batch_size * 2)
         row.update(v, seconds=round(time.time() - t, 2))
@@ -475,11 +469,12 @@ def finish(ctx, fold_dir: Path, out: Path, run: str, fold: int, opts: dict, va: 
                "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2)}
-    append_result(out, {"run": run, "fold": fold, "model": opts["model"], "head": opts["head"], "loss": opts["loss"],
-                        "optimizer": opts["optimizer"], "scheduler": opts["scheduler"], "aug": opts["aug"],
-                        "cutmix": f"{opts['cutmix']}:{opts['cutmix_mode']}", "img_size": "x".join(map(str, opts["img_size"])),
-                        "epochs": opts["epochs"], "f1": metrics["f1"], "best_epoch": metrics["best_epoch"],
-                        "minutes": metrics["minutes"]})
+    result = {"run": run, "fold": fold, "model": opts["model"], "head": opts["head"], "loss": opts["loss"],
+              "optimizer": opts["optimizer"], "scheduler": opts["scheduler"], "aug": opts["aug"],
+              "cutmix": f"{opts['cutmix']}:{opts['cutmix_mode']}", "img_size": "x".join(map(str, opts["img_size"])),
+              "epochs": opts["epochs"], "f1": metrics["f1"], "best_epoch": metrics["best_epoch"],
+              "minutes": metrics["minutes"]}
+    append_csv(pd.DataFrame([result]), out / "results.csv")  # one line per finished fold
     with atomic_path(fold_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}")

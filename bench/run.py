@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from data import Device, atomic_path, resolve_device  # noqa: E402
 from datasets import load_cache  # noqa: E402
+from facebox import iou  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 PY = sys.executable
@@ -43,11 +44,6 @@ def step(name: str, args: list[str], times: dict) -> dict:
         raise SystemExit(f"{name} failed ({r.returncode}): {r.stderr[-2000:]}")
     print(f"{name}: {times[name]} s", file=sys.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
-    return inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter)
 
 
 def habit_crop(files: list[Path], device: str, out: Path) -> tuple[float, dict, float]:

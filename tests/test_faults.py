@@ -28,12 +28,17 @@ def script(name, *args):
     return [sys.executable, str(ROOT / name), *map(str, args)]
 
 
-def kill_when(p: subprocess.Popen, ready, timeout: float = 120) -> bool:
-    """SIGKILL `p` as soon as `ready()` holds; whether it was still running then."""
+def wait_until(p: subprocess.Popen, ready, timeout: float = 120) -> bool:
+    """Poll until `ready()` holds (or `p` ends); whether `p` is still running then."""
     deadline = time.time() + timeout
     while not ready() and time.time() < deadline and p.poll() is None:
         time.sleep(0.005)
-    alive = p.poll() is None
+    return p.poll() is None
+
+
+def kill_when(p: subprocess.Popen, ready) -> bool:
+    """SIGKILL `p` as soon as `ready()` holds; whether it was still running then."""
+    alive = wait_until(p, ready)
     p.send_signal(signal.SIGKILL)
     p.wait()
     return alive
@@ -90,10 +95,7 @@ def test_crop_interrupted_by_ctrl_c_says_so_in_one_line_and_resumes(photos, tmp_
     p = subprocess.Popen(script("crop.py", photos, dst, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=ENV)
     partial = dst / crop.PARTIAL
-    deadline = time.time() + 120
-    while not (partial.is_file() and partial.stat().st_size) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.005)
-    assert p.poll() is None, "crop.py finished before Ctrl-C"
+    assert wait_until(p, lambda: partial.is_file() and partial.stat().st_size), "crop.py finished before Ctrl-C"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err, err

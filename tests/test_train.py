@@ -110,7 +110,8 @@ def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(_cli(folds, tmp_path / "a", *args), capture_output=True, text=True, env=env)
     assert full.returncode == 0, full.stderr
-    p = subprocess.Popen(_cli(folds, tmp_path / "b", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    p = subprocess.Popen(_cli(folds, tmp_path / "b", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=env)
     last = tmp_path / "b" / "test_resnet" / "fold0" / "last.pt"  # renamed into place after epoch 1
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and p.poll() is None:
@@ -175,8 +176,10 @@ def test_step_scheduler_options_set_the_learning_rate(folds, tmp_path):
     assert hist["lr"].tolist() == pytest.approx([0.01, 0.001])
 
 
-@pytest.mark.parametrize("flags,compiled,layout", [([], False, torch.channels_last),
-                                                   (["--compile", "--no-channels-last"], True, torch.contiguous_format)])
+@pytest.mark.parametrize("flags,compiled,layout", [
+    ([], False, torch.channels_last),
+    (["--compile", "--no-channels-last"], True, torch.contiguous_format),
+])
 def test_compile_and_memory_format_options_reach_the_model(folds, tmp_path, monkeypatch, flags, compiled, layout):
     """--compile hands the model to torch.compile (spied: compiling takes minutes on a CPU) and
     --no-channels-last keeps the weights and every batch in the default layout."""
