@@ -142,3 +142,22 @@ def test_demo_files_do_not_depend_on_the_number_of_workers(tmp_path):
         trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
     assert len(trees[0]) == 6 * 7 + 1 + 2 * 7 + 1 + 3  # photos, ._ junk, eval photos, ._ junk, three CSVs
     assert trees[0] == trees[1]
+
+
+def test_demo_workers_draw_in_other_processes(monkeypatch, tmp_path):
+    import os
+
+    import demo
+    monkeypatch.setattr(demo, "draw_eval_person", lambda p, folder, seed, bases: [os.getpid()])  # forked as is
+    tasks = [("eval", ({}, tmp_path, 0))] * 16
+    assert set(sum(demo.draw_all(tasks, {}, 1), [])) == {os.getpid()}
+    assert os.getpid() not in set(sum(demo.draw_all(tasks, {}, 2), []))
+
+
+def test_demo_workers_option_reaches_the_drawing(monkeypatch, tmp_path):
+    import demo
+    seen, real = [], demo.draw_all
+    monkeypatch.setattr(demo, "draw_all", lambda tasks, bases, workers: seen.append(workers) or real(tasks, bases, 1))
+    r = invoke(demo.app, tmp_path / "d", "--people", "6", "--eval-people", "1", "--workers", "3")
+    assert r.exit_code == 0, r.output
+    assert seen == [3, 3]  # train people, then eval people
