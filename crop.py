@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data import Device, UserError, append_csv, atomic_path, check_outside, fail, is_hidden, read_image, \
     read_table, remove_stale_temps, resolve_device, write_csv
-from facebox import Detector, Geometry, agrees, borrow, consensus, crop_box, cut, signature
+from facebox import TAIL_OF_DEFAULTS, Detector, Geometry, agrees, borrow, consensus, crop_box, cut, signature
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -292,9 +292,11 @@ def main(
     batch_size: Annotated[int, typer.Option(help="photos per detection batch (32 suits a CPU, 256 a GPU)")] = 32,
     workers: Annotated[int, typer.Option(help="CPU: processes, each decoding, detecting and writing whole "
                                               "persons; GPU: decode / write threads")] = min(8, os.cpu_count() or 1),
-    scale: Annotated[float, typer.Option(help="detect on a copy downscaled by this factor")] = 0.5,
-    min_face: Annotated[int, typer.Option(help="smallest face MTCNN looks for, source pixels (112: the pyramid "
-                                                "levels MTCNN's defaults use for faces of that size)")] = 112,
+    scale: Annotated[float, typer.Option(help="detect on a copy downscaled by this factor first (photos much "
+                                              "larger than 384x512); the pyramid's levels are smaller still")] = 1.0,
+    min_face: Annotated[float, typer.Option(help="smallest face MTCNN looks for, source pixels (111.46: the "
+                                                  "pyramid levels MTCNN's defaults use for faces of that size)")]
+    = TAIL_OF_DEFAULTS,
     min_prob: Annotated[float, typer.Option(help="lowest face probability taken as a face")] = 0.75,
     margin_x: Annotated[float, typer.Option(help="crop margin left and right, fraction of face width")] = 0.25,
     margin_top: Annotated[float, typer.Option(help="crop margin above, fraction of face height")] = 0.35,
@@ -310,8 +312,9 @@ def main(
         if not src.is_dir():
             raise UserError(f"{src}: no such folder")
         check_outside(dst, src)
-        if not (0 < scale <= 1) or batch_size < 1 or workers < 1 or aspect <= 0:
-            raise UserError("--scale must be in (0, 1], --batch-size, --workers and --aspect positive")
+        if not (0 < scale <= 1) or batch_size < 1 or workers < 1 or aspect <= 0 or min_face < 12:
+            raise UserError("--scale must be in (0, 1], --batch-size, --workers and --aspect positive, "
+                            "--min-face at least 12 (MTCNN's smallest window)")
         items = list_items(src, dst, person_photos)
         if not items:
             raise UserError(f"{src}: no images found")

@@ -193,7 +193,7 @@ def test_person_quality_margin_and_scale_options(tree, cropped, tmp_path):
     src, faces = tree
     dst, _ = cropped
     r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu", "--person-photos", "0", "--quality", "30",
-               "--margin-top", "1.0", "--margin-bottom", "0.6", "--scale", "1.0", "--workers", "1",
+               "--margin-top", "1.0", "--margin-bottom", "0.6", "--scale", "0.5", "--workers", "1",
                "--preview-size", "0")
     assert r.exit_code == 1
     new, base = _report(tmp_path / "c"), _report(dst)
@@ -203,7 +203,7 @@ def test_person_quality_margin_and_scale_options(tree, cropped, tmp_path):
     h = lambda df: df.loc[rel, "crop_y2"] - df.loc[rel, "crop_y1"]  # noqa: E731
     assert h(new) > h(base)
     assert (tmp_path / "c" / rel).stat().st_size < (dst / rel).stat().st_size
-    # detected on the full-size photo: boxes close to, but not the same as, the half-size ones
+    # detected on a half-size copy: boxes close to, but not the same as, the full-size ones
     cols = ["face_x1", "face_y1", "face_x2", "face_y2"]
     assert not np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float))
     assert np.allclose(new.loc[rel, cols].to_numpy(float), base.loc[rel, cols].to_numpy(float), atol=20)
@@ -223,3 +223,60 @@ def test_worker_processes_and_threads_give_the_same_crops(tree, tmp_path):
     for rel in one.index[one["status"] != "unreadable"]:
         a, b = (np.asarray(Image.open(crop.crop_path(tmp_path / w, rel))) for w in ("1", "2"))
         assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1
+
+
+def test_detector_finds_the_boxes_of_facenet_pytorchs_detect_face(tree):
+    """The integral-image MTCNN against facenet-pytorch's own, one photo per call (the habit's way)."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from data import read_image
+    from facebox import Detector
+
+    src, faces = tree
+    images = [read_image(src / rel) for rel in faces]
+    images.append(np.ascontiguousarray(images[0][:300, :200]))  # another size in the same call
+    images.append(np.zeros((100, 90, 3), np.uint8))  # smaller than the smallest face: no pyramid at all
+    det = Detector()
+    mine = det.detect(images)
+    m = det.mtcnn
+    found = 0
+    for im, a in zip(images, mine):
+        with torch.inference_mode():
+            ref = detect_face(torch.from_numpy(im.copy()), det.min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
+                              "cpu")[0][0] if min(im.shape[:2]) >= det.min_face else None
+        b = np.zeros((0, 5)) if ref is None or len(ref) == 0 else np.asarray(ref, dtype=float).reshape(-1, 5)
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-3), (a, b)
+        found += len(a) > 0
+    assert found >= len(faces) - 2  # most photos show a face: not a comparison of empty lists
+
+
+def test_area_means_from_integral_images_equal_pytorchs_area_resize():
+    import torch
+    import torch.nn.functional as F
+
+    from facebox import Detector, area_windows, box_means, integral_images, level_means
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 50, 37, 3), dtype=np.uint8)
+    S = Detector()._integrals(list(imgs))
+    assert torch.equal(S, integral_images(torch.from_numpy(imgs)))  # the GPU path's integral images
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    for size in [(12, 9), (50, 37), (80, 61)]:  # down, same, up
+        assert torch.allclose(level_means(S, *size), F.interpolate(x, size=size, mode="area"), atol=1e-4)
+    n = torch.tensor([0, 2, 1, 2])
+    y0, x0 = torch.tensor([0, 10, 33, 5]), torch.tensor([0, 3, 20, 30])
+    h, w = torch.tensor([50, 31, 17, 5]), torch.tensor([37, 24, 9, 7])  # the last two smaller than 24: upsampled
+    out = box_means(S, n, *area_windows(y0, h, 24), *area_windows(x0, w, 24))
+    for k in range(4):
+        part = x[n[k]:n[k] + 1, :, y0[k]:y0[k] + h[k], x0[k]:x0[k] + w[k]]
+        assert torch.allclose(out[k:k + 1], F.interpolate(part, size=(24, 24), mode="area"), atol=1e-4)
+
+
+@pytest.mark.parametrize("option,value", [("--scale", "1.5"), ("--min-face", "5"), ("--workers", "0"),
+                                          ("--batch-size", "0"), ("--aspect", "0")])
+def test_bad_crop_options_end_in_one_line(tree, tmp_path, option, value):
+    src, _ = tree
+    r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu", option, value)
+    assert r.exit_code == 2 and option in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "c").exists()
