@@ -86,7 +86,7 @@ class Detector:
         from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
         from torchvision.ops import batched_nms
 
-        m, dev = self.mtcnn, self.device
+        m = self.mtcnn
         S = self._integrals(batch)
         n, h, w = len(batch), S.shape[1] - 1, S.shape[2] - 1
         # Stage 1: PNet on each level of the pyramid, candidates kept per level and photo, then per photo.
