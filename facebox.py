@@ -162,28 +162,25 @@ def area_windows(start: torch.Tensor, length: torch.Tensor, out: int) -> tuple[t
 
 
 def level_means(S: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
-    """(N, C, ho, wo): every photo resampled by area to ho x wo, from its integral image. The windows
-    are the same for every photo: rows first, then columns, each as whole-row copies."""
-    h, w = S.shape[1] - 1, S.shape[2] - 1
-    zero = torch.zeros(1, dtype=torch.long, device=S.device)
-    (r0, r1), (c0, c1) = (area_windows(zero, zero + h, ho)), (area_windows(zero, zero + w, wo))
-    rows = S.index_select(1, r1[0]) - S.index_select(1, r0[0])
-    sums = rows.index_select(2, c1[0]) - rows.index_select(2, c0[0])
-    area = ((r1 - r0)[0, :, None] * (c1 - c0)[0, None, :])[..., None]
-    return (sums.float() / area.float()).permute(0, 3, 1, 2)  # channels-last, like the nets
+    """(N, C, ho, wo): every photo resampled by area to ho x wo, from its integral image."""
+    n, h, w = S.shape[0], S.shape[1] - 1, S.shape[2] - 1
+    zero = torch.zeros(n, dtype=torch.long, device=S.device)
+    return box_means(S, torch.arange(n, device=S.device), *area_windows(zero, zero + h, ho),
+                     *area_windows(zero, zero + w, wo))
 
 
 def box_means(S: torch.Tensor, n: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
-    """(K, C, ho, wo): means of photo n[k] over rows [r0, r1) x columns [c0, c1), from integral images S
-    (the four corners of every window, in one gather)."""
+    """(K, C, ho, wo): means of photo n[k] over rows [r0, r1) x columns [c0, c1), from integral images S:
+    the four corners of every window in one gather, each photo's together (they share the cache)."""
     h1, w1, c = S.shape[1:]
     base = (n * h1 * w1)[:, None, None]
     top, bottom = base + (r0 * w1)[:, :, None], base + (r1 * w1)[:, :, None]
     left, right = c0[:, None, :], c1[:, None, :]
-    corners = torch.stack([bottom + right, top + right, bottom + left, top + left])
+    corners = torch.stack([bottom + right, top + right, bottom + left, top + left], 1)
     g = S.view(-1, c).index_select(0, corners.view(-1)).view(*corners.shape, c)
+    sums = g[:, 0] - g[:, 1] - g[:, 2] + g[:, 3]
     area = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[..., None]
-    return ((g[0] - g[1] - g[2] + g[3]).float() / area.float()).permute(0, 3, 1, 2)
+    return (sums.float() / area.float()).permute(0, 3, 1, 2)  # channels-last, like the nets
 
 
 def normalised(x: torch.Tensor) -> torch.Tensor:
