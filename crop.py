@@ -413,7 +413,7 @@ def lookalikes(pool, deferred, src: Path, report: pd.DataFrame) -> dict[str, tup
                 row_sims[at[rel]] = -np.inf
                 box, n = borrow(row_sims, boxes)
                 if box is not None:
-                    out[rel] = box, f"box of {n} look-alike photos"
+                    out[rel] = box, f"box of {n} look-alike photo{'s' * (n > 1)}"
     return out
 
 

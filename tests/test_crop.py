@@ -53,6 +53,12 @@ def tree(tmp_path_factory):
         img.save(flat / f"{name}.jpg", quality=95)
         if name != "look_mask":
             faces[f"eval/{name}.jpg"] = face
+    # and one framed off-centre the other way, with one photo showing a face: its near twin lends it alone
+    for name, stem in (("solo_normal", "normal"), ("solo_mask", "mask2")):
+        img, face = photo("grace_hopper", stem, 7, cx=60, cy=-25)
+        img.save(flat / f"{name}.jpg", quality=95)
+        if name == "solo_normal":
+            faces[f"eval/{name}.jpg"] = face
     (flat / "notes.jpg").write_text("a text file named .jpg\n")
     return src, faces
 
@@ -109,6 +115,14 @@ def test_flat_folder_faceless_photo_borrows_its_look_alikes_box(cropped):
     assert iou(row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float), face) > 0.7
 
 
+def test_flat_folder_faceless_photo_borrows_its_near_twins_box_alone(cropped):
+    dst, _ = cropped
+    row = pd.read_csv(dst / "crop_report.csv").set_index("path").loc["eval/solo_mask.jpg"]
+    assert row["status"] == "person" and row["note"].endswith("box of 1 look-alike photo"), row.to_dict()
+    _, face = photo("grace_hopper", "mask2", 7, cx=60, cy=-25)
+    assert iou(row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float), face) > 0.7
+
+
 def test_unreadable_reported_rest_cropped_nonzero_exit(tree, cropped):
     src, faces = tree
     dst, r = cropped
@@ -117,10 +131,10 @@ def test_unreadable_reported_rest_cropped_nonzero_exit(tree, cropped):
     assert report.loc["000001_female_Asian_45/mask5.jpg", "status"] == "unreadable"
     assert report.loc["eval/notes.jpg", "status"] == "unreadable"
     assert "2 unreadable image(s)" in r.stderr.strip().splitlines()[-1]
-    assert len(report) == len(faces) + 5  # every image has a row; ._ junk has none
+    assert len(report) == len(faces) + 6  # every image has a row; ._ junk has none
     assert not any("._" in p for p in report.index)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["face"] == len(faces) and summary["person"] == 2 and summary["prior"] == 1
+    assert summary["face"] == len(faces) and summary["person"] == 3 and summary["prior"] == 1
     assert (dst / "preview.jpg").is_file()
     assert not list(dst.rglob("*.tmp")) and not (dst / crop.PARTIAL).exists()
     assert sorted(p.name for p in src.rglob("*") if p.is_file() and "crops" in str(p)) == []
