@@ -167,11 +167,15 @@ def write_crop(r: dict, dst: Path, image: np.ndarray, g: Geometry, quality: int)
         Image.fromarray(cut(image, box)).save(tmp, "JPEG", quality=quality)
 
 
+def crop_jobs(rows: list[dict], batch: list[Item], images: list) -> list[tuple[dict, Path, np.ndarray]]:
+    """(report row, crop path, photo) of each readable photo of a batch: what write_crop needs."""
+    by_rel = {it.rel: (it.dst, im) for it, im in zip(batch, images)}
+    return [(r, *by_rel[r["path"]]) for r in rows if r["status"] != "unreadable"]
+
+
 def write_crops(pool, rows: list[dict], batch: list[Item], images: list, g: Geometry, quality: int) -> list:
     """Start writing a batch's crops in the pool; the futures say when they are on disk."""
-    by_rel = {it.rel: (it, im) for it, im in zip(batch, images)}
-    return [pool.submit(write_crop, r, by_rel[r["path"]][0].dst, by_rel[r["path"]][1], g, quality)
-            for r in rows if r["status"] != "unreadable"]
+    return [pool.submit(write_crop, r, dst, im, g, quality) for r, dst, im in crop_jobs(rows, batch, images)]
 
 
 def detect_and_decide(det: Detector, batch: list[Item], images: list, earlier: dict) -> tuple[list[dict], list]:
@@ -226,11 +230,8 @@ def crop_in_worker(task: tuple[list[Item], dict]):
     batch, earlier = task
     images = [decode(it) for it in batch]
     rows, later = detect_and_decide(_worker["det"], batch, images, earlier)
-    by_rel = {it.rel: (it, im) for it, im in zip(batch, images)}
-    for r in rows:
-        if r["status"] != "unreadable":
-            it, im = by_rel[r["path"]]
-            write_crop(r, it.dst, im, _worker["geom"], _worker["quality"])
+    for r, dst, im in crop_jobs(rows, batch, images):
+        write_crop(r, dst, im, _worker["geom"], _worker["quality"])
     return batch, rows, later
 
 
