@@ -90,14 +90,13 @@ class Detector:
         S = self._integrals(batch)
         n, h, w = len(batch), S.shape[1] - 1, S.shape[2] - 1
         # Stage 1: PNet on each level of the pyramid, candidates kept per level and photo, then per photo.
-        scale, boxes, inds = 12.0 / (self.min_face * self.scale), [], []
-        while min(h, w) * scale >= 12:
-            reg, probs = m.pnet(normalised(level_means(S, int(h * scale + 1), int(w * scale + 1))))
+        boxes, inds = [], []
+        for scale, size in pyramid(h, w, self.min_face * self.scale, m.factor):
+            reg, probs = m.pnet(normalised(level_means(S, *size)))
             found, found_inds = generateBoundingBox(reg, probs[:, 1], scale, m.thresholds[0])
             pick = batched_nms(found[:, :4], found[:, 4], found_inds, 0.5)
             boxes.append(found[pick])
             inds.append(found_inds[pick])
-            scale *= m.factor
         if not boxes:  # photos smaller than the smallest face
             return [np.zeros((0, 5)) for _ in batch]
         boxes, inds = torch.cat(boxes), torch.cat(inds)
@@ -142,6 +141,16 @@ class Detector:
         # Portraits hold one person: the largest confident face is theirs, not a pattern on a shirt.
         i = int(np.argmax(np.where(ok, w * h, -1)))
         return candidates[i, :4], float(candidates[i, 4]), ""
+
+
+def pyramid(h: int, w: int, min_face: float, factor: float = 0.709) -> list[tuple[float, tuple[int, int]]]:
+    """MTCNN's image pyramid for an h x w photo: (scale, (rows, columns)) of each level, by facenet-pytorch's
+    rule (levels shrink by `factor` while the smaller side still holds PNet's 12-pixel window)."""
+    scale, levels = 12.0 / min_face, []
+    while min(h, w) * scale >= 12:
+        levels.append((scale, (int(h * scale + 1), int(w * scale + 1))))
+        scale *= factor
+    return levels
 
 
 def integral_images(x: torch.Tensor) -> torch.Tensor:

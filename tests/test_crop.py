@@ -294,3 +294,14 @@ def test_bad_crop_options_end_in_one_line(tree, tmp_path, option, value):
     r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu", option, value)
     assert r.exit_code == 2 and option in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "c").exists()
+
+
+def test_pyramid_is_the_tail_of_mtcnn_defaults():
+    """The default smallest face starts the pyramid where MTCNN's defaults (20 px) reach 384x512 portraits'
+    faces: the same levels, to the pixel (112 px would give 55x42 and 39x30 instead of 56x42 and 40x30)."""
+    from facebox import TAIL_OF_DEFAULTS, pyramid
+
+    defaults = [size for _, size in pyramid(512, 384, 20)]
+    mine = [size for _, size in pyramid(512, 384, TAIL_OF_DEFAULTS)]
+    assert mine == defaults[-len(mine):] and mine[0] == (56, 42) and len(mine) == 4
+    assert [size for _, size in pyramid(512, 384, 112)][:2] == [(55, 42), (39, 30)]
