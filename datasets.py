@@ -6,16 +6,12 @@ an epoch costs augmentation only, never JPEG decoding.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import asks the network for a newer version
 import albumentations as A  # noqa: E402
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-
-from data import read_image
 
 AUGS = {
     "none": lambda: [],
@@ -28,19 +24,6 @@ AUGS = {
                      A.HorizontalFlip(p=0.5)],
 }
 CUTMIX_MODES = ("box", "vertical", "half")
-
-
-def load_cache(paths, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
-    """Decode and resize every image once: (N, H, W, 3) uint8."""
-    h, w = size
-    out = np.empty((len(paths), h, w, 3), dtype=np.uint8)
-
-    def one(i):
-        out[i] = cv2.resize(read_image(paths[i]), (w, h), interpolation=cv2.INTER_AREA)
-
-    with ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(len(paths))))
-    return out
 
 
 class CachedImages(Dataset):

@@ -25,7 +25,9 @@ import pandas as pd
 import typer
 from PIL import Image, ImageDraw
 
-from data import PHOTO_STEMS, age_label, encode, fail, gender_label, mask_label, write_csv
+from cli import fail
+from files import write_csv
+from labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import typer
 
-from data import NUM_CLASSES, PROB_COLS, TASKS, UserError, fail, joint, macro_f1, marginals, read_info, read_probs, \
-    read_table, scores, write_csv
+from cli import UserError, fail
+from files import read_info, read_probs, read_table, write_csv
+from labels import NUM_CLASSES, PROB_COLS, TASKS, joint, macro_f1, marginals, scores
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

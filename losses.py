@@ -1,9 +1,13 @@
-"""Losses in one registry; each takes (logits, class indices) and returns a scalar mean."""
+"""Losses in one registry; each takes (logits, class indices) and returns a scalar mean.
+Criterion applies one to the 18 classes, or to each task of a three-head model."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from labels import NUM_CLASSES, TASKS, decode
+from models import split_logits
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -62,3 +66,23 @@ LOSSES = {
 def build(name: str, counts: np.ndarray, gamma: float = 2.0, smoothing: float = 0.1):
     """The loss `name`, given the training fold's class counts (for weighted_ce)."""
     return LOSSES[name](counts, gamma, smoothing)
+
+
+class Criterion:
+    """The chosen loss on 18 classes, or per task (weighted) for three heads."""
+
+    def __init__(self, name, head, targets, gamma, smoothing, task_weights):
+        self.head = head
+        if head == "single":
+            self.fn = build(name, np.bincount(targets, minlength=NUM_CLASSES), gamma, smoothing)
+        else:
+            tasks = dict(zip(TASKS, decode(targets)))
+            self.fns = {t: build(name, np.bincount(tasks[t], minlength=n), gamma, smoothing) for t, n in TASKS.items()}
+            self.weights = dict(zip(TASKS, task_weights))
+
+    def __call__(self, logits, y):
+        if self.head == "single":
+            return self.fn(logits, y)
+        parts, ys = split_logits(logits), dict(zip(TASKS, decode(y)))
+        return sum(self.weights[t] * self.fns[t](parts[t], ys[t]) for t in TASKS)
+

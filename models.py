@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import NUM_CLASSES, TASKS, UserError
+from cli import UserError
+from labels import NUM_CLASSES, TASKS, joint
 
 HEADS = {"single": NUM_CLASSES, "multi": sum(TASKS.values())}
 
@@ -65,8 +66,7 @@ def probs18(logits: torch.Tensor, head: str) -> torch.Tensor:
     if head == "single":
         return F.softmax(logits.float(), dim=1)
     p = {t: F.softmax(v.float(), dim=1) for t, v in split_logits(logits).items()}
-    j = p["mask"][:, :, None, None] * p["gender"][:, None, :, None] * p["age"][:, None, None, :]
-    return j.reshape(len(logits), NUM_CLASSES)
+    return joint(p["mask"], p["gender"], p["age"])
 
 
 def load_checkpoint(path: Path) -> dict:

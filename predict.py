@@ -21,9 +21,10 @@ import torch
 import typer
 
 import models
-from data import NUM_CLASSES, PROB_COLS, Device, UserError, check_outside, fail, find_by_stem, read_info, \
-    resolve_device, write_csv
-from datasets import load_cache
+from cli import Device, UserError, fail, resolve_device
+from files import check_outside, read_info, write_csv
+from images import find_by_stem, load_cache
+from labels import NUM_CLASSES, PROB_COLS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

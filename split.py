@@ -20,10 +20,13 @@ import pandas as pd
 import typer
 from sklearn.model_selection import StratifiedGroupKFold
 
-from data import GENDERS, PHOTO_STEMS, TRAIN_COLUMNS, UserError, age_label, check_outside, encode, fail, find_by_stem, \
-    gender_label, is_hidden, mask_label, read_table, write_csv
+from cli import UserError, fail
+from files import check_outside, read_table, write_csv
+from images import find_by_stem, is_hidden
+from labels import GENDERS, PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 
 
 def read_train_csv(path: Path, allow_duplicate_ids: bool) -> pd.DataFrame:

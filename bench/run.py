@@ -24,14 +24,22 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import Device, atomic_path, resolve_device  # noqa: E402
-from datasets import load_cache  # noqa: E402
-from facebox import iou  # noqa: E402
+from cli import Device, resolve_device  # noqa: E402
+from files import atomic_path  # noqa: E402
+from images import load_cache  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 PY = sys.executable
 GOALS = {"crop_vs_habit": 10, "crop_agreement": 0.95, "train_vs_model_only": 0.9, "loader_vs_peer": 3,
          "predict_vs_model_only": 0.9}
+
+
+def iou(a, b) -> float:
+    """IoU of two x1,y1,x2,y2 boxes (torchvision's)."""
+    from torchvision.ops import box_iou
+
+    a, b = (torch.from_numpy(np.asarray([x], dtype=np.float64)) for x in (a, b))
+    return float(box_iou(a, b)[0, 0])
 
 
 def step(name: str, args: list[str], times: dict) -> dict:
@@ -117,8 +125,9 @@ def crop_profile(files: list[Path], device: str) -> dict:
     """Where crop.py's time goes, per photo on one core (detection: crop.py's detector, its threads)."""
     from PIL import Image
 
-    from data import read_image
-    from facebox import Detector, Geometry, crop_box, cut
+    from images import read_image
+    from detector import Detector
+    from facebox import Geometry, crop_box, cut
 
     t = time.time()
     images = [read_image(f) for f in files]
@@ -198,7 +207,8 @@ def loaders(files: list[str], size, batch: int, workers: int, device: str) -> tu
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms as T
 
-    from datasets import CachedImages, load_cache, to_input
+    from datasets import CachedImages, to_input
+    from images import load_cache
 
     def rate(loader, norm, least: int = 3000):
         """img/s over whole epochs until `least` images, after the first batch (worker start-up)."""

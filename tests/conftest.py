@@ -45,3 +45,13 @@ def invoke(app, *args):
     from typer.testing import CliRunner
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two x1,y1,x2,y2 boxes (torchvision's)."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    a, b = (torch.from_numpy(np.asarray([x], dtype=np.float64)) for x in (a, b))
+    return float(box_iou(a, b)[0, 0])

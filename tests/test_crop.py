@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 import crop
+import cropping
 import demo
-from conftest import invoke
-from facebox import Geometry, crop_box, iou
+from conftest import invoke, iou
+from facebox import Geometry, crop_box
 
 
 def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 0.0):
@@ -235,7 +236,7 @@ def test_worker_processes_and_threads_give_the_same_crops(tree, tmp_path):
     assert one.index.equals(two.index) and (one["status"] == two["status"]).all()
     assert np.allclose(one.iloc[:, 1:12].to_numpy(float), two.iloc[:, 1:12].to_numpy(float), atol=0.2, equal_nan=True)
     for rel in one.index[one["status"] != "unreadable"]:
-        a, b = (np.asarray(Image.open(crop.crop_path(tmp_path / w, rel))) for w in ("1", "2"))
+        a, b = (np.asarray(Image.open(cropping.crop_path(tmp_path / w, rel))) for w in ("1", "2"))
         assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1
 
 
@@ -244,8 +245,8 @@ def test_detector_finds_the_boxes_of_facenet_pytorchs_detect_face(tree):
     import torch
     from facenet_pytorch.models.utils.detect_face import detect_face
 
-    from data import read_image
-    from facebox import Detector
+    from images import read_image
+    from detector import Detector
 
     src, faces = tree
     images = [read_image(src / rel) for rel in faces]
@@ -269,7 +270,7 @@ def test_area_means_from_integral_images_equal_pytorchs_area_resize():
     import torch
     import torch.nn.functional as F
 
-    from facebox import Detector, area_windows, box_means, integral_images, level_means
+    from detector import Detector, area_windows, box_means, integral_images, level_means
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 50, 37, 3), dtype=np.uint8)
@@ -299,7 +300,7 @@ def test_bad_crop_options_end_in_one_line(tree, tmp_path, option, value):
 def test_pyramid_is_the_tail_of_mtcnn_defaults():
     """The default smallest face starts the pyramid where MTCNN's defaults (20 px) reach 384x512 portraits'
     faces: the same levels, to the pixel (112 px would give 55x42 and 39x30 instead of 56x42 and 40x30)."""
-    from facebox import TAIL_OF_DEFAULTS, pyramid
+    from detector import TAIL_OF_DEFAULTS, pyramid
 
     defaults = [size for _, size in pyramid(512, 384, 20)]
     mine = [size for _, size in pyramid(512, 384, TAIL_OF_DEFAULTS)]

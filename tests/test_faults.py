@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 import crop
+import cropping
 import split
 import train
 from conftest import ROOT, invoke
-from data import PROB_COLS
+from labels import PROB_COLS
 
 TINY = ["--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16", "--workers", "0",
         "--device", "cpu"]
@@ -85,7 +86,7 @@ def test_crop_killed_mid_run_resumes_and_every_file_decodes(photos, tmp_path):
                 im.load()  # every crop decodes: none is half written
     a, b = (pd.read_csv(d / "crop_report.csv").set_index("path") for d in (whole, dst))
     assert a.index.equals(b.index) and (a["status"] == b["status"]).all()
-    cols = crop.COLUMNS[3:11]
+    cols = cropping.COLUMNS[3:11]
     assert np.allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), atol=1)
 
 

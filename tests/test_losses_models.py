@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import losses
 import models
-from data import NUM_CLASSES
+from labels import NUM_CLASSES
 from datasets import cutmix
 
 
@@ -101,7 +101,7 @@ def test_heads_give_18_class_outputs(head):
 
 
 def test_unknown_model_names_closest():
-    from data import UserError
+    from cli import UserError
     with pytest.raises(UserError, match="closest: resnet18"):
         models.create("resnet_18", "single", pretrained=False)
 

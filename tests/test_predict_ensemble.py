@@ -8,7 +8,7 @@ import torch
 import ensemble
 import predict
 from conftest import invoke
-from data import PROB_COLS, scores
+from labels import PROB_COLS, scores
 
 
 @pytest.fixture(scope="module")

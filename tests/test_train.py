@@ -11,6 +11,7 @@ import torch
 
 import split
 import train
+import trainer
 from conftest import ROOT, invoke
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
@@ -62,8 +63,8 @@ def test_every_registry_entry_trains(folds, tmp_path, extra):
 
 def test_old_age_moves_training_targets_only():
     df = pd.DataFrame({"mask_label": [0, 2], "gender_label": [1, 0], "age": [58, 57], "label": [4, 13]})
-    assert train.train_targets(df, 58).tolist() == [5, 13]
-    assert train.train_targets(df, 60).tolist() == [4, 13]
+    assert trainer.train_targets(df, 58).tolist() == [5, 13]
+    assert trainer.train_targets(df, 60).tolist() == [4, 13]
 
 
 def test_loop_skips_finished_and_refuses_other_options(folds, tmp_path):
@@ -185,14 +186,14 @@ def test_compile_and_memory_format_options_reach_the_model(folds, tmp_path, monk
     --no-channels-last keeps the weights and every batch in the default layout."""
     calls, seen = [], []
     monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(net) or net)
-    real = train.to_input
+    real = trainer.to_input
 
     def spy(x, mean, std, device, channels_last=True):
         out = real(x, mean, std, device, channels_last)
         seen.append(out.is_contiguous(memory_format=layout))
         return out
 
-    monkeypatch.setattr(train, "to_input", spy)
+    monkeypatch.setattr(trainer, "to_input", spy)
     r = run_train(folds, tmp_path / "runs", *flags)
     assert r.exit_code == 0, r.output
     assert len(calls) == int(compiled) and seen and all(seen)

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import data
-from data import UserError
+import files
+import images
+import labels
+from cli import UserError
 
 
 @pytest.mark.parametrize("stem,gender,age,expected", [
@@ -15,38 +17,38 @@ from data import UserError
     ("normal", "female", 60, 17), ("mask3", "male", 61, 2),
 ])
 def test_label_code_hand_examples(stem, gender, age, expected):
-    code = data.encode(data.mask_label(stem), data.gender_label(gender), data.age_label(age))
+    code = labels.encode(labels.mask_label(stem), labels.gender_label(gender), labels.age_label(age))
     assert code == expected
-    assert tuple(int(x) for x in data.decode(code)) == (data.mask_label(stem), data.gender_label(gender),
-                                                        data.age_label(age))
+    assert tuple(int(x) for x in labels.decode(code)) == (labels.mask_label(stem), labels.gender_label(gender),
+                                                        labels.age_label(age))
 
 
 def test_age_band_boundaries_and_old_age_threshold():
     ages = np.array([0, 29, 30, 57, 58, 59, 60, 90])
-    assert data.age_label(ages).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
-    assert data.age_label(ages, old_age=58).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert labels.age_label(ages).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert labels.age_label(ages, old_age=58).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
 
 
 def test_decode_inverts_encode_for_every_class():
-    m, g, a = data.decode(np.arange(18))
-    assert data.encode(m, g, a).tolist() == list(range(18))
+    m, g, a = labels.decode(np.arange(18))
+    assert labels.encode(m, g, a).tolist() == list(range(18))
     assert set(zip(m.tolist(), g.tolist(), a.tolist())) == {(i, j, k) for i in range(3) for j in range(2)
                                                             for k in range(3)}
 
 
 def test_unknown_photo_name_is_an_error():
     with pytest.raises(ValueError):
-        data.mask_label("selfie")
+        labels.mask_label("selfie")
 
 
 def test_marginals_and_joint_round_trip():
     rng = np.random.default_rng(0)
     mask, gender, age = (rng.dirichlet(np.ones(n), 4) for n in (3, 2, 3))
-    j = data.joint(mask, gender, age)
+    j = labels.joint(mask, gender, age)
     assert np.allclose(j.sum(1), 1)
     # class 13 = normal (2), male (0), 30-59 (1)
     assert np.allclose(j[:, 13], mask[:, 2] * gender[:, 0] * age[:, 1])
-    back = data.marginals(j)
+    back = labels.marginals(j)
     assert np.allclose(back["mask"], mask) and np.allclose(back["gender"], gender) and np.allclose(back["age"], age)
 
 
@@ -64,7 +66,7 @@ def test_read_image_returns_rgb_uint8_for_every_mode(tmp_path, mode):
         im = rgb.convert(mode)
     ext = ".jpg" if mode in ("CMYK", "L", "RGB") else ".tiff" if mode == "I;16" else ".png"
     path = _save(im, tmp_path / f"img{ext}")
-    out = data.read_image(path)
+    out = images.read_image(path)
     assert out.dtype == np.uint8 and out.shape == (4, 6, 3)
     if mode in ("RGB", "RGBA", "P"):
         assert np.abs(out[1, 1].astype(int) - [200, 100, 50]).max() <= 12
@@ -74,7 +76,7 @@ def test_read_image_returns_rgb_uint8_for_every_mode(tmp_path, mode):
 
 def test_read_image_composites_transparency_on_white(tmp_path):
     im = Image.new("RGBA", (2, 2), (10, 20, 30, 0))
-    out = data.read_image(_save(im, tmp_path / "a.png"))
+    out = images.read_image(_save(im, tmp_path / "a.png"))
     assert out[0, 0].tolist() == [255, 255, 255]
 
 
@@ -83,7 +85,7 @@ def test_read_image_names_unreadable_file(tmp_path, content):
     p = tmp_path / "bad.jpg"
     p.write_bytes(content)
     with pytest.raises(UserError, match="bad.jpg"):
-        data.read_image(p)
+        images.read_image(p)
 
 
 def test_read_image_refuses_truncated_jpeg(tmp_path):
@@ -92,52 +94,52 @@ def test_read_image_refuses_truncated_jpeg(tmp_path):
     p = tmp_path / "cut.jpg"
     p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(UserError, match="cut.jpg"):
-        data.read_image(p)
+        images.read_image(p)
 
 
 def test_find_by_stem_ignores_extension_and_dot_files(tmp_path):
     (tmp_path / "._mask1.jpg").write_bytes(b"junk")
     (tmp_path / "mask1.jpeg").write_bytes(b"x")
     (tmp_path / "normal.png").write_bytes(b"x")
-    assert data.find_by_stem(tmp_path, "mask1").name == "mask1.jpeg"
-    assert data.find_by_stem(tmp_path, "normal").name == "normal.png"
-    assert data.find_by_stem(tmp_path, "mask2") is None
+    assert images.find_by_stem(tmp_path, "mask1").name == "mask1.jpeg"
+    assert images.find_by_stem(tmp_path, "normal").name == "normal.png"
+    assert images.find_by_stem(tmp_path, "mask2") is None
     (tmp_path / "mask1.png").write_bytes(b"x")
     with pytest.raises(UserError, match="more than one"):
-        data.find_by_stem(tmp_path, "mask1")
+        images.find_by_stem(tmp_path, "mask1")
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     with pytest.raises(RuntimeError):
-        with data.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 
 def _probs_csv(tmp_path, rows, name="p.csv"):
-    df = pd.DataFrame(rows, columns=["ImageID"] + data.PROB_COLS)
+    df = pd.DataFrame(rows, columns=["ImageID"] + labels.PROB_COLS)
     df.to_csv(tmp_path / name, index=False)
     return tmp_path / name
 
 
 def test_read_probs_accepts_valid_and_rejects_bad(tmp_path):
     ok = [["a.jpg"] + [1 / 18] * 18]
-    assert len(data.read_probs(_probs_csv(tmp_path, ok))) == 1
+    assert len(files.read_probs(_probs_csv(tmp_path, ok))) == 1
     with pytest.raises(UserError, match="row 2"):
-        data.read_probs(_probs_csv(tmp_path, [["a.jpg", float("nan")] + [1 / 17] * 17]))
+        files.read_probs(_probs_csv(tmp_path, [["a.jpg", float("nan")] + [1 / 17] * 17]))
     with pytest.raises(UserError, match="not a probability"):
-        data.read_probs(_probs_csv(tmp_path, [["a.jpg"] + [0.5] * 18]))
+        files.read_probs(_probs_csv(tmp_path, [["a.jpg"] + [0.5] * 18]))
     pd.DataFrame({"ImageID": ["a"], "p0": [1.0]}).to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(UserError, match="missing probability columns"):
-        data.read_probs(tmp_path / "few.csv")
+        files.read_probs(tmp_path / "few.csv")
 
 
 def test_fast_macro_f1_equals_sklearn():
     from sklearn.metrics import f1_score
 
-    from data import macro_f1
+    from labels import macro_f1
     rng = np.random.default_rng(0)
     for n, k in ((50, 18), (400, 18), (30, 5), (7, 18)):
         y, p = rng.integers(0, k, n), rng.integers(0, 18, n)  # some classes only predicted, some never

@@ -1,0 +1,181 @@
+"""Files between the steps: safe writes, checked CSVs, and probability CSVs that say where they come from.
+
+A probability CSV is `<id column>,p0..p17` (out-of-fold files add label and fold). predict.py
+also writes `<file>.json` beside it: the run folders, folds and checkpoints that made it and
+the CSV's SHA-256, so ensemble.py can pair it with the right out-of-fold files and can tell a
+file from its stale record.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cli import UserError
+from labels import PROB_COLS
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, **kw)
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary files a killed run left under `folder` (atomic_path's names only)."""
+    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+    stale = [p for p in Path(folder).rglob(".*.tmp") if pattern.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
+@contextmanager
+def locked(folder: Path):
+    """An exclusive lock on a folder, shared by every process that writes there (on the folder itself,
+    so no lock file is left behind and the files inside may be replaced while others wait)."""
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def append_csv(df: pd.DataFrame, path: Path) -> None:
+    """Rows appended under a lock, in one write: folds finishing at the same moment in several tmux
+    windows never write two headers or interleave rows. Rows with new columns rewrite the file with
+    the union of both (old rows get blanks there)."""
+    path = Path(path)
+    with locked(path.parent):
+        old = list(pd.read_csv(path, nrows=0).columns) if path.is_file() and path.stat().st_size else None
+        if old is None or old == list(df.columns):
+            with open(path, "a") as f:
+                f.write(df.to_csv(index=False, header=old is None))
+        else:
+            merged = pd.concat([pd.read_csv(path), df], ignore_index=True)
+            write_csv(merged[old + [c for c in df.columns if c not in old]], path)
+
+
+def check_outside(out: Path, *inputs: Path) -> None:
+    """Refuse an output path inside an input tree: scripts never write into their inputs."""
+    out = Path(out).resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if src.is_dir() and (out == src or src in out.parents):
+            raise UserError(f"output {out} is inside the input folder {src}")
+
+
+def check_new(*outputs: Path | None, overwrite: bool) -> None:
+    """A finished output is kept unless the user asks to replace it."""
+    for p in outputs:
+        if p is not None and Path(p).exists() and not overwrite:
+            raise UserError(f"{p} exists (pass --overwrite to replace it)")
+
+
+def read_table(path: Path, **kw) -> pd.DataFrame:
+    """pd.read_csv, with a broken or missing file reported as one line naming it."""
+    try:
+        return pd.read_csv(path, **kw)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read CSV ({e})") from None
+
+
+def read_info(path: Path) -> pd.Series:
+    """The ImageIDs of info.csv, in its row order (the order a submission must follow)."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    ids = read_table(path, dtype=str)
+    if "ImageID" not in ids.columns:
+        raise UserError(f"{path}: no ImageID column")
+    return ids["ImageID"]
+
+
+def read_probs(path: Path, id_col: str | None = None) -> pd.DataFrame:
+    """A probability CSV (id column, p0..p17[, label, fold]) checked for shape and sanity."""
+    df = read_table(path, dtype={id_col: str} if id_col else None)
+    missing = [c for c in PROB_COLS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing probability columns {', '.join(missing[:5])}")
+    id_col = id_col or df.columns[0]
+    if id_col not in df.columns:
+        raise UserError(f"{path}: no {id_col} column")
+    if df[id_col].duplicated().any():
+        raise UserError(f"{path}: duplicate {id_col} {df[id_col][df[id_col].duplicated()].iloc[0]}")
+    p = df[PROB_COLS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(p).all(axis=1)
+    if bad.any():
+        raise UserError(f"{path}: row {int(np.argmax(bad)) + 2} has a missing or non-finite probability")
+    off = np.abs(p.sum(axis=1) - 1) > 1e-3
+    if off.any() or (p < 0).any():
+        raise UserError(f"{path}: row {int(np.argmax(off | (p < 0).any(axis=1))) + 2} is not a probability vector")
+    df[PROB_COLS] = p
+    return df
+
+
+def provenance_path(path: Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_probs(df: pd.DataFrame, path: Path, provenance: dict) -> None:
+    """The CSV and its record, each renamed into place: the record first, so a kill between the two
+    leaves an old CSV beside a new record, which read_provenance recognises by the hash."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+        write_json(provenance_path(path), {**provenance, "sha256": sha256(tmp)})
+
+
+def read_provenance(path: Path) -> dict | None:
+    """What made a probability CSV, or None for a file without a record (hand-made, or from elsewhere)."""
+    record = provenance_path(path)
+    if not record.is_file():
+        return None
+    try:
+        prov = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{record}: unreadable record of {path} ({e})") from None
+    if prov.get("sha256") != sha256(path):
+        raise UserError(f"{record} describes another version of {path} (a run killed between the two, or an "
+                        "edited CSV): predict again, or delete the .json to use the CSV without its record")
+    return prov

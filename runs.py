@@ -1,0 +1,186 @@
+"""Run folders: what a run is (its options), where its folds live, and whether its folds agree.
+
+    runs/<run>/config.json            the options every fold of the run shares
+    runs/<run>/fold<k>/config.json    everything fold k ran with (written when it starts)
+    runs/<run>/fold<k>/metrics.json   written last: the fold is finished
+
+A run's folds must have been trained alike: predict.py blends them and ensemble.py scores
+their out-of-fold files as one model. Mixed folds are refused with their fold numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from cli import Device, UserError, arg, opt
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """train.py's options; `run=True` marks those that change what the model learns."""
+    folds_csv: Path = arg("folds.csv from split.py")
+    model: str = opt(..., "any timm model name, e.g. resnet18, efficientnet_b2_pruned", run=True)
+    fold: int = opt(0, "validation fold; the others train")
+    run: Optional[str] = opt(None, "run name (default: the model name)")
+    out: Path = opt(Path("runs"), "folder of runs")
+    pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub)", run=True)
+    head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
+    task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
+    loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
+    focal_gamma: float = opt(2.0, "focal loss: gamma", run=True)
+    smoothing: float = opt(0.1, "label_smoothing loss: smoothing", run=True)
+    optimizer: str = opt("adamw", "sgd, adam, adamw or madgrad", run=True)
+    lr: float = opt(1e-3, "peak learning rate", run=True)
+    weight_decay: float = opt(1e-4, "weight decay", run=True)
+    scheduler: str = opt("cosine", "none, step, cyclic, cosine or onecycle (each steps every batch)", run=True)
+    warmup_epochs: int = opt(0, "linear warm-up epochs", run=True)
+    step_size: int = opt(3, "step scheduler: epochs between decays", run=True)
+    step_gamma: float = opt(0.5, "step scheduler: decay factor", run=True)
+    epochs: int = opt(10, "epochs", run=True)
+    batch_size: int = opt(64, "batch size per process", run=True)
+    img_size: tuple[int, int] = opt((256, 192), "training size: height width", run=True)
+    aug: str = opt("light", "augmentation preset: none, light, or seed (the team baseline's ColorJitter "
+                   "and flip)", run=True)
+    cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
+    cutmix_mode: str = opt("box", "CutMix region: box, vertical (a full-height strip) or half", run=True)
+    cutmix_alpha: float = opt(1.0, "CutMix: the pasted share is drawn from Beta(a, a)", run=True)
+    old_age: int = opt(60, "train ages >= this as the old band (60: no change)", run=True)
+    drop_rate: float = opt(0.0, "dropout before the classifier", run=True)
+    seed: int = opt(42, "random seed", run=True)
+    device: Device = opt(Device.auto, "where to train")
+    workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes")
+    amp: Optional[bool] = opt(None, "bf16 autocast (default: on for CUDA)", "--amp/--no-amp")
+    compile: bool = opt(False, "torch.compile the model", "--compile/--no-compile")
+    channels_last: bool = opt(True, "channels-last memory format")
+    resume: bool = opt(False, "continue an unfinished fold from its last.pt")
+    skip_done: bool = opt(False, "exit at once if the fold is finished")
+    overwrite: bool = opt(False, "redo this fold, finished or not")
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.model
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.run_name
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.run_dir / f"fold{self.fold}"
+
+    def record(self) -> dict:
+        """config.json: every option as it ran, in JSON types."""
+        return {k: (str(v) if isinstance(v, Path) else v.value if isinstance(v, Device) else
+                    list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) + ("folds_csv",)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it or pass --overwrite") from None
+
+
+def fold_dirs(run_dir: Path) -> dict[int, Path]:
+    return {int(d.name[4:]): d for d in sorted(Path(run_dir).glob("fold*")) if d.is_dir() and d.name[4:].isdigit()}
+
+
+def fold_configs(run_dir: Path) -> dict[int, dict]:
+    """Each fold's options (folds of an older run without their own config.json use the run's)."""
+    shared = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    out = {}
+    for k, d in fold_dirs(run_dir).items():
+        if (d / "config.json").is_file():
+            out[k] = read_json(d / "config.json")
+        elif shared is not None and ((d / "last.pt").is_file() or (d / "best.pt").is_file()):
+            out[k] = shared
+    return out
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    return [k for k in RUN_KEYS if a.get(k) != b.get(k)]
+
+
+def check_folds_agree(run_dir: Path, configs: dict[int, dict]) -> None:
+    """One line naming the folds trained with other options than the run's first fold."""
+    if len(configs) < 2:
+        return
+    first = min(configs)
+    odd = {k: differences(configs[first], c) for k, c in configs.items() if differences(configs[first], c)}
+    if odd:
+        keys = sorted({key for v in odd.values() for key in v})
+        raise UserError(f"{run_dir}: fold(s) {', '.join(map(str, odd))} were trained with other options than fold "
+                        f"{first} ({', '.join(keys)}); a run's folds must agree: retrain them, or move them to a run "
+                        "of their own")
+
+
+@dataclass
+class FoldState:
+    """Where this fold stands before training: finished, unfinished (resumable) or new."""
+    finished: Optional[dict] = None
+    resume_from: Optional[Path] = None
+
+
+def prepare_fold(cfg: TrainConfig) -> FoldState:
+    """Refuse a fold that would mix options into its run, and say what to do with an existing fold."""
+    mine = cfg.record()
+    others = {k: c for k, c in fold_configs(cfg.run_dir).items() if k != cfg.fold}
+    odd = {k: differences(c, mine) for k, c in others.items() if differences(c, mine)}
+    if odd:
+        keys = sorted({key for v in odd.values() for key in v})
+        raise UserError(f"run {cfg.run_dir} was made with other options ({', '.join(keys)}) in fold(s) "
+                        f"{', '.join(map(str, odd))}; pass --run NAME for a new run")
+    d = cfg.fold_dir
+    own = fold_configs(cfg.run_dir).get(cfg.fold)
+    changed = differences(own, mine) if own else []
+    if (d / "metrics.json").is_file() and not cfg.overwrite:
+        if changed:
+            raise UserError(f"{d} is finished with other options ({', '.join(changed)}); pass --run NAME for a "
+                            "new run, or --overwrite to redo this fold")
+        if cfg.skip_done:
+            return FoldState(finished=read_json(d / "metrics.json"))
+        raise UserError(f"{d} is finished (pass --skip-done to skip it, --overwrite to redo it)")
+    last = d / "last.pt"
+    if last.is_file() and not cfg.overwrite:
+        if not cfg.resume:
+            raise UserError(f"{d} has an unfinished run (pass --resume to continue it, --overwrite to restart)")
+        if changed:
+            raise UserError(f"{d} was started with other options ({', '.join(changed)}); --overwrite restarts it")
+        return FoldState(resume_from=last)
+    return FoldState()
+
+
+@dataclass
+class RunFolds:
+    """A run's finished folds, the folds it should have, and the unfinished ones."""
+    run_dir: Path
+    finished: dict[int, Path]  # fold -> best.pt
+    expected: Optional[int]
+    unfinished: list[int]
+
+    @property
+    def partial(self) -> bool:
+        return self.expected is not None and len(self.finished) < self.expected
+
+    def describe(self) -> dict:
+        return {"run": str(self.run_dir.resolve()), "folds": sorted(self.finished), "of": self.expected,
+                "partial": self.partial, "unfinished": self.unfinished}
+
+
+def run_folds(run_dir: Path) -> RunFolds:
+    """The finished folds of a run folder, after checking they were trained alike."""
+    configs = fold_configs(run_dir)
+    finished = {k: d / "best.pt" for k, d in fold_dirs(run_dir).items()
+                if (d / "metrics.json").is_file() and (d / "best.pt").is_file()}
+    if not finished:
+        raise UserError(f"{run_dir}: no finished fold (fold*/metrics.json with best.pt) in this run folder")
+    check_folds_agree(run_dir, {k: c for k, c in configs.items() if k in finished})
+    totals = {c.get("folds_total") for k, c in configs.items() if k in finished} - {None}
+    unfinished = sorted(k for k, d in fold_dirs(run_dir).items() if k not in finished and (d / "last.pt").is_file())
+    return RunFolds(run_dir, finished, max(totals) if totals else None, unfinished)

@@ -1,0 +1,170 @@
+"""One fold's training: the model and what trains it, the epoch loop's steps, validation, checkpoints."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+import losses
+import models
+from datasets import cutmix, to_input
+from files import atomic_path
+from labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
+from optim import make_optimizer, make_scheduler
+from runs import TrainConfig
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_targets(df, old_age: int) -> np.ndarray:
+    """Training labels with ages >= old_age moved to the old band (the teams' 58/59 trick)."""
+    return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), age_label(df["age"].to_numpy(), old_age))
+
+
+@dataclass
+class Place:
+    """Where this process trains: its device, and its rank among the torchrun processes."""
+    device: str
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def rank0(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Fold:
+    """A fold being trained: the weights, what runs them, what updates them, and the record so far."""
+    cfg: TrainConfig
+    place: Place
+    net: nn.Module  # the weights that are saved
+    model: nn.Module  # what runs: the net, compiled and/or wrapped for several processes
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    crit: losses.Criterion
+    mean: list[float]
+    std: list[float]
+    amp: bool
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
+
+
+def build(cfg: TrainConfig, place: Place, net: nn.Module, targets: np.ndarray, steps: int) -> Fold:
+    """The fold's model on its device, optimizer, schedule and loss, before any resume."""
+    net = net.to(place.device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    mean, std = models.norm_stats(net)
+    opt = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
+    sched = make_scheduler(cfg.scheduler, opt, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.step_size,
+                           cfg.step_gamma)
+    weights = [float(w) for w in cfg.task_weights.split(",")]
+    crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing, weights)
+    amp = cfg.amp if cfg.amp is not None else place.device.startswith("cuda")
+    return Fold(cfg, place, net, net, opt, sched, crit, mean, std, amp)
+
+
+def wrap(fold: Fold) -> None:
+    """Compile and/or wrap for DistributedDataParallel, after any resume has loaded the weights."""
+    if fold.cfg.compile:
+        fold.model = torch.compile(fold.net)
+    if fold.place.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = fold.place.device
+        fold.model = DistributedDataParallel(fold.model, device_ids=[int(dev.split(":")[1])] if ":" in dev else None)
+
+
+def train_epoch(fold: Fold, loader, epoch: int) -> dict:
+    cfg, dev = fold.cfg, fold.place.device
+    fold.model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+    # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    n, preds, ys, seen, t_steady = 0, [], [], 0, None
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", file=sys.stderr, leave=False, disable=not fold.place.rank0)
+    for step, (x, y) in enumerate(bar):
+        if step == 2:  # steady state: after the first batches have warmed up workers and kernels
+            t_steady, seen = time.time(), 0
+        x = to_input(x, fold.mean, fold.std, dev, cfg.channels_last)
+        y = y.to(dev)
+        y_b, lam = y, 1.0
+        if cfg.cutmix and torch.rand(1, generator=gen).item() < cfg.cutmix:
+            x, y, y_b, lam = cutmix(x, y, cfg.cutmix_alpha, cfg.cutmix_mode, gen)
+        with models.autocast(dev, fold.amp):
+            logits = fold.model(x)
+            loss = fold.crit(logits, y)
+            if lam != 1.0:
+                loss = lam * loss + (1 - lam) * fold.crit(logits, y_b)
+        fold.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fold.opt.step()
+        fold.sched.step()
+        total += loss.detach() * len(y)
+        n += len(y)
+        seen += len(y)
+        preds.append(models.probs18(logits.detach(), cfg.head).argmax(1))
+        ys.append(y)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{total.item() / n:.4f}")
+    s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
+    rate = seen / (time.time() - t_steady) if t_steady and seen else None
+    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
+
+
+def validate(fold: Fold, images: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Macro F1 of the whole validation fold (each process predicts a share under torchrun)."""
+    place = fold.place
+    mine = np.arange(place.rank, len(images), place.world)
+    probs = models.predict_probs(fold.model, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
+                                 fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last)
+    if place.world > 1:
+        parts = [None] * place.world
+        dist.all_gather_object(parts, (mine, probs))
+        full = np.zeros((len(images), NUM_CLASSES))
+        for idx, p in parts:
+            full[idx] = p
+        probs = full
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    s = scores(labels, probs.argmax(1))
+    tasks = {f"val_f1_{t}": s[f"f1_{t}"] for t in TASKS}
+    return {"val_loss": nll, "val_acc": s["acc"], "val_f1": s["f1"], **tasks}, probs
+
+
+def checkpoint(fold: Fold, epoch: int, metric: dict, full: bool) -> dict:
+    """A checkpoint that describes itself; `full` adds what --resume needs."""
+    cfg = fold.cfg
+    ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
+          "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric,
+          "state_dict": fold.net.state_dict()}
+    if full:
+        ck.update(optimizer=fold.opt.state_dict(), scheduler=fold.sched.state_dict(), torch_rng=torch.get_rng_state(),
+                  history=fold.history, best=fold.best)
+    return ck
+
+
+def restore(fold: Fold, ck: dict) -> int:
+    """Continue from a full checkpoint (weights already loaded); the epoch to start from."""
+    fold.opt.load_state_dict(ck["optimizer"])
+    fold.sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["torch_rng"])
+    fold.history, fold.best = ck["history"], ck["best"]
+    return ck["epoch"]
+
+
+def save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
