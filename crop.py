@@ -33,7 +33,6 @@ from cropping import (
     crop_path,
     faces_by_folder,
 )
-from detector import check_facenet
 from files import append_csv, read_table, remove_stale_temps, write_csv, write_json
 from images import is_image_name
 
@@ -119,6 +118,7 @@ def main(o: CropOptions):
         raise UserError(f"{e}; --overwrite starts afresh") from None
     finished = set(done["path"])
     todo = [it for it in items if it.rel not in finished]
+    from detector import check_facenet
     check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
     t1 = time.time()
     report = finish_report(o.dst, done, run_crops(o, dev, todo, done))

@@ -13,23 +13,21 @@ female, red / green / blue for the age bands <30 / 30-59 / >=60.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import typer
 from PIL import Image, ImageDraw
 
-from cli import fail
+from cli import UserError, arg, command, make_app, opt, result
 from files import write_csv
 from labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 W, H = 384, 512
 # Face box and landmarks (eyes, nose, mouth corners) of each portrait, measured once with
@@ -195,7 +193,7 @@ def draw_eval_person(p: dict, folder: Path, seed: int, bases: dict) -> list[dict
         image_id = hashlib.sha1(f"{seed}/{p['id']}/{stem}".encode()).hexdigest() + ".jpg"
         save(draw_photo(p, stem, base, layers, prng), folder / image_id, "RGB")
         label = encode(mask_label(stem), gender_label(p["gender"]), age_label(p["age"]))
-        rows.append({"ImageID": image_id, "ans": int(label)})
+        rows.append({"ImageID": image_id, "ans": int(label), "person": p["id"]})
     return rows
 
 
@@ -241,34 +239,38 @@ def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.ra
     return truth
 
 
-@app.command()
-def main(
-    out: Annotated[Path, typer.Argument(help="folder to create (train/ and eval/ go inside)")],
-    people: Annotated[int, typer.Option(help="train people (7 photos each)")] = 80,
-    eval_people: Annotated[int, typer.Option(help="eval people (7 photos each)")] = 20,
-    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing demo folder")] = False,
-    workers: Annotated[int, typer.Option(help="processes drawing people (the files do not depend on it)")] = min(
-        8, os.cpu_count() or 1),
-):
-    if people < 6 or eval_people < 1:
-        fail("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            fail(f"{out} exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    out: Path = arg("folder to create (train/ and eval/ go inside)")
+    people: int = opt(80, "train people (7 photos each)")
+    eval_people: int = opt(20, "eval people (7 photos each)")
+    seed: int = opt(0, "random seed; the same seed gives the same files")
+    overwrite: bool = opt(False, "replace an existing demo folder")
+    workers: int = opt(min(8, os.cpu_count() or 1), "processes drawing people (the files do not depend on it)")
+
+
+@command(app, DemoOptions)
+def main(o: DemoOptions):
+    """Synthetic demo data in the competition's layout."""
+    if o.people < 6 or o.eval_people < 1:
+        raise UserError("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
+    if o.out.exists() and any(o.out.iterdir()):
+        if not o.overwrite:
+            raise UserError(f"{o.out} exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(o.out)
+    rng = np.random.default_rng(o.seed)
     bases = load_portraits()
-    train_people = make_people(people, rng, 0)
-    eval_people_ = make_people(eval_people, rng, people)
-    print(f"drawing {people} train and {eval_people} eval people", file=sys.stderr)
-    train = write_train(out / "train", train_people, bases, workers)
-    write_csv(train, out / "train" / "train.csv")
-    truth = write_eval(out / "eval", eval_people_, bases, seed, rng, workers)
-    write_csv(truth, out / "eval" / "truth.csv")
-    write_csv(truth.assign(ans=0), out / "eval" / "info.csv")
-    print(json.dumps({"out": str(out), "train_people": people, "train_images": 7 * people,
-                      "eval_people": eval_people, "eval_images": len(truth)}))
+    train_people = make_people(o.people, rng, 0)
+    eval_people = make_people(o.eval_people, rng, o.people)
+    print(f"drawing {o.people} train and {o.eval_people} eval people", file=sys.stderr)
+    train = write_train(o.out / "train", train_people, bases, o.workers)
+    write_csv(train, o.out / "train" / "train.csv")
+    truth = write_eval(o.out / "eval", eval_people, bases, o.seed, rng, o.workers)
+    write_csv(truth[["ImageID", "ans"]], o.out / "eval" / "truth.csv")
+    write_csv(truth[["ImageID", "person"]], o.out / "eval" / "people_truth.csv")  # which photos are one person
+    write_csv(truth[["ImageID"]].assign(ans=0), o.out / "eval" / "info.csv")
+    result({"out": str(o.out), "train_people": o.people, "train_images": 7 * o.people,
+            "eval_people": o.eval_people, "eval_images": len(truth)})
 
 
 if __name__ == "__main__":

@@ -1,56 +1,77 @@
-"""Blend probability CSVs into a submission, and score the same blend out of fold.
+"""Blend probability CSVs into a submission, and score the very same recipe out of fold.
 
     python ensemble.py work/probs_b2.csv work/probs_r50.csv --info data/eval/info.csv -o submission.csv \
-        --oof runs/efficientnet_b2 --oof runs/resnet50 --bias --suspects work/suspects.csv
+        --bias --suspects work/suspects.csv --people work/people.csv --oof-people work/people_train.csv
     python ensemble.py a.csv b.csv --info data/eval/info.csv -o sub.csv --mask-from 1 --age-from 2
 
-Inputs may list ImageIDs in any order; the submission follows info.csv. With --oof
-runs (in the same order as the CSVs), prints each run's and the blend's CV macro F1.
+Inputs may list ImageIDs in any order; the submission follows info.csv. Each input's
+out-of-fold probabilities come from the runs its record (<input>.json, written by predict.py)
+names, or from --oof RUN given once per input, in the inputs' order. The CV score, the bias
+and the per-person rule are computed on those with the same functions that make the
+submission; the bias and the rule are applied only where they gain on held-out folds.
 """
 from __future__ import annotations
 
-import json
 import sys
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
-import typer
 
-from cli import UserError, fail
-from files import read_info, read_probs, read_table, write_csv
-from labels import NUM_CLASSES, PROB_COLS, TASKS, joint, macro_f1, marginals, scores
+import decide
+from cli import UserError, arg, command, make_app, opt, result
+from decide import Mean, Recipe
+from files import check_new, read_info, read_probs, read_provenance, read_table, write_csv
+from grouping import read_people
+from labels import NUM_CLASSES, PROB_COLS, TASKS
+from oof import OOF, oof_for_inputs, suspects
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-class Mean(str, Enum):
-    arithmetic = "arithmetic"
-    geometric = "geometric"
+app = make_app()
 
 
-def blend(probs: list[np.ndarray], weights: np.ndarray, mean: Mean) -> np.ndarray:
-    w = weights / weights.sum()
-    if mean == Mean.geometric:
-        p = np.exp(sum(wi * np.log(np.clip(pi, 1e-12, None)) for wi, pi in zip(w, probs)))
-    else:
-        p = sum(wi * pi for wi, pi in zip(w, probs))
-    return p / p.sum(axis=1, keepdims=True)
+@dataclass(frozen=True, kw_only=True)
+class EnsembleOptions:
+    inputs: list[Path] = arg("probability CSVs (ImageID,p0..p17)")
+    info: Path = opt(..., "info.csv: the ImageIDs and their order")
+    out: Path = opt(..., "submission CSV to write (ImageID,ans)", "--out", "-o")
+    weights: Optional[str] = opt(None, "comma-separated weight per input")
+    mean: Mean = opt(Mean.arithmetic, "arithmetic or geometric mean of probabilities")
+    mask_from: Optional[int] = opt(None, "take the mask answer from input N (1-based)")
+    gender_from: Optional[int] = opt(None, "take the gender answer from input N")
+    age_from: Optional[int] = opt(None, "take the age answer from input N")
+    oof: Optional[list[Path]] = opt(None, "run folder of an input's out-of-fold files (once per input, in order; "
+                                    "default: the runs each input's record names)")
+    bias: bool = opt(False, "fit per-class biases on OOF for macro F1; applied if they gain on held-out folds")
+    suspects: Optional[Path] = opt(None, "CSV of people whose labels the OOF probabilities doubt")
+    people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): one answer per person")
+    oof_people: Optional[Path] = opt(None, "people.csv of the train photos, flattened (people.py --flatten): "
+                                     "scores the per-person rule out of fold")
+    group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
+    truth: Optional[Path] = opt(None, "ImageID,ans with true classes (demo): print test F1")
+    probs_out: Optional[Path] = opt(None, "also write the blended probabilities")
+    overwrite: bool = opt(False, "replace existing output files")
+
+    def recipe(self) -> Recipe:
+        w = np.ones(len(self.inputs))
+        if self.weights:
+            try:
+                w = np.array([float(x) for x in self.weights.split(",")])
+            except ValueError:
+                raise UserError(f"--weights {self.weights}: not numbers") from None
+            if len(w) != len(self.inputs) or (w < 0).any() or w.sum() <= 0:
+                raise UserError(f"--weights: {len(w)} non-negative weights for {len(self.inputs)} inputs")
+        sources = (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
+        for t, i in sources:
+            if i is not None and not 1 <= i <= len(self.inputs):
+                raise UserError(f"--{t}-from {i}: there are {len(self.inputs)} inputs")
+        return Recipe(w, self.mean, sources)
 
 
-def recompose(p: np.ndarray, inputs: list[np.ndarray], sources: dict[str, Optional[int]]) -> np.ndarray:
-    """18 classes from per-task marginals, each from the blend or from one chosen input."""
-    if not any(sources.values()):
-        return p
-    m = {t: marginals(inputs[i - 1] if i else p)[t] for t, i in sources.items()}
-    return joint(m["mask"], m["gender"], m["age"])
-
-
-def read_inputs(files: list[Path], ids: pd.Series) -> list[np.ndarray]:
-    """Each CSV aligned to info.csv's order, after checking it covers exactly the same ImageIDs."""
-    out, want = [], set(ids)
+def read_inputs(files: list[Path], ids: pd.Series) -> tuple[list[np.ndarray], list[dict | None]]:
+    """Each CSV aligned to info.csv's order (after checking it covers exactly its ImageIDs), and its record."""
+    out, records, want = [], [], set(ids)
     for f in files:
         df = read_probs(f, "ImageID")
         have = set(df["ImageID"])
@@ -59,146 +80,8 @@ def read_inputs(files: list[Path], ids: pd.Series) -> list[np.ndarray]:
             raise UserError(f"{f}: ImageIDs differ from info.csv ({len(missing)} missing, {len(extra)} extra, "
                             f"e.g. {(missing + extra)[0]})")
         out.append(df.set_index("ImageID").loc[ids, PROB_COLS].to_numpy())
-    return out
-
-
-def read_oof(run: Path) -> pd.DataFrame:
-    files = sorted(run.glob("fold*/oof.csv"))
-    if not files:
-        raise UserError(f"{run}: no fold*/oof.csv (is it a run folder of train.py?)")
-    df = pd.concat([read_probs(f, "path") for f in files])
-    for col in ("label", "fold"):
-        if col not in df.columns:
-            raise UserError(f"{run}: oof.csv without a {col} column")
-    return df.set_index("path")
-
-
-def fit_bias(p: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.ndarray:
-    """Per-class additive bias on log-probabilities, by coordinate ascent on macro F1 (the teams'
-    hand-set age thresholds, fitted instead). Starts at zero, so it never lowers the fitted F1."""
-    logp = np.log(np.clip(p, 1e-12, None))
-    b = np.zeros(NUM_CLASSES)
-    best = macro_f1(y, logp.argmax(1))
-    grid = np.linspace(-2, 2, 21)
-    for _ in range(rounds):
-        for c in range(NUM_CLASSES):
-            for v in grid:
-                trial = b.copy()
-                trial[c] = v
-                f = macro_f1(y, (logp + trial).argmax(1))
-                if f > best + 1e-9:
-                    best, b = f, trial
-    return b
-
-
-def held_out_bias_gain(p: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, float]:
-    """Macro F1 without and with a bias fitted on the other folds: an honest estimate of the gain."""
-    pred_plain, pred_bias = p.argmax(1), np.zeros(len(y), dtype=int)
-    logp = np.log(np.clip(p, 1e-12, None))
-    for k in np.unique(folds):
-        fit = folds != k
-        b = fit_bias(p[fit], y[fit]) if fit.any() else np.zeros(NUM_CLASSES)
-        pred_bias[~fit] = (logp[~fit] + b).argmax(1)
-    return scores(y, pred_plain)["f1"], scores(y, pred_bias)["f1"]
-
-
-def suspects(oof: pd.DataFrame, p: np.ndarray, n: int) -> pd.DataFrame:
-    """People whose out-of-fold probabilities most contradict their labels: candidates for relabelling."""
-    y = oof["label"].to_numpy()
-    df = pd.DataFrame({"person": [Path(i).parent.name for i in oof.index], "label": y,
-                       "p_label": p[np.arange(len(y)), y], "wrong": p.argmax(1) != y})
-    agg = df.groupby("person").agg(images=("label", "size"), mean_p_label=("p_label", "mean"),
-                                   wrong=("wrong", "sum"))
-    return agg.sort_values("mean_p_label").head(n).reset_index()
-
-
-def cv_report(oofs: list[pd.DataFrame], runs: list[Path], weights: np.ndarray, mean: Mean) -> dict:
-    common = oofs[0].index
-    for o in oofs[1:]:
-        common = common.intersection(o.index)
-    if len(common) == 0:
-        raise UserError("the --oof runs share no images")
-    aligned = [o.loc[common] for o in oofs]
-    y, folds = aligned[0]["label"].to_numpy(int), aligned[0]["fold"].to_numpy(int)
-    report = {}
-    for run, o in zip(runs, aligned):
-        report[str(run)] = scores(y, o[PROB_COLS].to_numpy().argmax(1))
-    w = weights if len(weights) == len(oofs) else np.ones(len(oofs))
-    p = blend([o[PROB_COLS].to_numpy() for o in aligned], w, mean)
-    report["blend"] = scores(y, p.argmax(1))
-    return {"scores": report, "p": p, "y": y, "folds": folds, "oof": aligned[0]}
-
-
-@app.command()
-def main(
-    inputs: Annotated[list[Path], typer.Argument(help="probability CSVs (ImageID,p0..p17)")],
-    info: Annotated[Path, typer.Option(help="info.csv: the ImageIDs and their order")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="submission CSV to write (ImageID,ans)")],
-    weights: Annotated[Optional[str], typer.Option(help="comma-separated weight per input")] = None,
-    mean: Annotated[Mean, typer.Option(help="arithmetic or geometric mean of probabilities")] = Mean.arithmetic,
-    mask_from: Annotated[Optional[int], typer.Option(help="take the mask answer from input N (1-based)")] = None,
-    gender_from: Annotated[Optional[int], typer.Option(help="take the gender answer from input N")] = None,
-    age_from: Annotated[Optional[int], typer.Option(help="take the age answer from input N")] = None,
-    oof: Annotated[Optional[list[Path]], typer.Option(help="run folder with fold*/oof.csv (repeat; same order)")] = None,
-    bias: Annotated[bool, typer.Option(help="fit per-class biases on OOF for macro F1 and apply them")] = False,
-    suspects_out: Annotated[Optional[Path], typer.Option("--suspects", help="CSV of people whose labels OOF doubts")] = None,
-    truth: Annotated[Optional[Path], typer.Option(help="ImageID,ans with true classes (demo): print test F1")] = None,
-    probs_out: Annotated[Optional[Path], typer.Option(help="also write the blended probabilities")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace existing output files")] = False,
-):
-    oof = oof or []
-    try:
-        for p in [out, probs_out, suspects_out]:
-            if p is not None and p.exists() and not overwrite:
-                raise UserError(f"{p} exists (pass --overwrite to replace it)")
-        w = np.ones(len(inputs))
-        if weights:
-            try:
-                w = np.array([float(x) for x in weights.split(",")])
-            except ValueError:
-                raise UserError(f"--weights {weights}: not numbers") from None
-            if len(w) != len(inputs) or (w < 0).any() or w.sum() <= 0:
-                raise UserError(f"--weights: {len(w)} non-negative weights for {len(inputs)} inputs")
-        sources = {"mask": mask_from, "gender": gender_from, "age": age_from}
-        for t, i in sources.items():
-            if i is not None and not 1 <= i <= len(inputs):
-                raise UserError(f"--{t}-from {i}: there are {len(inputs)} inputs")
-        if (bias or suspects_out) and not oof:
-            raise UserError("--bias and --suspects need --oof runs")
-        ids = read_info(info)
-        probs = read_inputs(inputs, ids)
-        cv = cv_report([read_oof(r) for r in oof], oof, w, mean) if oof else None
-        truth_y = read_truth(truth, ids) if truth else None
-    except UserError as e:
-        fail(str(e))
-    p = recompose(blend(probs, w, mean), probs, sources)
-    summary = {"out": str(out), "inputs": len(inputs), "images": len(ids)}
-    b = np.zeros(NUM_CLASSES)
-    if cv:
-        for name, s in cv["scores"].items():
-            print(f"CV {name}: macro F1 {s['f1']:.4f} acc {s['acc']:.4f} "
-                  + " ".join(f"{t} {s[f'f1_{t}']:.4f}" for t in TASKS), file=sys.stderr)
-        summary["cv_f1"] = round(cv["scores"]["blend"]["f1"], 5)
-        summary["cv"] = {k: round(v["f1"], 5) for k, v in cv["scores"].items()}
-        if bias:
-            plain, held = held_out_bias_gain(cv["p"], cv["y"], cv["folds"])
-            # Applied only where it helped on folds it was not fitted on: an overfitted bias is worse than none.
-            b = fit_bias(cv["p"], cv["y"]) if held > plain else b
-            summary["bias_cv_gain"], summary["bias_applied"] = round(held - plain, 5), bool(held > plain)
-            print(f"bias: held-out CV macro F1 {plain:.4f} -> {held:.4f}; "
-                  f"{'applied' if held > plain else 'not applied'}", file=sys.stderr)
-        if suspects_out:
-            write_csv(suspects(cv["oof"], cv["p"], 50), suspects_out)
-    ans = (np.log(np.clip(p, 1e-12, None)) + b).argmax(1)
-    if probs_out:
-        write_csv(pd.DataFrame(p, columns=PROB_COLS).assign(ImageID=ids.to_numpy())[["ImageID"] + PROB_COLS],
-                  probs_out, float_format="%.6g")
-    write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), out)
-    if truth_y is not None:
-        s = scores(truth_y, ans)
-        summary.update(test_f1=round(s["f1"], 5), test_acc=round(s["acc"], 5))
-        print(f"test: macro F1 {s['f1']:.4f} acc {s['acc']:.4f}", file=sys.stderr)
-    print(json.dumps(summary))
+        records.append(read_provenance(f))
+    return out, records
 
 
 def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
@@ -206,6 +89,100 @@ def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
     if not {"ImageID", "ans"} <= set(t.columns) or set(t["ImageID"]) != set(ids):
         raise UserError(f"{path}: needs ImageID,ans for exactly the ImageIDs of info.csv")
     return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)
+
+
+def groups_of(path: Path, keys: list[str], size: int, what: str) -> np.ndarray:
+    """Group number per key (-1: none), from a people.csv that must name exactly these photos."""
+    people = read_people(path, size)
+    have = set(people.index)
+    missing, extra = [k for k in keys if k not in have], sorted(have - set(keys))
+    if missing or extra:
+        raise UserError(f"{path}: its photos differ from {what} ({len(missing)} missing, {len(extra)} unknown, "
+                        f"e.g. {(missing + extra)[0]})")
+    return people.loc[keys, "group"].to_numpy()
+
+
+def cv_and_rules(o: EnsembleOptions, cv: OOF, recipe: Recipe, summary: dict) -> tuple[np.ndarray, bool]:
+    """Score the recipe out of fold; decide whether the bias and the per-person rule are applied (each
+    only if it gains on held-out folds). Returns (bias, people rule applied)."""
+    p = recipe.combine(cv.inputs)
+    for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
+        s = decide.task_f1(cv.y, q.argmax(1))
+        print(f"CV {name}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS), file=sys.stderr)
+        summary.setdefault("cv", {})[name] = round(s["f1"], 5)
+    summary["cv_f1"] = summary["cv"]["blend"]
+    plain = decide.task_f1(cv.y, p.argmax(1))
+    rows, b = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
+    if o.bias:
+        held = decide.held_out_biases(p, cv.y, cv.folds)
+        gain = decide.task_f1(cv.y, decide.answers(p, held))["f1"] - plain["f1"]
+        summary.update(bias_cv_gain=round(gain, 5), bias_applied=bool(gain > 0))
+        print(f"bias: held-out CV macro F1 {plain['f1']:.4f} -> {plain['f1'] + gain:.4f}; "
+              f"{'applied' if gain > 0 else 'not applied'}", file=sys.stderr)
+        if gain > 0:
+            rows, b = held, decide.fit_bias(p, cv.y)
+    if cv.groups is None:
+        return b, o.people is not None
+    before = decide.task_f1(cv.y, decide.answers(p, rows))
+    after = decide.task_f1(cv.y, decide.answers(p, rows, cv.groups, o.group_size))
+    gain = after["f1"] - before["f1"]
+    summary["people_cv"] = {"f1": round(before["f1"], 5), "f1_people": round(after["f1"], 5),
+                            **{f"{t}_change": round(after[t] - before[t], 5) for t in TASKS}}
+    print(f"per person: CV macro F1 {before['f1']:.4f} -> {after['f1']:.4f} ("
+          + ", ".join(f"{t} {after[t] - before[t]:+.4f}" for t in TASKS)
+          + f"); {'applied' if gain >= 0 else 'not applied: it loses out of fold'}", file=sys.stderr)
+    return b, gain >= 0
+
+
+@command(app, EnsembleOptions)
+def main(o: EnsembleOptions):
+    """Blend probability CSVs into a submission; score the same recipe out of fold."""
+    check_new(o.out, o.probs_out, o.suspects, overwrite=o.overwrite)
+    recipe = o.recipe()
+    ids = read_info(o.info)
+    probs, records = read_inputs(o.inputs, ids)
+    needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people))
+             if on]
+    cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
+    groups = groups_of(o.people, [Path(i).stem for i in ids], o.group_size, "info.csv") if o.people else None
+    if cv is not None and o.oof_people:
+        cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, "the out-of-fold photos")
+    truth = read_truth(o.truth, ids) if o.truth else None
+    summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
+    b, use_people = cv_and_rules(o, cv, recipe, summary) if cv is not None else (np.zeros(NUM_CLASSES),
+                                                                                 o.people is not None)
+    p = recipe.combine(probs)
+    plain = decide.answers(p, b)
+    ans = plain
+    if groups is not None:
+        per_person = decide.answers(p, b, groups, o.group_size)
+        ans = per_person if use_people else plain
+        summary.update(people_applied=bool(use_people), people_changed=int((per_person != plain).sum()))
+        print(f"per person: {summary['people_changed']} of {len(ans)} answers change"
+              f"{'' if use_people else ' (not applied)'}", file=sys.stderr)
+    if o.suspects:
+        write_csv(suspects(cv, recipe.combine(cv.inputs), 50), o.suspects)
+    if o.probs_out:
+        write_csv(pd.DataFrame(p, columns=PROB_COLS).assign(ImageID=ids.to_numpy())[["ImageID"] + PROB_COLS],
+                  o.probs_out, float_format="%.6g")
+    write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), o.out)
+    if truth is not None:
+        report_test(summary, truth, plain, per_person if groups is not None else None, ans)
+    summary["files"] = [str(f) for f in (o.out, o.probs_out, o.suspects) if f]
+    result(summary)
+
+
+def report_test(summary: dict, truth: np.ndarray, plain: np.ndarray, per_person: np.ndarray | None,
+                submitted: np.ndarray) -> None:
+    """F1 on the demo's hidden truth: the submission's, and without and with the per-person rule."""
+    s = decide.task_f1(truth, submitted)
+    summary.update(test_f1=round(s["f1"], 5), test_acc=round(float((truth == submitted).mean()), 5))
+    print(f"test: macro F1 {s['f1']:.4f} (" + ", ".join(f"{t} {s[t]:.4f}" for t in TASKS) + ")", file=sys.stderr)
+    if per_person is not None:
+        a, b = decide.task_f1(truth, plain), decide.task_f1(truth, per_person)
+        summary.update(test_f1_without_people=round(a["f1"], 5), test_f1_with_people=round(b["f1"], 5))
+        print(f"test: macro F1 without --people {a['f1']:.4f}, with {b['f1']:.4f} ("
+              + ", ".join(f"{t} {b[t] - a[t]:+.4f}" for t in TASKS) + ")", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,48 +4,75 @@
     python predict.py runs/resnet50/fold0/best.pt runs/resnet50/fold3/best.pt --images work/crops/eval \
         --info data/eval/info.csv -o work/probs_r50.csv --no-tta
 
-A run folder means every fold's best.pt in it. Each checkpoint brings its own model,
-head, image size and normalisation. Writes ImageID,p0..p17 in info.csv order.
+A run folder means the best.pt of every finished fold in it (its folds must have been trained
+alike; a run with folds still missing is named as partial). Each checkpoint brings its own
+model, head, image size and normalisation. Writes ImageID,p0..p17 in info.csv order, and
+beside it <out>.json: the runs, folds and checkpoints that made it, for ensemble.py.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import torch
-import typer
 
-import models
-from cli import Device, UserError, fail, resolve_device
-from files import check_outside, read_info, write_csv
-from images import find_by_stem, load_cache
+from cli import Device, UserError, arg, command, make_app, opt, resolve_device, result
+from files import check_new, check_outside, read_info, write_probs
+from images import find_by_stem
 from labels import NUM_CLASSES, PROB_COLS
+from runs import run_folds
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
-def checkpoints(sources: list[Path]) -> list[Path]:
-    out = []
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    sources: list[Path] = arg("run folders and/or checkpoint files")
+    images: Path = opt(..., "folder of eval images (raw photos or crops)")
+    info: Path = opt(..., "info.csv giving ImageID and the row order")
+    out: Path = opt(..., "probability CSV to write", "--out", "-o")
+    tta: bool = opt(True, "average with the horizontally flipped image")
+    batch_size: int = opt(128, "images per forward pass")
+    device: Device = opt(Device.auto, "where to predict")
+    amp: bool = opt(True, "bf16 autocast on CUDA")
+    overwrite: bool = opt(False, "replace an existing output file")
+
+
+def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The checkpoints to average, and a record of the runs they belong to."""
+    paths, runs = [], []
     for s in sources:
         if s.is_dir():
-            found = sorted(s.glob("fold*/best.pt"))
-            if not found:
-                raise UserError(f"{s}: no fold*/best.pt in this run folder")
-            out += found
+            folds = run_folds(s)
+            if folds.partial or folds.unfinished:
+                missing = sorted(set(range(folds.expected or 0)) - set(folds.finished))
+                print(f"warning: {s} is a partial run: folds {', '.join(map(str, sorted(folds.finished)))} of "
+                      f"{folds.expected} finished (missing {', '.join(map(str, missing))}"
+                      + (f"; unfinished {', '.join(map(str, folds.unfinished))} left out" if folds.unfinished else "")
+                      + ")", file=sys.stderr)
+            paths += [folds.finished[k] for k in sorted(folds.finished)]
+            runs.append(folds.describe())
         elif s.is_file():
-            out.append(s)
+            paths.append(s)
+            run_dir = s.resolve().parent.parent
+            if (run_dir / "config.json").is_file():
+                fold = s.resolve().parent.name[4:]
+                runs.append({"run": str(run_dir), "folds": [int(fold)] if fold.isdigit() else [], "of": None,
+                             "partial": None, "unfinished": []})
         else:
             raise UserError(f"{s}: no such run folder or checkpoint")
-    return out
+    return paths, runs
 
 
 def load_model(path: Path, device: str):
     """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
+    import torch
+
+    import models
+
     ck = models.read_checkpoint(path)
     net = models.create(ck["model"], ck["head"], pretrained=False)
     models.load_weights(net, ck, path)
@@ -54,11 +81,13 @@ def load_model(path: Path, device: str):
 
 def image_files(images: Path, ids: list[str]) -> list[Path]:
     """Each ImageID's file in DIR: the same name, else the same stem (crops are .jpg, raw photos vary)."""
+    if not images.is_dir():
+        raise UserError(f"{images}: no such folder")
     files, missing = [], []
     for i in ids:
         f = images / i
         if not f.is_file():
-            f = find_by_stem(images, Path(i).stem) if images.is_dir() else None
+            f = find_by_stem(images, Path(i).stem)
         (files if f else missing).append(f or i)
     if missing:
         raise UserError(f"{images}: {len(missing)} image(s) of info.csv missing, first {', '.join(missing[:3])}")
@@ -72,20 +101,18 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp: bool, t
 
     from tqdm import tqdm
 
+    import models
+    from images import load_cache, read_ahead
+
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
-    starts = range(0, len(files), chunk)
     probs = np.zeros((len(files), NUM_CLASSES))
 
     def decode(start):
         return {size: load_cache(files[start:start + chunk], size) for size in sizes}
 
-    with ThreadPoolExecutor(1) as background, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
-                                                   file=sys.stderr) as bar:
-        pending = background.submit(decode, 0) if files else None
-        for start in starts:
-            caches = pending.result()
-            if start + chunk < len(files):
-                pending = background.submit(decode, start + chunk)
+    with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
+                                              file=sys.stderr) as bar:
+        for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
             for net, ck in nets:
                 cache = caches[tuple(ck["img_size"])]
                 probs[start:start + len(cache)] += models.predict_probs(net, ck["head"], cache, ck["mean"], ck["std"],
@@ -94,48 +121,46 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp: bool, t
     return probs
 
 
-@app.command()
-def main(
-    sources: Annotated[list[Path], typer.Argument(help="run folders and/or checkpoint files")],
-    images: Annotated[Path, typer.Option(help="folder of eval images (raw photos or crops)")],
-    info: Annotated[Path, typer.Option(help="info.csv giving ImageID and the row order")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="probability CSV to write")],
-    tta: Annotated[bool, typer.Option(help="average with the horizontally flipped image")] = True,
-    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 128,
-    device: Annotated[Device, typer.Option(help="where to predict")] = Device.auto,
-    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA")] = True,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
-):
+def warm_up(nets, batch_size: int, n: int, dev: str, amp: bool) -> None:
+    """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
+    import models
+
+    for net, ck in nets:
+        blank = np.zeros((min(batch_size, n), *ck["img_size"], 3), np.uint8)
+        models.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp)
+
+
+@command(app, PredictOptions)
+def main(o: PredictOptions):
+    """Average the class probabilities of checkpoints over the eval images."""
     t0 = time.time()
-    try:
-        check_outside(out, images)
-        if out.exists() and not overwrite:
-            raise UserError(f"{out} exists (pass --overwrite to replace it)")
-        if not images.is_dir():
-            raise UserError(f"{images}: no such folder")
-        dev = resolve_device(device)
-        ids = read_info(info).tolist()
-        files = image_files(images, ids)
-        paths = checkpoints(sources)
-        nets = [load_model(p, dev) for p in paths]
-        for net, ck in nets:  # one batch of blanks first: kernel choice and memory pools are start-up costs
-            blank = np.zeros((min(batch_size, len(ids)), *ck["img_size"], 3), np.uint8)
-            models.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp and dev == "cuda")
-        t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
-        probs = predict_all(nets, files, batch_size, dev, amp and dev == "cuda", tta)
-    except UserError as e:
-        fail(str(e))
+    check_outside(o.out, o.images)
+    check_new(o.out, overwrite=o.overwrite)
+    dev = resolve_device(o.device)
+    ids = read_info(o.info).tolist()
+    files = image_files(o.images, ids)
+    paths, runs = checkpoints(o.sources)
+    nets = [load_model(p, dev) for p in paths]
+    amp = o.amp and dev == "cuda"
+    warm_up(nets, o.batch_size, len(ids), dev, amp)
+    t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
+    probs = predict_all(nets, files, o.batch_size, dev, amp, o.tta)
     for (_, ck), path in zip(nets, paths):
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
     probs /= len(nets)
     probs /= probs.sum(axis=1, keepdims=True)
     df = pd.DataFrame(probs, columns=PROB_COLS)
     df.insert(0, "ImageID", ids)
-    write_csv(df, out, float_format="%.6g")
-    passes = len(ids) * len(nets) * (2 if tta else 1)
-    summary = {"out": str(out), "images": len(ids), "checkpoints": len(nets), "tta": tta, "device": dev,
-               "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1)}
-    print(json.dumps(summary))
+    record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": o.tta,
+              "runs": runs, "checkpoints": [{"path": str(p.resolve()), "model": ck["model"], "head": ck["head"],
+                                             "img_size": ck["img_size"], "epoch": ck.get("epoch")}
+                                            for p, (_, ck) in zip(paths, nets)]}
+    write_probs(df, o.out, record)
+    passes = len(ids) * len(nets) * (2 if o.tta else 1)
+    result({"out": str(o.out), "images": len(ids), "checkpoints": len(nets),
+            "runs": [{k: r[k] for k in ("run", "folds", "of", "partial")} for r in runs], "tta": o.tta,
+            "device": dev, "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1),
+            "files": [str(o.out), f"{o.out}.json"]})
 
 
 if __name__ == "__main__":

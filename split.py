@@ -9,23 +9,20 @@ and its images can move together. All 7 photos of a person share a fold
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import typer
-from sklearn.model_selection import StratifiedGroupKFold
 
-from cli import UserError, fail
-from files import check_outside, read_table, write_csv
+from cli import UserError, arg, command, make_app, opt, result
+from files import check_new, check_outside, read_table, write_csv
 from images import find_by_stem, is_hidden
 from labels import GENDERS, PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 
 
@@ -79,6 +76,8 @@ def assign_folds(df: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     n_people = df["id"].nunique()
     if not 2 <= folds <= n_people:
         raise UserError(f"--folds {folds}: must be between 2 and the number of people ({n_people})")
+    from sklearn.model_selection import StratifiedGroupKFold
+
     strata = df["gender_label"] * 3 + df["age_label"]
     fold = np.full(len(df), -1)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -95,44 +94,43 @@ def check_no_leak(df: pd.DataFrame) -> None:
         raise AssertionError("an image got no fold")
 
 
-@app.command()
-def main(
-    train_csv: Annotated[Path, typer.Argument(help="train.csv: id,gender,race,age,path")],
-    images: Annotated[Path, typer.Argument(help="folder of person folders (raw photos or a crop tree)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="folds CSV to write")] = Path("folds.csv"),
-    folds: Annotated[int, typer.Option(help="number of folds K")] = 5,
-    seed: Annotated[int, typer.Option(help="random seed of the split")] = 42,
-    allow_duplicate_ids: Annotated[bool, typer.Option(help="keep rows sharing an id (kept in one fold)")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
-):
-    try:
-        if not train_csv.is_file():
-            raise UserError(f"{train_csv}: no such file")
-        if not images.is_dir():
-            raise UserError(f"{images}: no such folder")
-        check_outside(out, images)
-        if out.exists() and not overwrite:
-            raise UserError(f"{out} exists (pass --overwrite to replace it)")
-        people = read_train_csv(train_csv, allow_duplicate_ids)
-        df, extra = list_images(people, images)
-        df["gender_label"] = [gender_label(g) for g in df["gender"]]
-        df["age_label"] = age_label(df["age"].to_numpy())
-        df["label"] = encode(df["mask_label"], df["gender_label"], df["age_label"])
-        df["fold"] = assign_folds(df, folds, seed)
-        check_no_leak(df)
-    except UserError as e:
-        fail(str(e))
+@dataclass(frozen=True, kw_only=True)
+class SplitOptions:
+    train_csv: Path = arg("train.csv: id,gender,race,age,path")
+    images: Path = arg("folder of person folders (raw photos or a crop tree)")
+    out: Path = opt(Path("folds.csv"), "folds CSV to write", "--out", "-o")
+    folds: int = opt(5, "number of folds K")
+    seed: int = opt(42, "random seed of the split")
+    allow_duplicate_ids: bool = opt(False, "keep rows sharing an id (kept in one fold)")
+    overwrite: bool = opt(False, "replace an existing output file")
+
+
+@command(app, SplitOptions)
+def main(o: SplitOptions):
+    """Person-level stratified K folds of the train photos."""
+    if not o.train_csv.is_file():
+        raise UserError(f"{o.train_csv}: no such file")
+    if not o.images.is_dir():
+        raise UserError(f"{o.images}: no such folder")
+    check_outside(o.out, o.images)
+    check_new(o.out, overwrite=o.overwrite)
+    people = read_train_csv(o.train_csv, o.allow_duplicate_ids)
+    df, extra = list_images(people, o.images)
+    df["gender_label"] = [gender_label(g) for g in df["gender"]]
+    df["age_label"] = age_label(df["age"].to_numpy())
+    df["label"] = encode(df["mask_label"], df["gender_label"], df["age_label"])
+    df["fold"] = assign_folds(df, o.folds, o.seed)
+    check_no_leak(df)
     for f in extra[:20]:
         print(f"warning: not a photo of the layout, ignored: {f}", file=sys.stderr)
-    out_dir = out.resolve().parent
+    out_dir = o.out.resolve().parent
     df.insert(0, "path", [os.path.relpath(f.resolve(), out_dir) for f in df.pop("file")])
     cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]
-    counts = pd.crosstab(df["label"], df["fold"])
-    print(counts.to_string(), file=sys.stderr)
-    write_csv(df[cols], out)
-    summary = {"out": str(out), "images": len(df), "people": int(df["person"].nunique()), "folds": folds,
-               "images_per_fold": df["fold"].value_counts().sort_index().tolist(), "extra_files": len(extra)}
-    print(json.dumps(summary))
+    print(pd.crosstab(df["label"], df["fold"]).to_string(), file=sys.stderr)
+    write_csv(df[cols], o.out)
+    result({"out": str(o.out), "images": len(df), "people": int(df["person"].nunique()), "folds": o.folds,
+            "images_per_fold": df["fold"].value_counts().sort_index().tolist(), "extra_files": len(extra),
+            "files": [str(o.out)]})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,250 @@
+"""Which photos of a flat folder are one person: look-alike features, groups of at most 7, how sure each is.
+
+The 7 photos of one person share setting, light, clothes and hair and differ mostly where the
+mask is. Each photo gets three unit-length looks: the photo outside the face region (the
+layout of raw portraits), its upper half (the layout of face crops, whose lower half is the
+mask), and its colour histogram. Grouping is written by hand (the field has no capacity-bounded
+clustering): greedy average-linkage merges over each photo's nearest neighbours, never past 7
+photos; where the folder holds whole people (a multiple of 7 photos) the last fragments are
+completed into groups of 7; then photos move or swap between groups while that raises the
+similarity within groups.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cli import UserError
+from files import read_table
+from images import read_image
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    v = v - v.mean()
+    return v / (np.linalg.norm(v) + 1e-6)
+
+
+def look(image: np.ndarray) -> np.ndarray:
+    """A photo's look-alike features (float32, unit length)."""
+    outside = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    keep = np.ones((32, 24), bool)
+    keep[10:26, 5:19] = False  # a portrait's face, where a prior would put it
+    top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
+    hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
+    hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
+    v = np.concatenate([unit(outside[keep].ravel()), unit(top.ravel()), hist / (np.linalg.norm(hist) + 1e-6)])
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def features(paths: list[Path], workers: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Features of every readable photo (decoded at about a quarter of its size) and the unreadable ones."""
+    def one(p):
+        try:
+            return look(read_image(p, reduce=4))
+        except UserError:
+            return None
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        looks = list(pool.map(one, paths))
+    bad = [i for i, v in enumerate(looks) if v is None]
+    dim = next((len(v) for v in looks if v is not None), 1)
+    return np.stack([v if v is not None else np.zeros(dim, np.float32) for v in looks]), bad
+
+
+def neighbours(F: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo's k most similar others (indices, similarities), one matrix product per block."""
+    n, k = len(F), min(k, len(F) - 1)
+    idx, sims = np.zeros((n, k), int), np.zeros((n, k), np.float32)
+    for s in range(0, n, block):
+        S = F[s:s + block] @ F.T
+        S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf
+        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(-S, 1)[:, :k]
+        ps = np.take_along_axis(S, part, 1)
+        order = np.argsort(-ps, 1)
+        idx[s:s + block], sims[s:s + block] = np.take_along_axis(part, order, 1), np.take_along_axis(ps, order, 1)
+    return idx, sims
+
+
+def otsu(values: np.ndarray) -> float:
+    """The split of a two-humped distribution (same person / another) that best separates its humps."""
+    hist, edges = np.histogram(values, bins=64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0, w1 = np.cumsum(hist), np.cumsum(hist[::-1])[::-1]
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.cumsum((hist * centres)[::-1]) / np.maximum(np.cumsum(hist[::-1]), 1))[::-1]
+    between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
+    return float(edges[1:-1][np.argmax(between)]) if len(between) else float(values.min(initial=0))
+
+
+def agglomerate(idx: np.ndarray, sims: np.ndarray, size: int, floor: float, unknown: float) -> np.ndarray:
+    """Greedy average-linkage merges over the neighbour graph, never beyond `size` photos and never below
+    a linkage of `floor`; pairs the graph does not know count as `unknown`. A label per photo."""
+    n = len(idx)
+    label, members = np.arange(n), {i: [i] for i in range(n)}
+    links: dict[int, dict[int, list]] = {i: {} for i in range(n)}
+    for i in range(n):
+        for j, s in zip(idx[i], sims[i]):
+            if j != i and i not in links[j]:
+                links[i][j] = links[j].setdefault(i, [float(s), 1])
+
+    def linkage(a: int, b: int) -> float:
+        total, known = links[a][b]
+        pairs = len(members[a]) * len(members[b])
+        return (total + unknown * (pairs - known)) / pairs
+
+    heap = [(-linkage(a, b), a, b) for a in links for b in links[a] if a < b]
+    heapq.heapify(heap)
+    while heap:
+        neg, a, b = heapq.heappop(heap)
+        if a not in members or b not in members or b not in links[a] or -neg != linkage(a, b):
+            continue  # stale: one side merged since, or its linkage changed
+        if -neg < floor:
+            break
+        if len(members[a]) + len(members[b]) > size:
+            continue
+        members[a] += members.pop(b)
+        label[members[a]] = a
+        for c, (total, known) in links.pop(b).items():
+            del links[c][b]
+            if c == a:
+                continue
+            entry = links[a].setdefault(c, [0.0, 0])
+            entry[0] += total
+            entry[1] += known
+            links[c][a] = entry
+        for c in links[a]:
+            if len(members[a]) + len(members[c]) <= size:
+                heapq.heappush(heap, (-linkage(a, c), min(a, c), max(a, c)))
+    return label
+
+
+def complete(F: np.ndarray, label: np.ndarray, size: int) -> np.ndarray:
+    """Fragments of a folder of whole people made into groups of exactly `size`: the best-linked pairs of
+    fragments that fit merge first; a fragment that fits nowhere is split up, its photos placed one by one
+    where they look most alike."""
+    label = label.copy()
+    while True:
+        groups = pd.Series(np.arange(len(label))).groupby(label).apply(list)
+        short = [g for g in groups if len(g) < size]
+        if not short:
+            return label
+        sums = np.stack([F[g].sum(0) for g in short])
+        link = (sums @ sums.T) / np.outer([len(g) for g in short], [len(g) for g in short])
+        fits = np.add.outer([len(g) for g in short], [len(g) for g in short]) <= size
+        np.fill_diagonal(fits, False)
+        if fits.any():
+            a, b = np.unravel_index(np.argmax(np.where(fits, link, -np.inf)), link.shape)
+            label[short[b]] = label[short[a][0]]
+            continue
+        smallest = min(short, key=len)  # fits nowhere: its photos go to the groups with room
+        room = [g for g in short if g is not smallest]
+        for i in smallest:
+            best = max((g for g in room if len(g) < size), key=lambda g: float(F[i] @ F[g].sum(0)) / len(g))
+            label[i] = label[best[0]]
+            best.append(i)
+
+
+def refine(F: np.ndarray, label: np.ndarray, idx: np.ndarray, size: int, sweeps: int = 10) -> np.ndarray:
+    """Move a photo to a neighbour's group with room, or swap it with one of that group's photos, whenever
+    that raises the summed similarity within groups; a few sweeps until nothing improves."""
+    label = label.copy()
+    groups = {g: list(np.flatnonzero(label == g)) for g in np.unique(label)}
+    sums = {g: F[m].sum(0) for g, m in groups.items()}
+    for _ in range(sweeps):
+        changed = 0
+        for i in range(len(F)):
+            x = label[i]
+            own = float(F[i] @ sums[x]) - 1.0
+            for y in {label[j] for j in idx[i]} - {x}:
+                ys = groups[y]
+                if len(ys) < size:
+                    gain = float(F[i] @ sums[y]) - own
+                    j = None
+                else:
+                    Fy = F[ys]
+                    fij = Fy @ F[i]
+                    gains = (float(F[i] @ sums[y]) - fij - own) + (Fy @ sums[x] - fij - (Fy @ sums[y] - 1.0))
+                    j = ys[int(np.argmax(gains))]
+                    gain = float(gains.max())
+                if gain > 1e-6:
+                    move(groups, sums, label, F, i, x, y)
+                    if j is not None:
+                        move(groups, sums, label, F, j, y, x)
+                    changed += 1
+                    break
+        if not changed:
+            break
+    return label
+
+
+def move(groups, sums, label, F, i, x, y) -> None:
+    groups[x].remove(i)
+    groups[y].append(i)
+    sums[x] = sums[x] - F[i]
+    sums[y] = sums[y] + F[i]
+    label[i] = y
+
+
+def group(F: np.ndarray, size: int = 7, whole_people: bool | None = None, k: int | None = None) -> np.ndarray:
+    """Group number per photo (0, 1, ...). `whole_people` (default: the folder is a multiple of `size`)
+    completes every group to `size` photos; otherwise a merge needs the similarity that separates one
+    person's photos from others' in this folder."""
+    n = len(F)
+    if n <= 1:
+        return np.zeros(n, int)
+    whole = n % size == 0 if whole_people is None else whole_people
+    idx, sims = neighbours(F, k or 3 * size)
+    floor = -np.inf if whole else otsu(sims.ravel())
+    label = agglomerate(idx, sims, size, floor, unknown=float(sims.min()))
+    if whole:
+        label = complete(F, label, size)
+    label = refine(F, label, idx, size)
+    return pd.factorize(label)[0]
+
+
+def sureness(F: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Per photo: its mean similarity to its own group's other photos minus its best mean similarity to
+    another group (negative: it looks more like another group)."""
+    ids, inv = np.unique(label, return_inverse=True)
+    if len(ids) < 2:
+        return np.ones(len(F))
+    sums = np.zeros((len(ids), F.shape[1]), np.float32)
+    np.add.at(sums, inv, F)
+    counts = np.bincount(inv)
+    out = np.zeros(len(F))
+    for s in range(0, len(F), 1024):
+        to_groups = F[s:s + 1024] @ sums.T  # summed similarity of each photo to each group
+        mine = inv[s:s + 1024]
+        rows = np.arange(len(mine))
+        own = (to_groups[rows, mine] - 1.0) / np.maximum(counts[mine] - 1, 1)
+        other = to_groups / counts
+        other[rows, mine] = -np.inf
+        out[s:s + 1024] = np.where(counts[mine] > 1, own, 0.0) - other.max(1)
+    return out
+
+
+def key(image_id: str) -> str:
+    """How ensemble.py matches a photo: its stem, below its person folder when it has one."""
+    p = Path(image_id)
+    return f"{p.parent.as_posix()}/{p.stem}" if p.parent != Path(".") else p.stem
+
+
+def read_people(path: Path, size: int) -> pd.DataFrame:
+    """people.csv (ImageID,group,...) indexed by key(ImageID), checked: no duplicates, no group over `size`."""
+    df = read_table(path, dtype={"ImageID": str})
+    if not {"ImageID", "group"} <= set(df.columns):
+        raise UserError(f"{path}: needs ImageID and group columns (make it with people.py)")
+    df["key"] = [key(i) for i in df["ImageID"]]
+    if df["key"].duplicated().any():
+        raise UserError(f"{path}: photo {df['key'][df['key'].duplicated()].iloc[0]} listed twice")
+    sizes = df.groupby("group").size()
+    if (sizes > size).any():
+        raise UserError(f"{path}: group {sizes.idxmax()} has {sizes.max()} photos, more than --group-size {size}")
+    df["group"] = pd.factorize(df["group"])[0]
+    return df.set_index("key")

@@ -1,0 +1,159 @@
+"""Which photos of a flat folder are one person: people.csv for one answer per person in ensemble.py.
+
+    python people.py data/eval/images -o work/people.csv --info data/eval/info.csv --preview work/people.jpg
+    python people.py data/train/images --flatten -o work/people_train.csv   # the train photos, as if unnamed
+
+Writes ImageID,group,size,sure,margin (sure: the group's least sure photo; margin: how much more a
+photo looks like its own group than like the next best one) and <out>.json. With --flatten the
+photos of a tree are grouped as one flat folder and scored against their person folders; with
+--truth (ImageID,person) against those. Raw photos group better than crops: they show more of
+the setting and clothes that one person's photos share.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+import grouping
+from cli import UserError, arg, command, make_app, opt, result
+from files import check_new, check_outside, read_info, read_table, write_csv, write_json
+from images import is_image_name
+
+app = make_app()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeopleOptions:
+    images: Path = arg("flat folder of photos (raw photos or crops), or a tree with --flatten")
+    out: Path = opt(..., "people CSV to write", "--out", "-o")
+    info: Optional[Path] = opt(None, "info.csv: group exactly its ImageIDs (matched by stem)")
+    size: int = opt(7, "photos per person: no group is larger; a folder of whole people gets groups of exactly this")
+    flatten: bool = opt(False, "group every photo below IMAGES as one flat folder (ImageID: the path below it)")
+    truth: Optional[Path] = opt(None, "ImageID,person: print the grouping's purity against it")
+    preview: Optional[Path] = opt(None, "sheet of a sample of groups, least sure first (JPEG)")
+    preview_groups: int = opt(16, "groups on the preview sheet")
+    workers: int = opt(8, "decoding threads")
+    overwrite: bool = opt(False, "replace existing output files")
+
+
+def is_crop_sheet(p: Path) -> bool:
+    """crop.py's preview sheet, which sits among the crops of a flat folder."""
+    return p.name == "preview.jpg" and (p.parent / "crop_report.csv").is_file()
+
+
+def list_photos(o: PeopleOptions) -> list[str]:
+    """ImageIDs: file names of a flat folder, or paths below IMAGES with --flatten."""
+    if not o.images.is_dir():
+        raise UserError(f"{o.images}: no such folder")
+    files = sorted(p for p in (o.images.rglob("*") if o.flatten else o.images.iterdir())
+                   if p.is_file() and is_image_name(p.name) and not is_crop_sheet(p)
+                   and not any(part.startswith(".") for part in p.relative_to(o.images).parts))
+    ids = [p.relative_to(o.images).as_posix() for p in files]
+    if not o.info:
+        return ids
+    by_stem = {grouping.key(i): i for i in ids}
+    wanted = read_info(o.info).tolist()
+    missing = [i for i in wanted if grouping.key(i) not in by_stem]
+    if missing:
+        raise UserError(f"{o.images}: {len(missing)} photo(s) of {o.info} missing, first {missing[0]}")
+    return [by_stem[grouping.key(i)] for i in wanted]
+
+
+def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
+    """The true person of each photo, where it is known: --truth, or the person folders of --flatten."""
+    if o.truth:
+        t = read_table(o.truth, dtype=str)
+        if not {"ImageID", "person"} <= set(t.columns):
+            raise UserError(f"{o.truth}: needs ImageID,person columns")
+        known = dict(zip(t["ImageID"].map(grouping.key), t["person"]))
+        missing = [i for i in ids if grouping.key(i) not in known]
+        if missing:
+            raise UserError(f"{o.truth}: no person for {len(missing)} photo(s), first {missing[0]}")
+        return np.array([known[grouping.key(i)] for i in ids])
+    return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
+
+
+def purity(label: np.ndarray, person: np.ndarray) -> float:
+    """Share of photos whose group is exactly their person's photos."""
+    df = pd.DataFrame({"g": label, "p": person})
+    same = df.groupby("g")["p"].transform(lambda s: s.nunique() == 1)
+    whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
+    return float((same & whole).mean())
+
+
+def table(ids: list[str], label: np.ndarray, margin: np.ndarray) -> pd.DataFrame:
+    df = pd.DataFrame({"ImageID": ids, "group": label, "margin": np.round(margin, 4)})
+    df["size"] = df.groupby("group")["group"].transform("size")
+    df["sure"] = df.groupby("group")["margin"].transform("min")
+    return df[["ImageID", "group", "size", "sure", "margin"]]
+
+
+def preview(o: PeopleOptions, df: pd.DataFrame, person: np.ndarray | None) -> None:
+    """One row per group, least sure first: a person sees at once whether a row is one person."""
+    from images import read_image
+    from sheets import COLOURS, Tile, save_jpeg, sheet
+
+    worst = df.groupby("group")["sure"].first().sort_values().index[:o.preview_groups]
+    tiles = []
+    for g in worst:
+        rows = df[df["group"] == g].sort_values("margin")
+        for k, (_, r) in enumerate(rows.iterrows()):
+            colour = COLOURS["bad" if r["margin"] < 0 else "doubt" if r["margin"] < 0.05 else "good"]
+            first = f"group {g} ({r['size']}): sure {r['sure']:+.3f}" if k == 0 else f"margin {r['margin']:+.3f}"
+            who = f"person {person[r.name]}" if person is not None else Path(r["ImageID"]).stem[:16]
+            try:
+                image = read_image(o.images / r["ImageID"], reduce=4)
+            except UserError:
+                image = np.zeros((8, 6, 3), np.uint8)
+            tiles.append(Tile(image, [first, who], colour))
+        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), [""], (32, 32, 32))] * (o.size - len(rows))
+    title = f"{df['group'].nunique()} groups of {len(df)} photos; the {len(worst)} least sure, one per row"
+    save_jpeg(sheet(tiles, cols=o.size, w=120, h=180, title=title), o.preview)
+
+
+@command(app, PeopleOptions)
+def main(o: PeopleOptions):
+    """Group the photos of a flat folder into people."""
+    t0 = time.time()
+    check_new(o.out, o.preview, overwrite=o.overwrite)
+    check_outside(o.out, o.images)
+    if o.size < 1:
+        raise UserError("--size must be at least 1")
+    ids = list_photos(o)
+    person = persons(o, ids)
+    F, bad = grouping.features([o.images / i for i in ids], o.workers)
+    for i in bad[:5]:
+        print(f"warning: unreadable, left in a group of its own: {ids[i]}", file=sys.stderr)
+    ok = np.setdiff1d(np.arange(len(ids)), bad)
+    label = np.full(len(ids), -1)
+    label[ok] = grouping.group(F[ok], o.size)
+    label[bad] = label.max() + 1 + np.arange(len(bad))
+    margin = np.full(len(ids), np.nan)
+    margin[ok] = grouping.sureness(F[ok], label[ok])
+    df = table(ids, label, margin)
+    write_csv(df, o.out)
+    sizes = df.groupby("group").size()
+    summary = {"out": str(o.out), "photos": len(ids), "groups": int(len(sizes)),
+               "sizes": {int(k): int(v) for k, v in sizes.value_counts().sort_index().items()},
+               "share_in_groups_of_size": round(float((df["size"] == o.size).mean()), 4) if len(df) else 0.0,
+               "unreadable": len(bad), "photos_per_s": round(len(ids) / (time.time() - t0), 1),
+               "features_mib": round(F.nbytes / 2**20, 1)}
+    if person is not None:
+        summary["purity"] = round(purity(label, person), 4)
+    write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
+                                        **summary})
+    if o.preview:
+        preview(o, df, person)
+    summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else [])
+    summary["seconds"] = round(time.time() - t0, 1)
+    result(summary)
+
+
+if __name__ == "__main__":
+    app()
