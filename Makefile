@@ -25,14 +25,19 @@ demo: $(STAMP)
 	$(PY) demo.py $(DEMO) --overwrite
 	$(PY) crop.py $(DEMO)/train/images $(WORK)/crops/train --overwrite
 	$(PY) crop.py $(DEMO)/eval/images $(WORK)/crops/eval --overwrite
+	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people.csv --info $(DEMO)/eval/info.csv \
+		--truth $(DEMO)/eval/people_truth.csv --preview $(WORK)/people.jpg --overwrite
+	$(PY) people.py $(DEMO)/train/images --flatten -o $(WORK)/people_train.csv --overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds.csv --folds $(FOLDS) --overwrite
+	rm -rf $(WORK)/runs/$(MODEL)  # a run's folds must share their options: start it afresh
 	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
-		$(PY) train.py $(WORK)/folds.csv --model $(MODEL) --fold $$k --out $(WORK)/runs $(TRAIN) --overwrite || exit 1; \
+		$(PY) train.py $(WORK)/folds.csv --model $(MODEL) --fold $$k --out $(WORK)/runs $(TRAIN) || exit 1; \
 	done
 	$(PY) predict.py $(WORK)/runs/$(MODEL) --images $(WORK)/crops/eval --info $(DEMO)/eval/info.csv \
 		-o $(WORK)/probs.csv --overwrite
 	$(PY) ensemble.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission.csv \
-		--oof $(WORK)/runs/$(MODEL) --bias --suspects $(WORK)/suspects.csv --truth $(DEMO)/eval/truth.csv --overwrite
+		--bias --suspects $(WORK)/suspects.csv --people $(WORK)/people.csv --oof-people $(WORK)/people_train.csv \
+		--truth $(DEMO)/eval/truth.csv --overwrite
 
 clean:
 	rm -rf $(DEMO) $(WORK) runs

@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import sys
+import threading
 import typing
 from dataclasses import MISSING, field, fields
 from enum import Enum
@@ -44,10 +45,10 @@ def one_line_errors(main):
             return main(*args, **kwargs)
         except UserError as e:
             fail(str(e))
-        except Interrupted as e:
-            fail(str(e), code=130)
-        except KeyboardInterrupt:
-            fail("interrupted", code=130)
+        except (Interrupted, KeyboardInterrupt) as e:
+            # Exiting now: helper threads (a loader's fd sharer, say) torn down mid-call must not print.
+            threading.excepthook = lambda args: None
+            fail(str(e) if isinstance(e, Interrupted) else "interrupted", code=130)
     return wrapper
 
 

@@ -100,10 +100,16 @@ def check_outside(out: Path, *inputs: Path) -> None:
 
 
 def check_new(*outputs: Path | None, overwrite: bool) -> None:
-    """A finished output is kept unless the user asks to replace it."""
+    """A finished output is kept unless the user asks to replace it; what a killed run left half
+    written under its temporary name goes."""
     for p in outputs:
-        if p is not None and Path(p).exists() and not overwrite:
+        if p is None:
+            continue
+        if Path(p).exists() and not overwrite:
             raise UserError(f"{p} exists (pass --overwrite to replace it)")
+        if Path(p).parent.is_dir():
+            for stale in Path(p).parent.glob(f".{Path(p).name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
 
 def read_table(path: Path, **kw) -> pd.DataFrame:

@@ -144,8 +144,12 @@ def main(o: PeopleOptions):
                "share_in_groups_of_size": round(float((df["size"] == o.size).mean()), 4) if len(df) else 0.0,
                "unreadable": len(bad), "photos_per_s": round(len(ids) / (time.time() - t0), 1),
                "features_mib": round(F.nbytes / 2**20, 1)}
+    print(f"people: {summary['groups']} groups of {len(ids)} photos, {summary['share_in_groups_of_size']:.1%} in "
+          f"groups of {o.size}", file=sys.stderr)
     if person is not None:
         summary["purity"] = round(purity(label, person), 4)
+        print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person)",
+              file=sys.stderr)
     write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
                                         **summary})
     if o.preview:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cli import UserError, choose, command, make_app, resolve_device, result
+from cli import Interrupted, UserError, choose, command, make_app, resolve_device, result
 from files import append_csv, check_outside, read_table, write_csv, write_json
 from labels import PROB_COLS, TASKS
 from runs import TrainConfig, prepare_fold
@@ -249,7 +249,13 @@ def main(cfg: TrainConfig):
         log(f"resumed from {state.resume_from} after epoch {start}")
     trainer.wrap(fold)
     loader, sampler = make_loader(train_ds, cfg, place, cfg.seed)
-    fit(fold, loader, sampler, va, va_images, start, log)
+    try:
+        fit(fold, loader, sampler, va, va_images, start, log)
+    except KeyboardInterrupt:
+        done = len(fold.history)
+        raise Interrupted(f"interrupted in epoch {done + 1} of {cfg.fold_dir}; " + (
+            f"last.pt holds epoch {done}: the same command with --resume continues from there" if done else
+            "no epoch was finished: the same command with --overwrite starts again")) from None
     if place.rank0:
         result(finish(fold, t0, log))
     if place.world > 1:

@@ -125,9 +125,9 @@ def crop_profile(files: list[Path], device: str) -> dict:
     """Where crop.py's time goes, per photo on one core (detection: crop.py's detector, its threads)."""
     from PIL import Image
 
-    from images import read_image
     from detector import Detector
     from facebox import Geometry, crop_box, cut
+    from images import read_image
 
     t = time.time()
     images = [read_image(f) for f in files]

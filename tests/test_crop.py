@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke, iou
 from PIL import Image
 
 import crop
 import cropping
 import demo
-from conftest import invoke, iou
 from facebox import Geometry, crop_box
 
 
@@ -245,8 +245,8 @@ def test_detector_finds_the_boxes_of_facenet_pytorchs_detect_face(tree):
     import torch
     from facenet_pytorch.models.utils.detect_face import detect_face
 
-    from images import read_image
     from detector import Detector
+    from images import read_image
 
     src, faces = tree
     images = [read_image(src / rel) for rel in faces]
@@ -306,3 +306,92 @@ def test_pyramid_is_the_tail_of_mtcnn_defaults():
     mine = [size for _, size in pyramid(512, 384, TAIL_OF_DEFAULTS)]
     assert mine == defaults[-len(mine):] and mine[0] == (56, 42) and len(mine) == 4
     assert [size for _, size in pyramid(512, 384, 112)][:2] == [(55, 42), (39, 30)]
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory):
+    """One person, photos at two sizes: four at 384x512, a fifth and a faceless card at twice that."""
+    src = tmp_path_factory.mktemp("mixed")
+    person = src / "000002_male_Asian_30"
+    person.mkdir()
+    faces = {}
+    for name, (portrait, stem, seed) in {"mask1": ("grace_hopper", "mask1", 2), "mask2": ("grace_hopper", "normal", 1),
+                                         "mask3": ("grace_hopper", "normal", 3),
+                                         "mask4": ("grace_hopper", "normal", 4)}.items():
+        img, faces[name] = photo(portrait, stem, seed=seed)
+        img.save(person / f"{name}.jpg", quality=95)
+    img, face = photo("grace_hopper", "normal", seed=5)
+    img.resize((768, 1024), Image.BICUBIC).save(person / "normal.jpg", quality=95)
+    faces["normal"] = face * 2
+    Image.new("RGB", (768, 1024), (128, 128, 128)).save(person / "incorrect_mask.jpg")
+    return src, faces
+
+
+def test_a_person_whose_photos_differ_in_size(mixed_sizes, tmp_path):
+    """The large photo's face is its own (not 'off person'), and the faceless large photo borrows the person's
+    box in its own pixels: boxes are compared and lent relative to each photo's size."""
+    src, faces = mixed_sizes
+    invoke(crop.app, src, tmp_path / "c", "--device", "cpu", "--preview-size", "0")
+    report = _report(tmp_path / "c")
+    cols = ["face_x1", "face_y1", "face_x2", "face_y2"]
+    big = report.loc["000002_male_Asian_30/normal.jpg"]
+    assert big["status"] == "face", big.to_dict()
+    assert iou(big[cols].to_numpy(float), faces["normal"]) > 0.6
+    card = report.loc["000002_male_Asian_30/incorrect_mask.jpg"]
+    assert card["status"] == "person" and card["width"] == 768
+    small = report[report.index.str.contains("/mask") & (report["status"] == "face")]
+    expected = np.median(np.vstack([small[cols].to_numpy(float) / 384 * 768 / 1 * [1, 1, 1, 1],
+                                    big[cols].to_numpy(float)[None]]), axis=0)
+    assert iou(card[cols].to_numpy(float), expected) > 0.9  # in the large photo's pixels, not the small ones'
+
+
+def test_detector_on_a_12_megapixel_photo_finds_the_downscaled_photos_box():
+    """A bright 4000x3000 photo: its sums pass 2^31, the box must still be the one found on the photo
+    downscaled to 512x384 (times the scale)."""
+    import cv2
+    import torch
+
+    from detector import Detector, area_windows, box_means, integral_images
+
+    img, _ = photo("grace_hopper", "normal", seed=1)
+    small = np.asarray(img)
+    big = cv2.resize(small, (3000, 4000), interpolation=cv2.INTER_CUBIC)
+    big = (255 - (255 - big.astype(np.float32)) * 0.4).astype(np.uint8)  # washed out: a mean well above 180
+    assert int(big.sum(axis=(0, 1)).max()) >= 2**31
+    det = Detector()
+    a = det.detect([big])[0]
+    b = det.detect([cv2.resize(big, (384, 512), interpolation=cv2.INTER_AREA)])[0]
+    assert len(a) and len(b)
+    assert iou(a[np.argmax(a[:, 4]), :4], b[np.argmax(b[:, 4]), :4] * 3000 / 384) > 0.85
+    # the integral images of both paths hold whole-photo sums exactly
+    S = det._integrals([big])
+    whole = box_means(S, torch.tensor([0]), *area_windows(torch.tensor([0]), torch.tensor([4000]), 1),
+                      *area_windows(torch.tensor([0]), torch.tensor([3000]), 1))
+    assert np.allclose(whole.numpy().ravel(), big.reshape(-1, 3).mean(0), atol=1e-3)
+    T = integral_images(torch.from_numpy(big[None]))
+    assert torch.equal(T[0, -1, -1].double(), S[0, -1, -1].double())
+
+
+def test_a_changed_facenet_helper_is_named_in_one_line(tree, tmp_path, monkeypatch):
+    from facenet_pytorch.models.utils import detect_face as module
+
+    from detector import Detector
+    monkeypatch.setattr(module, "rerec", lambda boxes, square=True: boxes)
+    with pytest.raises(Exception, match=r"detect_face.rerec is now \(boxes, square\)"):
+        Detector()
+    src, _ = tree
+    r = invoke(crop.app, src, tmp_path / "c", "--device", "cpu")
+    assert r.exit_code == 2 and "facenet-pytorch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_photo_stored_sideways_with_exif_orientation_is_cropped_upright(tmp_path):
+    src = tmp_path / "src" / "000003_female_Asian_20"
+    src.mkdir(parents=True)
+    img, face = photo("grace_hopper", "normal", seed=1)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 270 clockwise to view": the pixels are stored turned a quarter to the right
+    img.transpose(Image.Transpose.ROTATE_270).save(src / "normal.jpg", quality=95, exif=exif.tobytes())
+    invoke(crop.app, tmp_path / "src", tmp_path / "c", "--device", "cpu", "--preview-size", "0")
+    row = _report(tmp_path / "c").loc["000003_female_Asian_20/normal.jpg"]
+    assert row["status"] == "face" and (row["width"], row["height"]) == (384, 512)
+    assert iou(row[["face_x1", "face_y1", "face_x2", "face_y2"]].to_numpy(float), face) > 0.6

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, invoke
 from PIL import Image
 
 import crop
 import cropping
 import split
 import train
-from conftest import ROOT, invoke
 from labels import PROB_COLS
 
 TINY = ["--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16", "--workers", "0",
@@ -111,49 +111,66 @@ def run(tiny_run):
     return tiny_run
 
 
-def kill_at_delays(cmd, out, previous: bytes | None, check_new, delays):
-    """Kill `cmd` at each delay; the output is then the previous file, untouched, or a whole new one."""
-    landed = 0
-    for delay in delays:
-        if previous is None:
-            out.unlink(missing_ok=True)
-        else:
-            out.write_bytes(previous)
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-        start = time.time()
-        landed += kill_when(p, lambda: time.time() - start > delay)
-        if out.exists() and (previous is None or out.read_bytes() != previous):
-            check_new(out)
-        elif previous is None:
-            assert not out.exists()
-        else:
-            assert out.read_bytes() == previous
-    assert landed >= 1, "every kill came after the end"
+HALF_WRITER = """
+import pathlib, runpy, sys, time
+import pandas as pd
+marker, script = pathlib.Path(sys.argv[1]), sys.argv[2]
+real = pd.DataFrame.to_csv
+
+def half_then_hang(self, path=None, *args, **kwargs):
+    text = real(self, None, *args, **kwargs)
+    if path is None or not str(path).endswith(".tmp"):
+        return real(self, path, *args, **kwargs)
+    with open(path, "w") as f:  # the output's temporary file: half of it, then a pause to be killed in
+        f.write(text[: len(text) // 2])
+        f.flush()
+        marker.write_text("writing")
+        time.sleep(120)
+        f.write(text[len(text) // 2:])
+
+pd.DataFrame.to_csv = half_then_hang
+sys.argv = [script] + sys.argv[3:]
+sys.path.insert(0, str(pathlib.Path(script).parent))
+runpy.run_path(script, run_name="__main__")
+"""
 
 
-def test_predict_and_ensemble_killed_leave_the_old_file_or_none(run, demo_tree, tmp_path):
+def killed_while_writing(cmd: list, out, previous: bytes | None, tmp_path) -> None:
+    """Run `cmd` (a script's command line) so that it stops half way through writing its output, SIGKILL it
+    there, and check the output is the previous file untouched, or none."""
+    if previous is None:
+        out.unlink(missing_ok=True)
+    else:
+        out.write_bytes(previous)
+    marker = tmp_path / "writing"
+    marker.unlink(missing_ok=True)
+    wrapper = tmp_path / "half_writer.py"
+    wrapper.write_text(HALF_WRITER)
+    p = subprocess.Popen([sys.executable, str(wrapper), str(marker), *cmd[1:]], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=ENV)
+    assert kill_when(p, marker.exists), "the output was never being written"
+    half = list(out.parent.glob(f".{out.name}.*.tmp"))
+    assert len(half) == 1 and half[0].stat().st_size > 0  # killed mid-write: half a file under its temporary name
+    assert out.read_bytes() == previous if previous is not None else not out.exists()
+
+
+@pytest.mark.parametrize("previous", [None, b"ImageID,ans\nold,0\n"], ids=["none", "old"])
+def test_predict_and_ensemble_killed_while_writing_leave_the_old_file_or_none(run, demo_tree, tmp_path, previous):
     _, folder = run
-    probs = tmp_path / "probs.csv"
     ids = pd.read_csv(demo_tree / "eval" / "info.csv")["ImageID"].tolist()
+    probs, sub = tmp_path / "probs.csv", tmp_path / "submission.csv"
     predict = script("predict.py", folder, "--images", demo_tree / "eval" / "images", "--info",
                      demo_tree / "eval" / "info.csv", "-o", probs, "--device", "cpu", "--overwrite")
-
-    def whole_probs(path):
-        df = pd.read_csv(path)
-        assert df["ImageID"].tolist() == ids and np.allclose(df[PROB_COLS].sum(axis=1), 1, atol=1e-4)
-
-    kill_at_delays(predict, probs, None, whole_probs, [1.0, 3.0])
-    kill_at_delays(predict, probs, b"ImageID,p0\nold,1\n", whole_probs, [2.0, 4.0])
-    assert subprocess.run(predict, capture_output=True, env=ENV).returncode == 0
-    sub = tmp_path / "submission.csv"
+    killed_while_writing(predict, probs, previous, tmp_path)
+    assert subprocess.run(predict, capture_output=True, env=ENV).returncode == 0  # and a rerun finishes it
+    df = pd.read_csv(probs)
+    assert df["ImageID"].tolist() == ids and np.allclose(df[PROB_COLS].sum(axis=1), 1, atol=1e-4)
+    assert not list(tmp_path.glob(".probs.csv.*.tmp"))  # the killed run's half file is gone
     ensemble = script("ensemble.py", probs, "--info", demo_tree / "eval" / "info.csv", "-o", sub, "--overwrite")
-
-    def whole_submission(path):
-        df = pd.read_csv(path)
-        assert df["ImageID"].tolist() == ids and df["ans"].between(0, 17).all()
-
-    kill_at_delays(ensemble, sub, b"ImageID,ans\nold,0\n", whole_submission, [0.05, 0.25, 0.4])
-    kill_at_delays(ensemble, sub, None, whole_submission, [0.1, 0.3, 0.45])
+    killed_while_writing(ensemble, sub, previous, tmp_path)
+    assert subprocess.run(ensemble, capture_output=True, env=ENV).returncode == 0
+    df = pd.read_csv(sub)
+    assert df["ImageID"].tolist() == ids and df["ans"].between(0, 17).all()
 
 
 class Evil:

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import losses
 import models
-from labels import NUM_CLASSES
 from datasets import cutmix
+from labels import NUM_CLASSES
 
 
 @pytest.fixture

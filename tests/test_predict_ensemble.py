@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import invoke
 
 import ensemble
 import predict
-from conftest import invoke
 from labels import PROB_COLS, scores
 
 

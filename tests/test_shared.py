@@ -145,3 +145,115 @@ def test_fast_macro_f1_equals_sklearn():
         y, p = rng.integers(0, k, n), rng.integers(0, 18, n)  # some classes only predicted, some never
         assert abs(macro_f1(y, p) - f1_score(y, p, average="macro")) < 1e-12
     assert macro_f1(np.array([3, 3]), np.array([3, 3])) == 1.0
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    """A phone photo stored landscape with 'rotate 90' in EXIF is read upright, as every viewer shows it."""
+    from images import load_cache
+
+    upright = np.zeros((40, 30, 3), np.uint8)
+    upright[:10] = (255, 0, 0)  # red on top
+    stored = np.rot90(upright, 1)  # what the camera wrote: turned a quarter to the left, red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif.tobytes())
+    out = images.read_image(path)
+    assert out.shape == (40, 30, 3)
+    assert out[2, 15, 0] > 200 and out[35, 15, 0] < 60  # red on top again
+    assert load_cache([path], (40, 30))[0, 2, 15, 0] > 200  # train and predict read through the same function
+    assert images.read_image(path, reduce=2).shape[:2] in ((40, 30), (20, 15))  # and the quick looks too
+
+
+def _append_many(path, worker, rows):
+    import files
+    for i in range(rows):
+        files.append_csv(pd.DataFrame([{"run": f"w{worker}", "fold": i, "f1": 0.5 + i / 1000}]), path)
+
+
+def test_append_csv_is_safe_for_processes_finishing_together(tmp_path):
+    """Several folds ending at the same moment (one tmux window per GPU): one header, every row whole."""
+    import multiprocessing as mp
+
+    path = tmp_path / "results.csv"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 40)) for w in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = path.read_text().splitlines()
+    assert lines[0] == "run,fold,f1" and lines.count("run,fold,f1") == 1
+    df = pd.read_csv(path)
+    assert len(df) == 240 and df.groupby("run").size().tolist() == [40] * 6
+    assert not [p for p in tmp_path.iterdir() if p.name != "results.csv"]  # no lock or temp files left
+
+
+def test_append_csv_with_new_columns_keeps_every_row(tmp_path):
+    path = tmp_path / "results.csv"
+    files.append_csv(pd.DataFrame([{"run": "a", "f1": 0.5}]), path)
+    files.append_csv(pd.DataFrame([{"run": "b", "f1": 0.6, "lr": 0.01}]), path)
+    files.append_csv(pd.DataFrame([{"run": "c", "f1": 0.7, "lr": 0.02}]), path)
+    df = pd.read_csv(path)
+    assert df["run"].tolist() == ["a", "b", "c"] and df["lr"].isna().tolist() == [True, False, False]
+
+
+def test_probability_csv_record_round_trip_and_staleness(tmp_path):
+    ids = ["a.jpg", "b.jpg"]
+    df = pd.DataFrame(np.full((2, 18), 1 / 18), columns=labels.PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    path = tmp_path / "p.csv"
+    assert files.read_provenance(path) is None
+    files.write_probs(df, path, {"runs": [{"run": "/x/runs/r", "folds": [0, 1]}]})
+    assert files.read_provenance(path)["runs"][0]["folds"] == [0, 1]
+    path.write_text(path.read_text().replace("a.jpg", "c.jpg"))  # edited after the record was written
+    with pytest.raises(UserError, match="describes another version"):
+        files.read_provenance(path)
+
+
+def test_label_scheme_lives_in_one_place():
+    """models.probs18 is labels.joint of the three heads' softmaxes."""
+    import torch
+
+    import models
+    logits = torch.randn(5, 8)
+    p = {t: torch.softmax(v, 1).numpy() for t, v in models.split_logits(logits).items()}
+    assert np.allclose(models.probs18(logits, "multi").numpy(), labels.joint(p["mask"], p["gender"], p["age"]),
+                       atol=1e-6)
+
+
+SCRIPTS = ["crop", "split", "train", "predict", "ensemble", "people", "demo"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_is_plain_and_does_not_import_torch(script):
+    """--help answers without importing torch (seconds on a cold start) and without boxes that wrap at 80
+    columns."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
+            f"try:\n    runpy.run_path('{ROOT / (script + '.py')}', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert "Usage:" in r.stdout and "╭" not in r.stdout and all(len(ln) <= 80 for ln in r.stdout.splitlines())
+
+
+def test_train_help_names_every_registry_entry():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from datasets import AUGS, CUTMIX_MODES
+    from losses import LOSSES
+    from optim import OPTIMIZERS, SCHEDULERS
+    out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
+    flat = " ".join(out.split())
+    for names in (LOSSES, OPTIMIZERS, SCHEDULERS, AUGS, CUTMIX_MODES):
+        for name in names:
+            assert name in flat, name

@@ -3,9 +3,9 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import invoke
 
 import split
-from conftest import invoke
 
 
 @pytest.fixture

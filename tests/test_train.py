@@ -5,14 +5,16 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, invoke
 
 import split
 import train
 import trainer
-from conftest import ROOT, invoke
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu"]
@@ -41,10 +43,37 @@ REGISTRY = ([["--loss", name] for name in ("ce", "weighted_ce", "focal", "label_
             + [["--old-age", "58", "--amp"]])
 
 
+BUILT = {"--optimizer": {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "madgrad": "MADGRAD"},
+         "--scheduler": {"none": "LambdaLR", "step": "StepLR", "cyclic": "CyclicLR", "cosine": "SequentialLR",
+                         "onecycle": "OneCycleLR"},
+         "--loss": {"ce": "function", "weighted_ce": "function", "focal": "Focal", "label_smoothing": "function",
+                    "f1": "SoftF1"}}
+
+
+def built_names(fold) -> dict:
+    """The classes train.py really built for a fold, and the parameters that tell the ce variants apart."""
+    crit = fold.crit
+    fn = crit.fn if crit.head == "single" else crit.fns["mask"]
+    closure = {k: c.cell_contents for k, c in zip(fn.__code__.co_freevars, fn.__closure__ or ())} \
+        if type(fn).__name__ == "function" else {}
+    return {"--optimizer": type(fold.opt).__name__, "--scheduler": type(fold.sched).__name__,
+            "--loss": type(fn).__name__, "weighted": closure.get("weight") is not None,
+            "smoothing": closure.get("smoothing", 0.0)}
+
+
 @pytest.mark.parametrize("extra", REGISTRY, ids=lambda e: " ".join(e))
-def test_every_registry_entry_trains(folds, tmp_path, extra):
+def test_every_registry_entry_trains(folds, tmp_path, extra, monkeypatch):
+    seen = []
+    real = trainer.build
+    monkeypatch.setattr(trainer, "build", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
     r = run_train(folds, tmp_path / "runs", *extra)
     assert r.exit_code == 0, r.output
+    built = built_names(seen[0])
+    option, name = extra[0], extra[1]
+    if option in BUILT:  # the class built is the one named, not a default
+        assert built[option] == BUILT[option][name], built
+    if option == "--loss":
+        assert built["weighted"] == (name == "weighted_ce") and (built["smoothing"] > 0) == (name == "label_smoothing")
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0 <= m["f1"] <= 1 and m["best_epoch"] == 1
     fold = tmp_path / "runs" / "test_resnet" / "fold0"
@@ -200,3 +229,63 @@ def test_compile_and_memory_format_options_reach_the_model(folds, tmp_path, monk
     if compiled:
         conv = next(m for m in calls[0].modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous()  # not converted to channels_last
+
+
+def test_a_fold_with_other_options_is_refused_even_with_overwrite(folds, tmp_path):
+    out = tmp_path / "runs"
+    assert run_train(folds, out).exit_code == 0
+    assert run_train(folds, out, "--fold", "1").exit_code == 0
+    r = run_train(folds, out, "--fold", "1", "--loss", "focal", "--overwrite")
+    assert r.exit_code == 2 and "fold(s) 0" in r.stderr and "(loss)" in r.stderr, r.stderr
+    cfg = json.loads((out / "test_resnet" / "fold1" / "config.json").read_text())
+    assert cfg["loss"] == "ce"  # untouched
+    assert run_train(folds, out, "--fold", "1", "--overwrite").exit_code == 0  # same options: redone
+
+
+def test_predict_refuses_a_run_whose_folds_differ_and_names_a_partial_run(folds, tmp_path):
+    import predict
+    from conftest import ROOT  # noqa: F401
+    out = tmp_path / "runs"
+    assert run_train(folds, out).exit_code == 0
+    run = out / "test_resnet"
+    demo = folds.parent.parent
+    images = next(p for p in (Path(str(folds)).parents[2].rglob("eval/images")))
+    info = images.parent / "info.csv"
+    r = invoke(predict.app, run, "--images", images, "--info", info, "-o", tmp_path / "p.csv", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["runs"][0]["partial"] is True and s["runs"][0]["folds"] == [0] and s["runs"][0]["of"] == 3
+    assert "partial run: folds 0 of 3 finished (missing 1, 2" in r.stderr
+    assert run_train(folds, out, "--fold", "1").exit_code == 0
+    cfg = json.loads((run / "fold1" / "config.json").read_text())
+    cfg.update(head="multi", loss="focal")  # as an older version's --overwrite left it
+    (run / "fold1" / "config.json").write_text(json.dumps(cfg))
+    r = invoke(predict.app, run, "--images", images, "--info", info, "-o", tmp_path / "q.csv", "--device", "cpu")
+    assert r.exit_code == 2 and "fold(s) 1 were trained with other options than fold 0 (head, loss)" in r.stderr
+    assert not (tmp_path / "q.csv").exists() and demo
+
+
+def test_a_corrupt_config_is_named_as_such(folds, tmp_path):
+    out = tmp_path / "runs"
+    assert run_train(folds, out).exit_code == 0
+    (out / "test_resnet" / "fold0" / "config.json").write_text("{ not json")
+    r = run_train(folds, out, "--fold", "1")
+    assert r.exit_code == 2 and "fold0/config.json: unreadable" in r.stderr and "task-weights" not in r.stderr
+
+
+def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(folds, tmp_path):
+    args = ["--epochs", "4", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(_cli(folds, tmp_path, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    last = tmp_path / "test_resnet" / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "train.py finished before Ctrl-C"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted in epoch") and "--resume" in err
+    r = subprocess.run(_cli(folds, tmp_path, *args, "--resume"), capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "resumed from" in r.stderr

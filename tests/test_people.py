@@ -1,0 +1,264 @@
+"""people.py's grouping, the per-person rule, and ensemble.py's pairing of inputs with their runs."""
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import decide
+import ensemble
+import grouping
+import people
+from conftest import invoke
+from files import write_probs
+from labels import PROB_COLS, encode
+
+
+# ---------------------------------------------------------------- the per-person rule
+
+def test_mask_assignment_is_the_best_of_every_choice():
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(30, 7, 3))
+    got = decide.assign_masks(c)
+    for person, masks in zip(c, got):
+        best = max(itertools.permutations(range(7), 2),
+                   key=lambda jk: person[:, 0].sum() + person[jk[0], 1] - person[jk[0], 0] + person[jk[1], 2]
+                   - person[jk[1], 0])
+        assert sorted(masks.tolist()) == [0, 0, 0, 0, 0, 1, 2]
+        assert (masks[best[0]], masks[best[1]]) == (1, 2)
+
+
+def person_probs(mask, gender, age, wrong: dict, sure=0.8):
+    """18-class probabilities of one person's photos, each sure of its true class; the `wrong` ones lean to
+    another class (0.55) over their true one (0.3)."""
+    p = np.full((len(mask), 18), (1 - sure) / 17)
+    for i, (m, g, a) in enumerate(zip(mask, gender, age)):
+        p[i, encode(m, g, a)] = sure
+        if i in wrong:
+            p[i] = 0.15 / 16
+            p[i, encode(m, g, a)], p[i, wrong[i]] = 0.3, 0.55
+    return p
+
+
+def test_per_person_rule_corrects_gender_age_and_masks():
+    masks = [0, 0, 0, 0, 0, 1, 2]
+    # person A: one photo calls her male, one calls a worn mask 'not worn'; person B: one photo says old
+    a = person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1), 4: encode(2, 1, 1)})
+    b = person_probs(masks, [0] * 7, [0] * 7, {6: encode(2, 0, 2)})
+    p = np.vstack([a, b])
+    groups = np.repeat([0, 1], 7)
+    truth = np.concatenate([encode(masks, [1] * 7, [1] * 7), encode(masks, [0] * 7, [0] * 7)])
+    alone = decide.answers(p)
+    assert (alone != truth).sum() == 3
+    assert decide.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
+
+
+def test_incomplete_people_keep_their_masks_per_photo():
+    """Five photos of a person: gender and age decided together, masks left to each photo (two 'not worn'
+    stay two)."""
+    p = person_probs([0, 0, 2, 2, 1], [1] * 5, [0] * 5, {0: encode(0, 0, 0)})
+    got = decide.answers(p, 0.0, np.zeros(5, int), 7)
+    assert got.tolist() == encode([0, 0, 2, 2, 1], [1] * 5, [0] * 5).tolist()
+    assert decide.answers(p, 0.0, np.full(5, -1), 7).tolist() == decide.answers(p).tolist()  # ungrouped: alone
+
+
+# ---------------------------------------------------------------- grouping
+
+def test_grouping_recovers_people_from_noisy_looks():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, 64))
+    person = np.repeat(np.arange(40), 7)
+    F = centres[person] + rng.normal(scale=0.9, size=(280, 64))
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    order = rng.permutation(280)
+    label = grouping.group(F[order].astype(np.float32), 7)
+    assert np.bincount(label).tolist() == [7] * 40
+    assert people.purity(label, person[order]) == 1.0
+    assert people.purity(np.arange(280) // 7, person[order]) < 0.1  # the shuffled order alone is no grouping
+
+
+def test_a_folder_of_incomplete_people_is_not_forced_into_sevens():
+    rng = np.random.default_rng(2)
+    sizes = [7, 5, 3, 7, 2, 6]
+    centres = rng.normal(size=(len(sizes), 64))
+    person = np.repeat(np.arange(len(sizes)), sizes)
+    F = centres[person] + rng.normal(scale=0.5, size=(len(person), 64))
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    label = grouping.group(F.astype(np.float32), 7)
+    assert np.bincount(label).max() <= 7 and people.purity(label, person) == 1.0
+
+
+def test_people_py_on_demo_photos(demo_tree, tmp_path):
+    r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "people.csv", "--info",
+               demo_tree / "eval" / "info.csv", "--truth", demo_tree / "eval" / "people_truth.csv", "--preview",
+               tmp_path / "people.jpg")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["purity"] == 1.0 and s["sizes"] == {"7": 3} and s["share_in_groups_of_size"] == 1.0
+    df = pd.read_csv(tmp_path / "people.csv")
+    assert list(df.columns) == ["ImageID", "group", "size", "sure", "margin"] and len(df) == 21
+    assert (tmp_path / "people.jpg").stat().st_size > 10_000 and (tmp_path / "people.csv.json").is_file()
+    r = invoke(people.app, demo_tree / "train" / "images", "--flatten", "-o", tmp_path / "train.csv")
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["photos"] == 84 and s["purity"] >= 0.95, s
+
+
+@pytest.mark.parametrize("case", ["one photo", "no faces"])
+def test_people_py_on_odd_folders(tmp_path, case):
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(1 if case == "one photo" else 9):
+        Image.new("RGB", (384, 512), (40 * (i % 5), 128, 200 - 20 * i)).save(folder / f"{i:040x}.jpg")
+    r = invoke(people.app, folder, "-o", tmp_path / "people.csv")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "people.csv")
+    assert len(df) == (1 if case == "one photo" else 9) and df.groupby("group").size().max() <= 7
+
+
+# ---------------------------------------------------------------- ensemble: records, pairing, --people
+
+def fake_run(root, name, oof: pd.DataFrame, folds_csv):
+    """A finished run folder as train.py leaves it, as far as ensemble.py reads it."""
+    run = root / name
+    for k in sorted(oof["fold"].unique()):
+        d = run / f"fold{k}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": name, "folds_csv": str(folds_csv), "folds_total": 2}))
+        (d / "metrics.json").write_text("{}")
+        (d / "best.pt").write_bytes(b"")
+        oof[oof["fold"] == k].to_csv(d / "oof.csv", index=False)
+    return run
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Runs A (right about masks, wrong about gender) and B (the other way round) on 2 people x 7 photos;
+    eval inputs with records naming them."""
+    masks = [0, 0, 0, 0, 0, 1, 2] * 2
+    gender, age = [1] * 7 + [0] * 7, [1] * 14
+    truth = encode(masks, gender, age)
+    paths = [f"crops/{p}/{s}.jpg" for p in ("000001_female_Asian_40", "000002_male_Asian_40")
+             for s in ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")]
+    a = person_probs(masks, [1 - g for g in gender], age, {})
+    b = person_probs([(m + 1) % 3 for m in masks], gender, age, {})
+    folds_csv = tmp_path / "work" / "folds.csv"
+    runs = {}
+    for name, p in (("A", a), ("B", b)):
+        oof = pd.DataFrame(p, columns=PROB_COLS)
+        oof.insert(0, "fold", [0] * 7 + [1] * 7)
+        oof.insert(0, "label", truth)
+        oof.insert(0, "path", paths)
+        runs[name] = fake_run(tmp_path / "runs", name, oof, folds_csv)
+    ids = [f"{i:040x}.jpg" for i in range(14)]
+    pd.DataFrame({"ImageID": ids, "ans": 0}).to_csv(tmp_path / "info.csv", index=False)
+    inputs = []
+    for name, p in (("A", a), ("B", b)):
+        df = pd.DataFrame(p, columns=PROB_COLS)
+        df.insert(0, "ImageID", ids)
+        write_probs(df, tmp_path / f"{name}.csv", {"runs": [{"run": str(runs[name]), "folds": [0, 1]}]})
+        inputs.append(tmp_path / f"{name}.csv")
+    pd.DataFrame({"ImageID": ids, "ans": truth}).to_csv(tmp_path / "truth.csv", index=False)
+    return tmp_path, inputs, runs, truth, paths
+
+
+def run_ensemble(tmp, inputs, *extra):
+    r = invoke(ensemble.app, *inputs, "--info", tmp / "info.csv", "-o", tmp / "sub.csv", *extra)
+    return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.exit_code == 0 else None)
+
+
+def test_cv_scores_the_recomposed_blend_it_submits(two_runs):
+    tmp, inputs, runs, truth, _ = two_runs
+    r, plain = run_ensemble(tmp, inputs, "--truth", tmp / "truth.csv")
+    assert r.exit_code == 0, r.output
+    r, s = run_ensemble(tmp, inputs, "--mask-from", "1", "--gender-from", "2", "--truth", tmp / "truth.csv",
+                        "--overwrite")
+    assert s["test_f1"] == 1.0 and s["cv_f1"] == 1.0 and plain["cv_f1"] < 1.0  # the OOF is recomposed too
+    assert s["cv"][str(runs["A"])] < 1.0 and s["cv"][str(runs["B"])] < 1.0
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("count", "2 inputs but 1 --oof runs"),
+    ("order", "was predicted by"),
+    ("no record", "no record of its runs"),
+    ("stale", "describes another version"),
+])
+def test_inputs_and_oof_runs_that_do_not_pair_are_refused(two_runs, case, needle):
+    tmp, inputs, runs, _, _ = two_runs
+    extra = ["--bias"]
+    if case == "count":
+        extra += ["--oof", runs["A"]]
+    elif case == "order":
+        extra += ["--oof", runs["B"], "--oof", runs["A"]]
+    elif case == "no record":
+        (tmp / "B.csv.json").unlink()
+    else:
+        inputs[1].write_text(inputs[1].read_text().replace("0.8", "0.80"))
+    r, _ = run_ensemble(tmp, inputs, *extra)
+    assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp / "sub.csv").exists()
+
+
+def test_an_input_without_a_record_pairs_with_oof_given_in_order(two_runs):
+    tmp, inputs, runs, _, _ = two_runs
+    for f in inputs:
+        (tmp / f"{f.name}.json").unlink()
+    r, s = run_ensemble(tmp, inputs, "--oof", runs["A"], "--oof", runs["B"], "--mask-from", "1", "--gender-from", "2")
+    assert r.exit_code == 0 and s["cv_f1"] == 1.0
+    r, s = run_ensemble(tmp, inputs, "--overwrite")
+    assert r.exit_code == 0 and "cv_f1" not in s and "no CV score" in r.stderr
+
+
+def write_people(path, keys, groups):
+    pd.DataFrame({"ImageID": keys, "group": groups}).to_csv(path, index=False)
+    return path
+
+
+def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs):
+    tmp, _, _, truth, paths = two_runs
+    masks = [0, 0, 0, 0, 0, 1, 2]
+    # a run whose photos err here and there, as real ones do: each person's others outvote the error
+    p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1), 4: encode(2, 1, 1)}),
+                   person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
+    oof = pd.DataFrame(p, columns=PROB_COLS)
+    oof.insert(0, "fold", [0] * 7 + [1] * 7)
+    oof.insert(0, "label", truth)
+    oof.insert(0, "path", paths)
+    run = fake_run(tmp / "runs", "C", oof, tmp / "work" / "folds.csv")
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    write_probs(df, tmp / "C.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+    keys = [p.split("/", 1)[1] for p in paths]  # person folder / file, as people.py --flatten names them
+    right = write_people(tmp / "people.csv", ids, np.repeat([0, 1], 7))
+    oof_right = write_people(tmp / "train_people.csv", keys, np.repeat([0, 1], 7))
+    r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", right, "--oof-people", oof_right, "--truth",
+                        tmp / "truth.csv")
+    assert r.exit_code == 0, r.output
+    assert s["people_applied"] and s["people_cv"]["f1_people"] == 1.0 > s["people_cv"]["f1"]
+    assert s["test_f1_with_people"] == 1.0 > s["test_f1_without_people"] and s["test_f1"] == 1.0
+    assert s["people_changed"] == 3 and "3 of 14 answers change" in r.stderr
+    mixed = write_people(tmp / "mixed.csv", keys, np.arange(14) % 2)  # every group two people's photos
+    r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", right, "--oof-people", mixed, "--truth", tmp / "truth.csv",
+                        "--overwrite")
+    assert not s["people_applied"] and "not applied: it loses out of fold" in r.stderr
+    assert s["test_f1"] == s["test_f1_without_people"] < 1.0
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "1 missing"), ("unknown", "1 unknown"), ("too big", "has 8 photos, more than --group-size 7"),
+])
+def test_bad_people_csv_is_refused(two_runs, case, needle):
+    tmp, inputs, _, _, _ = two_runs
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"].tolist()
+    groups = list(np.repeat([0, 1], 7))
+    if case == "missing":
+        ids, groups = ids[1:], groups[1:]
+    elif case == "unknown":
+        ids, groups = ids + ["f" * 40 + ".jpg"], groups + [2]
+    else:
+        groups = [0] * 8 + [1] * 6
+    r, _ = run_ensemble(tmp, inputs, "--people", write_people(tmp / "bad.csv", ids, groups))
+    assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp / "sub.csv").exists()
