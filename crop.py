@@ -86,7 +86,7 @@ def run_crops(o: CropOptions, dev: str, todo: list[Item], done: pd.DataFrame) ->
     batches = crop_in_processes(todo, o, dev, earlier) if processes else crop_here(todo, o, dev, earlier)
     new_rows, deferred = [], []
     try:
-        with tqdm(total=len(todo), desc="crop", unit="img", file=sys.stderr) as bar:
+        with tqdm(total=len(todo), desc="crop", unit="img", file=sys.stderr, disable=None, mininterval=1) as bar:
             for batch, rows, later in batches:
                 append_csv(pd.DataFrame(rows).reindex(columns=COLUMNS), o.dst / PARTIAL)  # only now: crops on disk
                 new_rows += rows

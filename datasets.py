@@ -24,6 +24,7 @@ AUGS = {
                      A.HorizontalFlip(p=0.5)],
 }
 CUTMIX_MODES = ("box", "vertical", "half")
+MIXES = ("cutmix", "mixup")
 
 
 class CachedImages(Dataset):
@@ -109,3 +110,20 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, mode: str, gen: torch
     x[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
     lam = 1 - (x2 - x1) * (y2 - y1) / (W * H)
     return x, y, y[perm], lam
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator):
+    """Blend each image with one of a shuffled batch: (x, y_a, y_b, lam), lam ~ Beta(a, a) the share of x."""
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    u = torch.rand(1, generator=gen).item()
+    lam = float(np.random.default_rng(int(u * 2**31)).beta(alpha, alpha))
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def mix(kind: str, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cutmix_alpha: float, cutmix_mode: str,
+        mixup_alpha: float):
+    """One mechanism for both: the loss is lam * loss(y_a) + (1 - lam) * loss(y_b), lam the share of x
+    (CutMix: of its pixels left in place)."""
+    if kind == "cutmix":
+        return cutmix(x, y, cutmix_alpha, cutmix_mode, gen)
+    return mixup(x, y, mixup_alpha, gen)

@@ -101,14 +101,35 @@ def load_weights(net: nn.Module, ck: dict, path: Path) -> None:
         raise UserError(f"{path}: its weights do not fit {ck['model']} ({first[:120]})") from None
 
 
-def autocast(device: str, amp: bool):
-    """bf16 autocast on the device's type when amp is on; a no-op otherwise."""
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=amp)
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+def amp_dtype(device: str, amp: bool | None, choice: str = "auto") -> torch.dtype | None:
+    """The autocast dtype, or None for full precision. On CUDA (amp on by default): bf16 where the GPU has
+    bf16 units, fp16 (with a gradient scaler when training) on those without (V100, T4), or as `choice`
+    forces. On a CPU autocast costs time (bf16 made the demo model 7x slower), so --amp alone leaves it
+    off; naming a dtype forces it."""
+    if device.startswith("cuda"):
+        if amp is False:
+            return None
+        if choice == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if choice == "bf16" else torch.float16
+    if choice == "auto" or not amp:
+        return None
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def autocast(device: str, dtype: torch.dtype | None):
+    """Autocast to `dtype` on the device's type; a no-op for None."""
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype or torch.bfloat16,
+                          enabled=dtype is not None)
 
 
 @torch.no_grad()
-def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, batch_size: int, amp: bool,
-                  channels_last: bool = True, tta: bool = False, desc: str | None = None) -> np.ndarray:
+def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, batch_size: int,
+                  amp: torch.dtype | None, channels_last: bool = True, tta: bool = False,
+                  desc: str | None = None) -> np.ndarray:
     """18-class probabilities of cached uint8 images; with tta, averaged with the mirrored image."""
     from tqdm import tqdm
 

@@ -37,7 +37,7 @@ class PredictOptions:
     tta: bool = opt(True, "average with the horizontally flipped image")
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
-    amp: bool = opt(True, "bf16 autocast on CUDA")
+    amp: bool = opt(True, "autocast on CUDA: bf16, or fp16 on GPUs without bf16 (off on a CPU, where it is slower)")
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -94,7 +94,7 @@ def image_files(images: Path, ids: list[str]) -> list[Path]:
     return files
 
 
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp: bool, tta: bool, chunk: int = 2048):
+def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bool, chunk: int = 2048):
     """Summed probabilities of every checkpoint. Images are decoded once per image size, a chunk at a
     time, the next chunk in the background while the checkpoints run on this one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +111,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp: bool, t
         return {size: load_cache(files[start:start + chunk], size) for size in sizes}
 
     with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
-                                              file=sys.stderr) as bar:
+                                              file=sys.stderr, disable=None, mininterval=1) as bar:
         for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
             for net, ck in nets:
                 cache = caches[tuple(ck["img_size"])]
@@ -121,7 +121,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp: bool, t
     return probs
 
 
-def warm_up(nets, batch_size: int, n: int, dev: str, amp: bool) -> None:
+def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
     """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
     import models
 
@@ -141,7 +141,8 @@ def main(o: PredictOptions):
     files = image_files(o.images, ids)
     paths, runs = checkpoints(o.sources)
     nets = [load_model(p, dev) for p in paths]
-    amp = o.amp and dev == "cuda"
+    import models
+    amp = models.amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
     t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
     probs = predict_all(nets, files, o.batch_size, dev, amp, o.tta)

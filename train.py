@@ -30,14 +30,14 @@ FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", 
 
 
 def check_options(cfg: TrainConfig) -> None:
+    import models
     from datasets import AUGS, CUTMIX_MODES
     from losses import LOSSES
-    from models import HEADS
     from optim import OPTIMIZERS, SCHEDULERS
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
                                  (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.aug, AUGS, "--aug"),
-                                 (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, HEADS, "--head")):
+                                 (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
     try:
         weights = [float(w) for w in cfg.task_weights.split(",")]
@@ -45,8 +45,15 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError(f"--task-weights {cfg.task_weights}: not numbers") from None
     if len(weights) != 3:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or min(cfg.img_size) < 16 or not 0 <= cfg.cutmix <= 1:
-        raise UserError("--epochs, --batch-size must be >= 1, --img-size >= 16, --cutmix in [0, 1]")
+    choose(cfg.amp_dtype, models.AMP_DTYPES, "--amp-dtype")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
+        raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
+    if not (0 <= cfg.cutmix and 0 <= cfg.mixup and cfg.cutmix + cfg.mixup <= 1):
+        raise UserError("--cutmix and --mixup are probabilities that add up to at most 1")
+    if not 0 <= cfg.ema < 1 or cfg.clip_grad < 0 or cfg.patience < 0:
+        raise UserError("--ema must be in [0, 1), --clip-grad and --patience non-negative")
+    if cfg.init_from is not None and not cfg.init_from.is_file():
+        raise UserError(f"--init-from {cfg.init_from}: no such checkpoint")
 
 
 def read_folds(path: Path, fold: int) -> pd.DataFrame:
@@ -103,22 +110,27 @@ def setup_place(cfg: TrainConfig):
 
 
 def create_model(cfg: TrainConfig, resume_from: Path | None):
-    """The fold's network, with the weights of the checkpoint it resumes from (checked to be this run's)."""
+    """The fold's network: with the weights of the checkpoint it resumes from, or of --init-from (each
+    checked to be of this run's model and head)."""
     import models
     from trainer import seed_all
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
     net = models.create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate)
-    if resume_from is None:
+    source = resume_from or cfg.init_from
+    if source is None:
         return net, None
-    ck = models.read_checkpoint(resume_from, resume=True)
-    mine, theirs = (cfg.model, cfg.head, list(cfg.img_size)), (ck["model"], ck["head"], list(ck["img_size"]))
+    ck = models.read_checkpoint(source, resume=resume_from is not None)
+    mine, theirs = (cfg.model, cfg.head), (ck["model"], ck["head"])
+    if resume_from is not None:
+        mine, theirs = mine + (list(cfg.img_size),), theirs + (list(ck["img_size"]),)
     if mine != theirs:
-        raise UserError(f"{resume_from}: a checkpoint of {theirs[0]} ({theirs[1]} head, {theirs[2][0]}x{theirs[2][1]}),"
-                        f" not of this run's {cfg.model} ({cfg.head} head, {cfg.img_size[0]}x{cfg.img_size[1]}); "
-                        "--overwrite restarts the fold")
-    models.load_weights(net, ck, resume_from)
-    return net, ck
+        what = f"{theirs[0]} ({theirs[1]} head" + (f", {theirs[2][0]}x{theirs[2][1]})" if len(theirs) > 2 else ")")
+        this = f"{cfg.model} ({cfg.head} head" + (f", {cfg.img_size[0]}x{cfg.img_size[1]})" if len(mine) > 2 else ")")
+        fix = "--overwrite restarts the fold" if resume_from is not None else "start from a checkpoint of this model"
+        raise UserError(f"{source}: a checkpoint of {what}, not of this run's {this}; {fix}")
+    models.load_weights(net, ck, source)
+    return net, ck if resume_from is not None else None
 
 
 def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
@@ -130,6 +142,17 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
     write_json(cfg.fold_dir / "config.json", {**record, "folds_total": folds_total})
+
+
+def note_precision(cfg: TrainConfig, device: str, dtype, log: Log) -> None:
+    """Say what --amp became."""
+    if cfg.amp and dtype is None:
+        log("--amp: off on a CPU, where autocast makes training slower (bf16 cost the demo model 7x); "
+            "--amp-dtype bf16 or fp16 forces it")
+    elif dtype is not None:
+        name = "bf16" if "bfloat16" in str(dtype) else "fp16"
+        where = "" if device.startswith("cuda") else ", forced on a CPU: expect it to be slower than float32"
+        log(f"mixed precision: {name} autocast" + (" with a gradient scaler" if name == "fp16" else "") + where)
 
 
 def make_loader(ds, cfg: TrainConfig, place, seed: int):
@@ -150,31 +173,60 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
 
 
 def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log) -> None:
-    """The epochs: train, validate, keep the best, save what --resume needs after each."""
+    """The epochs: train, validate (the EMA too), keep the best, save what --resume needs after each; stop
+    early after --patience epochs without a better val F1."""
     import torch.distributed as dist
 
     import trainer
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
+        if cfg.patience and fold.best["epoch"] > 0 and epoch - fold.best["epoch"] >= cfg.patience:
+            log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
+            break
         t = time.time()
         epoch_seed = cfg.seed * 1000 + epoch  # each epoch's randomness depends on (seed, epoch) only: resumable
         trainer.seed_all(epoch_seed)
         sampler.set_epoch(epoch, epoch_seed)
         row = {"epoch": epoch + 1, "lr": fold.opt.param_groups[0]["lr"], **trainer.train_epoch(fold, loader, epoch)}
         v, probs = trainer.validate(fold, va_images, va["label"].to_numpy())
+        winner, from_ema = (v, probs), False
+        if fold.ema is not None:
+            ve, pe = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=True)
+            row.update(val_f1_ema=ve["val_f1"], val_loss_ema=ve["val_loss"])
+            if ve["val_f1"] > v["val_f1"]:
+                winner, from_ema = (ve, pe), True
         row.update(v, seconds=round(time.time() - t, 2))
         fold.history.append(row)
         if fold.place.rank0:
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if v["val_f1"] > fold.best["f1"]:
-                fold.best = {"f1": v["val_f1"], "epoch": epoch + 1, **v}
-                trainer.save(trainer.checkpoint(fold, epoch + 1, v, full=False), cfg.fold_dir / "best.pt")
-                write_oof(cfg.fold_dir / "oof.csv", va, probs)
+            log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
+            best_v, best_p = winner
+            if best_v["val_f1"] > fold.best["f1"]:
+                fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
+                trainer.save(trainer.checkpoint(fold, epoch + 1, best_v, full=False, ema=from_ema),
+                             cfg.fold_dir / "best.pt")
+                write_oof(cfg.fold_dir / "oof.csv", va, best_p)
             write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
             trainer.save(trainer.checkpoint(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
         if fold.place.world > 1:
             dist.barrier()
+
+
+def eta(rows: list[dict], left: int) -> str:
+    """The fold's time to go, from this session's epochs so far."""
+    sec = left * float(np.mean([r["seconds"] for r in rows])) if rows else 0.0
+    hours, minutes, seconds = int(sec // 3600), int(sec % 3600 // 60), int(sec % 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def epoch_line(row: dict, epochs: int, to_go: str) -> str:
+    """One short line per epoch, for tmux and logs."""
+    ema = f" ema {row['val_f1_ema']:.4f}" if "val_f1_ema" in row else ""
+    rate = f" {row['img_per_s']:.0f} img/s" if row.get("img_per_s") else ""
+    return (f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f}/{row['val_loss']:.4f} "
+            f"F1 {row['train_f1']:.4f}/{row['val_f1']:.4f}{ema} (mask {row['val_f1_mask']:.3f} gender "
+            f"{row['val_f1_gender']:.3f} age {row['val_f1_age']:.3f}) lr {row['lr']:.2e}{rate} {row['seconds']:.0f}s, "
+            f"eta {to_go}")
 
 
 def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
@@ -200,7 +252,8 @@ def finish(fold, t0: float, log: Log) -> dict:
     metrics = {"run": cfg.run_name, "fold": cfg.fold, "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5),
                "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
-               "minutes": round((time.time() - t0) / 60, 2)}
+               "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
+               "best_is_ema": bool(best.get("ema", False))}
     row = {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model, "head": cfg.head, "loss": cfg.loss,
            "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "aug": cfg.aug,
            "cutmix": f"{cfg.cutmix}:{cfg.cutmix_mode}", "img_size": "x".join(map(str, cfg.img_size)),
@@ -243,7 +296,9 @@ def main(cfg: TrainConfig):
         f"{time.time() - t:.1f}s ({(tr_images.nbytes + va_images.nbytes) / 2**20:.0f} MiB)")
     targets = trainer.train_targets(tr, cfg.old_age)
     train_ds = CachedImages(tr_images, targets, cfg.aug)
-    fold = trainer.build(cfg, place, net, targets, steps=max(len(train_ds) // (cfg.batch_size * place.world), 1))
+    batches = max(len(train_ds) // (cfg.batch_size * place.world), 1)
+    fold = trainer.build(cfg, place, net, targets, steps=-(-batches // cfg.accum_steps))
+    note_precision(cfg, place.device, fold.amp, log)
     start = trainer.restore(fold, ck) if ck is not None else 0
     if ck is not None:
         log(f"resumed from {state.resume_from} after epoch {start}")

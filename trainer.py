@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import losses
 import models
-from datasets import cutmix, to_input
+from datasets import mix, to_input
 from files import atomic_path
 from labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
 from optim import make_optimizer, make_scheduler
@@ -57,13 +57,17 @@ class Fold:
     crit: losses.Criterion
     mean: list[float]
     std: list[float]
-    amp: bool
+    amp: torch.dtype | None  # autocast dtype, None: full precision
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: bf16 needs none
+    ema: nn.Module | None = None  # timm's ModelEmaV3 of `net`
+    steps: int = 0  # optimizer steps taken
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
 
 
 def build(cfg: TrainConfig, place: Place, net: nn.Module, targets: np.ndarray, steps: int) -> Fold:
-    """The fold's model on its device, optimizer, schedule and loss, before any resume."""
+    """The fold's model on its device, optimizer, schedule (`steps` optimizer steps per epoch), loss, mixed
+    precision and EMA, before any resume."""
     net = net.to(place.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -73,8 +77,14 @@ def build(cfg: TrainConfig, place: Place, net: nn.Module, targets: np.ndarray, s
                            cfg.step_gamma)
     weights = [float(w) for w in cfg.task_weights.split(",")]
     crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing, weights)
-    amp = cfg.amp if cfg.amp is not None else place.device.startswith("cuda")
-    return Fold(cfg, place, net, net, opt, sched, crit, mean, std, amp)
+    amp = models.amp_dtype(place.device, cfg.amp, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler(place.device.split(":")[0]) if amp == torch.float16 else None
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(net, decay=cfg.ema, use_warmup=True)  # warm-up: a short run still moves its average
+    return Fold(cfg, place, net, net, opt, sched, crit, mean, std, amp, scaler, ema)
 
 
 def wrap(fold: Fold) -> None:
@@ -88,48 +98,90 @@ def wrap(fold: Fold) -> None:
         fold.model = DistributedDataParallel(fold.model, device_ids=[int(dev.split(":")[1])] if ":" in dev else None)
 
 
+def mix_kind(cfg: TrainConfig, gen: torch.Generator) -> str | None:
+    """This batch's mixing: CutMix with probability --cutmix, else Mixup with probability --mixup."""
+    if not (cfg.cutmix or cfg.mixup):
+        return None
+    u = torch.rand(1, generator=gen).item()
+    return "cutmix" if u < cfg.cutmix else "mixup" if u < cfg.cutmix + cfg.mixup else None
+
+
+def optimizer_step(fold: Fold) -> None:
+    """Clip, step (through the scaler for fp16), schedule, and move the EMA of the weights."""
+    cfg = fold.cfg
+    if cfg.clip_grad:
+        if fold.scaler is not None:
+            fold.scaler.unscale_(fold.opt)
+        torch.nn.utils.clip_grad_norm_(fold.net.parameters(), cfg.clip_grad)
+    if fold.scaler is not None:
+        fold.scaler.step(fold.opt)
+        fold.scaler.update()
+    else:
+        fold.opt.step()
+    fold.opt.zero_grad(set_to_none=True)
+    fold.sched.step()
+    fold.steps += 1
+    if fold.ema is not None:
+        fold.ema.update(fold.net, step=fold.steps)
+
+
 def train_epoch(fold: Fold, loader, epoch: int) -> dict:
     cfg, dev = fold.cfg, fold.place.device
     fold.model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
     # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
     total = torch.zeros((), dtype=torch.float64, device=dev)
-    n, preds, ys, seen, t_steady = 0, [], [], 0, None
-    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", file=sys.stderr, leave=False, disable=not fold.place.rank0)
+    n, preds, ys, seen, t_steady, batches, shown = 0, [], [], 0, None, len(loader), 0.0
+    # A bar on a terminal only (tmux): a log that captures stderr gets the one line per epoch, not carriage returns.
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
+               disable=None if fold.place.rank0 else True, mininterval=1, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar):
         if step == 2:  # steady state: after the first batches have warmed up workers and kernels
             t_steady, seen = time.time(), 0
         x = to_input(x, fold.mean, fold.std, dev, cfg.channels_last)
         y = y.to(dev)
         y_b, lam = y, 1.0
-        if cfg.cutmix and torch.rand(1, generator=gen).item() < cfg.cutmix:
-            x, y, y_b, lam = cutmix(x, y, cfg.cutmix_alpha, cfg.cutmix_mode, gen)
-        with models.autocast(dev, fold.amp):
+        kind = mix_kind(cfg, gen)
+        if kind:
+            x, y, y_b, lam = mix(kind, x, y, gen, cfg.cutmix_alpha, cfg.cutmix_mode, cfg.mixup_alpha)
+        stepping = (step + 1) % cfg.accum_steps == 0 or step + 1 == batches
+        with models.autocast(dev, fold.amp), sync_grads(fold, stepping):
             logits = fold.model(x)
             loss = fold.crit(logits, y)
             if lam != 1.0:
                 loss = lam * loss + (1 - lam) * fold.crit(logits, y_b)
-        fold.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        fold.opt.step()
-        fold.sched.step()
+            scaled = loss / cfg.accum_steps if cfg.accum_steps > 1 else loss
+            (fold.scaler.scale(scaled) if fold.scaler is not None else scaled).backward()
+        if stepping:
+            optimizer_step(fold)
         total += loss.detach() * len(y)
         n += len(y)
         seen += len(y)
         preds.append(models.probs18(logits.detach(), cfg.head).argmax(1))
         ys.append(y)
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{total.item() / n:.4f}")
+        if time.time() - shown > 2:  # the running loss, once every 2 s (each read waits for the device)
+            bar.set_postfix(loss=f"{total.item() / n:.4f}", refresh=False)
+            shown = time.time()
     s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
     rate = seen / (time.time() - t_steady) if t_steady and seen else None
     return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
 
 
-def validate(fold: Fold, images: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Macro F1 of the whole validation fold (each process predicts a share under torchrun)."""
+def sync_grads(fold: Fold, stepping: bool):
+    """Under torchrun, gradients are averaged across processes only on the batch that steps."""
+    import contextlib
+
+    no_sync = getattr(fold.model, "no_sync", None)
+    return no_sync() if no_sync is not None and not stepping else contextlib.nullcontext()
+
+
+def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False) -> tuple[dict, np.ndarray]:
+    """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights
+    or of their EMA."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
-    probs = models.predict_probs(fold.model, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
+    net = fold.ema.module if ema else fold.model
+    probs = models.predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
                                  fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last)
     if place.world > 1:
         parts = [None] * place.world
@@ -144,15 +196,19 @@ def validate(fold: Fold, images: np.ndarray, labels: np.ndarray) -> tuple[dict, 
     return {"val_loss": nll, "val_acc": s["acc"], "val_f1": s["f1"], **tasks}, probs
 
 
-def checkpoint(fold: Fold, epoch: int, metric: dict, full: bool) -> dict:
-    """A checkpoint that describes itself; `full` adds what --resume needs."""
+def checkpoint(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) -> dict:
+    """A checkpoint that describes itself, holding the weights or (ema) their EMA; `full` adds what --resume
+    needs."""
     cfg = fold.cfg
+    weights = fold.ema.module if ema else fold.net
     ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
-          "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric,
-          "state_dict": fold.net.state_dict()}
+          "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric, "ema": ema,
+          "state_dict": weights.state_dict()}
     if full:
         ck.update(optimizer=fold.opt.state_dict(), scheduler=fold.sched.state_dict(), torch_rng=torch.get_rng_state(),
-                  history=fold.history, best=fold.best)
+                  history=fold.history, best=fold.best, steps=fold.steps,
+                  ema_state=fold.ema.module.state_dict() if fold.ema is not None else None,
+                  scaler=fold.scaler.state_dict() if fold.scaler is not None else None)
     return ck
 
 
@@ -161,7 +217,11 @@ def restore(fold: Fold, ck: dict) -> int:
     fold.opt.load_state_dict(ck["optimizer"])
     fold.sched.load_state_dict(ck["scheduler"])
     torch.set_rng_state(ck["torch_rng"])
-    fold.history, fold.best = ck["history"], ck["best"]
+    fold.history, fold.best, fold.steps = ck["history"], ck["best"], ck.get("steps", 0)
+    if fold.ema is not None and ck.get("ema_state") is not None:
+        fold.ema.module.load_state_dict(ck["ema_state"])
+    if fold.scaler is not None and ck.get("scaler") is not None:
+        fold.scaler.load_state_dict(ck["scaler"])
     return ck["epoch"]
 
 

@@ -289,3 +289,112 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(folds, tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: interrupted in epoch") and "--resume" in err
     r = subprocess.run(_cli(folds, tmp_path, *args, "--resume"), capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "resumed from" in r.stderr
+
+
+def test_fp16_on_a_device_without_bf16_goes_through_the_gradient_scaler(folds, tmp_path, monkeypatch):
+    """--amp-dtype fp16 (what --amp picks on a V100 or T4): every optimizer step is scaled, stepped and updated
+    by the GradScaler; --amp alone on a CPU says in one line that it is off."""
+    calls = []
+
+    class Spy(torch.amp.GradScaler):
+        def scale(self, outputs):
+            calls.append("scale")
+            return super().scale(outputs)
+
+        def step(self, optimizer, *a, **kw):
+            calls.append("step")
+            return super().step(optimizer, *a, **kw)
+
+        def update(self, *a, **kw):
+            calls.append("update")
+            return super().update(*a, **kw)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Spy)
+    r = run_train(folds, tmp_path / "a", "--amp", "--amp-dtype", "fp16", "--batch-size", "32")
+    assert r.exit_code == 0, r.output
+    steps = len(pd.read_csv(folds).query("fold != 0")) // 32
+    assert calls == ["scale", "step", "update"] * steps
+    assert "fp16 autocast with a gradient scaler, forced on a CPU" in r.stderr
+    calls.clear()
+    r = run_train(folds, tmp_path / "b", "--amp")
+    assert r.exit_code == 0 and calls == [] and "--amp: off on a CPU" in r.stderr
+
+
+def test_ema_is_validated_kept_when_it_wins_and_resumable(folds, tmp_path):
+    r = run_train(folds, tmp_path, "--ema", "0.5", "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    fold = tmp_path / "test_resnet" / "fold0"
+    hist = pd.read_csv(fold / "history.csv")
+    assert "val_f1_ema" in hist.columns and hist["val_f1_ema"].notna().all()
+    last = torch.load(fold / "last.pt", weights_only=True)
+    assert last["ema_state"] is not None
+    assert any(not torch.equal(last["ema_state"][k], v) for k, v in last["state_dict"].items() if v.is_floating_point())
+    best = torch.load(fold / "best.pt", weights_only=True)
+    m = json.loads((fold / "metrics.json").read_text())
+    won = hist.loc[hist["epoch"] == m["best_epoch"]].iloc[0]
+    assert best["ema"] == m["best_is_ema"] == bool(won["val_f1_ema"] > won["val_f1"])
+    assert m["f1"] == round(max(won["val_f1"], won["val_f1_ema"]), 5)
+
+
+def test_mixup_and_cutmix_share_one_mechanism(folds, tmp_path, monkeypatch):
+    import datasets
+    kinds, real = [], trainer.mix
+    monkeypatch.setattr(trainer, "mix", lambda kind, *a: kinds.append(kind) or real(kind, *a))
+    assert run_train(folds, tmp_path / "a", "--mixup", "1").exit_code == 0
+    assert kinds and set(kinds) == {"mixup"}
+    kinds.clear()
+    assert run_train(folds, tmp_path / "b", "--mixup", "0.5", "--cutmix", "0.5", "--epochs", "3").exit_code == 0
+    assert set(kinds) == {"mixup", "cutmix"}
+    x, y = torch.rand(6, 3, 8, 8), torch.arange(6)
+    mixed, ya, yb, lam = datasets.mixup(x, y, 0.4, torch.Generator().manual_seed(0))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[yb]) and torch.equal(ya, y) and 0 < lam < 1
+
+
+def test_accumulation_and_clipping_reach_the_optimizer(folds, tmp_path, monkeypatch):
+    steps, norms = [], []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, max_norm, **kw: norms.append(max_norm)
+                        or real_clip(p, max_norm, **kw))
+    real_step = trainer.optimizer_step
+    monkeypatch.setattr(trainer, "optimizer_step", lambda fold: steps.append(1) or real_step(fold))
+    r = run_train(folds, tmp_path, "--accum-steps", "3", "--clip-grad", "0.5", "--batch-size", "16")
+    assert r.exit_code == 0, r.output
+    batches = len(pd.read_csv(folds).query("fold != 0")) // 16
+    assert len(steps) == -(-batches // 3) and norms == [0.5] * len(steps)
+
+
+def test_init_from_starts_with_the_checkpoints_weights_and_refuses_another_model(folds, tmp_path):
+    assert run_train(folds, tmp_path / "a").exit_code == 0
+    source = tmp_path / "a" / "test_resnet" / "fold0" / "best.pt"
+    r = run_train(folds, tmp_path / "b", "--init-from", source, "--lr", "0", "--img-size", "40", "32")
+    assert r.exit_code == 0, r.output
+    before = torch.load(source, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "b" / "test_resnet" / "fold0" / "best.pt", weights_only=True)["state_dict"]
+    net = __import__("models").create("test_resnet", "single", pretrained=False)
+    params = {k for k, _ in net.named_parameters()}
+    assert all(torch.equal(before[k], after[k]) for k in params)  # lr 0: the weights it started from
+    r = invoke(train.app, folds, *TINY[2:], "--model", "test_efficientnet", "--out", tmp_path / "c", "--init-from",
+               source)
+    assert r.exit_code == 2 and "a checkpoint of test_resnet (single head), not of this run's test_efficientnet" \
+        in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_patience_stops_early_and_still_finishes_the_fold(folds, tmp_path):
+    # lr 0 and no batch norm: the weights never change, so the val F1 never betters epoch 1's
+    r = invoke(train.app, folds, *TINY[2:], "--model", "test_convnext", "--out", tmp_path, "--lr", "0", "--epochs",
+               "6", "--patience", "1", "--img-size", "64", "48")
+    assert r.exit_code == 0, r.output
+    fold = tmp_path / "test_convnext" / "fold0"
+    m = json.loads((fold / "metrics.json").read_text())
+    assert m["epochs_run"] == 2 and len(pd.read_csv(fold / "history.csv")) == 2
+    for f in ("best.pt", "last.pt", "oof.csv", "confusion.png", "curves.png"):
+        assert (fold / f).is_file()
+    assert "early stop" in (fold / "train.log").read_text()
+
+
+def test_timm_style_aliases(folds, tmp_path):
+    r = invoke(train.app, folds, "--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32",
+               "24", "--device", "cpu", "--out", tmp_path, "--opt", "sgd", "--sched", "step", "-b", "8", "-j", "0")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "test_resnet" / "fold0" / "config.json").read_text())
+    assert (cfg["optimizer"], cfg["scheduler"], cfg["batch_size"], cfg["workers"]) == ("sgd", "step", 8, 0)
