@@ -38,6 +38,9 @@ demo: $(STAMP)
 	$(PY) ensemble.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission.csv \
 		--bias --suspects $(WORK)/suspects.csv --people $(WORK)/people.csv --oof-people $(WORK)/people_train.csv \
 		--truth $(DEMO)/eval/truth.csv --overwrite
+	$(PY) report.py $(WORK)/runs/$(MODEL) -o $(WORK)/report.html --crops $(WORK)/crops/train --crops $(WORK)/crops/eval \
+		--title "make demo" --overwrite
+	@echo "report: $(WORK)/report.html (open it in a browser)"
 
 clean:
 	rm -rf $(DEMO) $(WORK) runs

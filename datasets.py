@@ -84,6 +84,13 @@ def to_input(x: torch.Tensor, mean, std, device, channels_last: bool = True) -> 
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
+def to_display(x: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalised NCHW batch back to uint8 NHWC pictures, as the model sees them."""
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return ((x.float() * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
 def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, mode: str, gen: torch.Generator):
     """Paste a region of a shuffled batch into x. Returns (x, y_a, y_b, lam) with lam the share of
     pixels left from x, measured after clipping. `vertical` pastes a full-height strip and `half`

@@ -21,6 +21,9 @@ import pandas as pd
 from cli import UserError
 from labels import PROB_COLS
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once, at import: mkstemp's files are private (0600), outputs should not be
+
 
 @contextmanager
 def atomic_path(path: Path):
@@ -31,6 +34,8 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

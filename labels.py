@@ -77,3 +77,9 @@ def scores(y_true, y_pred) -> dict[str, float]:
     for task, t, p in zip(TASKS, decode(y_true), decode(y_pred)):
         out[f"f1_{task}"] = macro_f1(t, p)
     return out
+
+
+def class_name(c: int) -> str:
+    """'13 none/M/30-59': a class code a person can read (mask worn, worn wrongly or none; gender; age)."""
+    m, g, a = decode(int(c))
+    return f"{int(c)} {('worn', 'wrong', 'none')[m]}/{'MF'[g]}/{('<30', '30-59', '60+')[a]}"

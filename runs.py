@@ -70,6 +70,8 @@ class TrainConfig:
                          "force one (on a CPU too)")
     compile: bool = opt(False, "torch.compile the model", "--compile/--no-compile")
     channels_last: bool = opt(True, "channels-last memory format")
+    wandb: Optional[str] = opt(None, "log to this Weights & Biases project too (TensorBoard files are written "
+                               "either way); WANDB_MODE=offline works without a network")
     resume: bool = opt(False, "continue an unfinished fold from its last.pt")
     skip_done: bool = opt(False, "exit at once if the fold is finished")
     overwrite: bool = opt(False, "redo this fold, finished or not")
@@ -199,3 +201,54 @@ def run_folds(run_dir: Path) -> RunFolds:
     totals = {c.get("folds_total") for k, c in configs.items() if k in finished} - {None}
     unfinished = sorted(k for k, d in fold_dirs(run_dir).items() if k not in finished and (d / "last.pt").is_file())
     return RunFolds(run_dir, finished, max(totals) if totals else None, unfinished)
+
+
+def results_row(cfg: TrainConfig, metrics: dict) -> dict:
+    """results.csv's row of a finished fold: its scores, then every option that can differ between runs."""
+    record = cfg.record()
+    options = {k: ("x".join(map(str, v)) if isinstance(v, list) else v) for k, v in record.items()
+               if k in RUN_KEYS and k not in ("model", "folds_csv")}
+    return {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model,
+            **{k: metrics[k] for k in ("f1", "f1_mask", "f1_gender", "f1_age", "best_epoch", "epochs_run",
+                                       "img_per_s", "minutes")}, **options}
+
+
+def summarize(run_dir: Path) -> dict:
+    """A run at a glance: its finished folds' mean and spread, and the macro F1 of their out-of-fold
+    predictions taken together (the CV score ensemble.py reports for it alone)."""
+    import pandas as pd
+
+    from labels import PROB_COLS, TASKS, scores
+
+    folds = run_folds(run_dir)
+    metrics = pd.DataFrame([read_json(run_dir / f"fold{k}" / "metrics.json") for k in sorted(folds.finished)])
+    oof = pd.concat([pd.read_csv(run_dir / f"fold{k}" / "oof.csv") for k in sorted(folds.finished)])
+    cv = scores(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
+    out = {"run": run_dir.name, "folds": len(folds.finished), "of": folds.expected,
+           "cv_f1": round(cv["f1"], 5), **{f"cv_f1_{t}": round(cv[f"f1_{t}"], 5) for t in TASKS}}
+    for key in ("f1", *(f"f1_{t}" for t in TASKS)):
+        out[f"{key}_mean"] = round(float(metrics[key].mean()), 5)
+        out[f"{key}_std"] = round(float(metrics[key].std(ddof=0)), 5)
+    out["minutes"] = round(float(metrics["minutes"].sum()), 2)
+    out["img_per_s"] = round(float(metrics["img_per_s"].mean()), 1) if metrics["img_per_s"].notna().any() else None
+    return out
+
+
+def write_summaries(out: Path) -> Path:
+    """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish)."""
+    import pandas as pd
+
+    from files import locked, write_csv
+
+    with locked(out):
+        rows = []
+        for run in sorted(p for p in Path(out).iterdir() if p.is_dir()):
+            try:
+                rows.append(summarize(run))
+            except (UserError, OSError, KeyError, ValueError):
+                continue  # not a run folder, or no finished fold yet
+        df = pd.DataFrame(rows)
+        if len(df):
+            df = df.sort_values("cv_f1", ascending=False)
+        write_csv(df, Path(out) / "summary.csv")
+    return Path(out) / "summary.csv"

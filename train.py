@@ -23,7 +23,8 @@ from tqdm import tqdm
 from cli import Interrupted, UserError, choose, command, make_app, resolve_device, result
 from files import append_csv, check_outside, read_table, write_csv, write_json
 from labels import PROB_COLS, TASKS
-from runs import TrainConfig, prepare_fold
+from runs import TrainConfig, prepare_fold, results_row, write_summaries
+from tracking import Tracker, check_wandb
 
 app = make_app()
 FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
@@ -172,7 +173,7 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
     return loader, sampler
 
 
-def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log) -> None:
+def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log, tracker) -> None:
     """The epochs: train, validate (the EMA too), keep the best, save what --resume needs after each; stop
     early after --patience epochs without a better val F1."""
     import torch.distributed as dist
@@ -200,6 +201,9 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
         fold.history.append(row)
         if fold.place.rank0:
             log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
+            tracker.epoch(row)
+            if epoch == start and fold.shown is not None:
+                tracker.batch(fold.shown)
             best_v, best_p = winner
             if best_v["val_f1"] > fold.best["f1"]:
                 fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
@@ -254,15 +258,13 @@ def finish(fold, t0: float, log: Log) -> dict:
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
                "best_is_ema": bool(best.get("ema", False))}
-    row = {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model, "head": cfg.head, "loss": cfg.loss,
-           "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "aug": cfg.aug,
-           "cutmix": f"{cfg.cutmix}:{cfg.cutmix_mode}", "img_size": "x".join(map(str, cfg.img_size)),
-           "epochs": cfg.epochs, "f1": metrics["f1"], "best_epoch": metrics["best_epoch"],
-           "minutes": metrics["minutes"]}
-    append_csv(pd.DataFrame([row]), cfg.out / "results.csv")  # one line per finished fold
+    append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")  # one line per finished fold
     write_json(cfg.fold_dir / "metrics.json", metrics)
-    log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}")
-    return metrics
+    summary = write_summaries(cfg.out)
+    log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}; runs compared in {summary}")
+    files = ["best.pt", "last.pt", "oof.csv", "history.csv", "metrics.json", "config.json", "curves.png",
+             "confusion.png", "train.log", "tensorboard"]
+    return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
 
 
 @command(app, TrainConfig)
@@ -270,6 +272,7 @@ def main(cfg: TrainConfig):
     """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
     t0 = time.time()
     check_options(cfg)
+    check_wandb(cfg.wandb)
     df = read_folds(cfg.folds_csv, cfg.fold)
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
     state = prepare_fold(cfg)
@@ -304,15 +307,18 @@ def main(cfg: TrainConfig):
         log(f"resumed from {state.resume_from} after epoch {start}")
     trainer.wrap(fold)
     loader, sampler = make_loader(train_ds, cfg, place, cfg.seed)
+    tracker = Tracker(cfg.fold_dir, cfg.record(), f"{cfg.run_name}/fold{cfg.fold}", cfg.wandb) if place.rank0 else None
     try:
-        fit(fold, loader, sampler, va, va_images, start, log)
+        fit(fold, loader, sampler, va, va_images, start, log, tracker)
     except KeyboardInterrupt:
         done = len(fold.history)
         raise Interrupted(f"interrupted in epoch {done + 1} of {cfg.fold_dir}; " + (
             f"last.pt holds epoch {done}: the same command with --resume continues from there" if done else
             "no epoch was finished: the same command with --overwrite starts again")) from None
     if place.rank0:
-        result(finish(fold, t0, log))
+        metrics = finish(fold, t0, log)
+        tracker.close({k: v for k, v in metrics.items() if k != "files"})
+        result(metrics)
     if place.world > 1:
         dist.destroy_process_group()
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import losses
 import models
-from datasets import mix, to_input
+from datasets import mix, to_display, to_input
 from files import atomic_path
 from labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
 from optim import make_optimizer, make_scheduler
@@ -61,6 +61,7 @@ class Fold:
     scaler: torch.amp.GradScaler | None = None  # fp16 only: bf16 needs none
     ema: nn.Module | None = None  # timm's ModelEmaV3 of `net`
     steps: int = 0  # optimizer steps taken
+    shown: np.ndarray | None = None  # the first batch of this session as the model saw it (uint8 NHWC)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
 
@@ -144,6 +145,8 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
         kind = mix_kind(cfg, gen)
         if kind:
             x, y, y_b, lam = mix(kind, x, y, gen, cfg.cutmix_alpha, cfg.cutmix_mode, cfg.mixup_alpha)
+        if fold.shown is None and fold.place.rank0:
+            fold.shown = to_display(x[:32], fold.mean, fold.std)
         stepping = (step + 1) % cfg.accum_steps == 0 or step + 1 == batches
         with models.autocast(dev, fold.amp), sync_grads(fold, stepping):
             logits = fold.model(x)

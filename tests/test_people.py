@@ -5,15 +5,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke
 
 import decide
 import ensemble
 import grouping
 import people
-from conftest import invoke
 from files import write_probs
 from labels import PROB_COLS, encode
-
 
 # ---------------------------------------------------------------- the per-person rule
 

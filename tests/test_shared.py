@@ -222,7 +222,7 @@ def test_label_scheme_lives_in_one_place():
                        atol=1e-6)
 
 
-SCRIPTS = ["crop", "split", "train", "predict", "ensemble", "people", "demo"]
+SCRIPTS = ["crop", "split", "train", "predict", "ensemble", "people", "report", "demo"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -248,6 +248,7 @@ def test_train_help_names_every_registry_entry():
     import sys
 
     from conftest import ROOT
+
     from datasets import AUGS, CUTMIX_MODES
     from losses import LOSSES
     from optim import OPTIMIZERS, SCHEDULERS

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 import pandas as pd
@@ -243,8 +242,9 @@ def test_a_fold_with_other_options_is_refused_even_with_overwrite(folds, tmp_pat
 
 
 def test_predict_refuses_a_run_whose_folds_differ_and_names_a_partial_run(folds, tmp_path):
-    import predict
     from conftest import ROOT  # noqa: F401
+
+    import predict
     out = tmp_path / "runs"
     assert run_train(folds, out).exit_code == 0
     run = out / "test_resnet"
@@ -398,3 +398,46 @@ def test_timm_style_aliases(folds, tmp_path):
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "test_resnet" / "fold0" / "config.json").read_text())
     assert (cfg["optimizer"], cfg["scheduler"], cfg["batch_size"], cfg["workers"]) == ("sgd", "step", 8, 0)
+
+
+def test_tensorboard_and_wandb_offline_get_every_epoch_and_a_batch(folds, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    r = run_train(folds, tmp_path, "--epochs", "2", "--cutmix", "1", "--ema", "0.9", "--wandb", "maskfold-tests")
+    assert r.exit_code == 0, r.output
+    fold = tmp_path / "test_resnet" / "fold0"
+    events = EventAccumulator(str(fold / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("loss/train", "loss/val", "f1/val", "f1/val_ema", "f1_task/mask", "lr", "speed/img_per_s"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    hist = pd.read_csv(fold / "history.csv")
+    assert [e.value for e in events.Scalars("f1/val")] == pytest.approx(hist["val_f1"].tolist(), abs=1e-6)
+    assert tags["images"] == ["train/batch"]
+    runs = list((fold / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and all(t.encode() in runs[0].read_bytes() for t in ("f1/val", "loss/train"))
+
+
+def test_wandb_without_the_package_is_one_line(folds, tmp_path, monkeypatch):
+    import sys as _sys
+    monkeypatch.setitem(_sys.modules, "wandb", None)  # as if not installed
+    r = run_train(folds, tmp_path / "runs", "--wandb", "p")
+    assert r.exit_code == 2 and "pip install wandb" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_results_and_summary_compare_runs(folds, tmp_path):
+    out = tmp_path / "runs"
+    for k in (0, 1):
+        assert run_train(folds, out, "--fold", k).exit_code == 0
+    assert run_train(folds, out, "--run", "lr01", "--lr", "0.01").exit_code == 0
+    res = pd.read_csv(out / "results.csv")
+    assert {"lr", "batch_size", "img_size", "seed", "old_age", "ema", "mixup", "f1_mask"} <= set(res.columns)
+    assert res["lr"].tolist() == [0.001, 0.001, 0.01] and res["img_size"].tolist() == ["32x24"] * 3
+    summ = pd.read_csv(out / "summary.csv").set_index("run")
+    assert summ.loc["test_resnet", "folds"] == 2 and summ.loc["test_resnet", "of"] == 3
+    oof = pd.concat([pd.read_csv(out / "test_resnet" / f"fold{k}" / "oof.csv") for k in (0, 1)])
+    from labels import PROB_COLS, scores
+    assert summ.loc["test_resnet", "cv_f1"] == pytest.approx(scores(oof["label"], oof[PROB_COLS].to_numpy()
+                                                                    .argmax(1))["f1"], abs=1e-5)
+    assert summ.loc["test_resnet", "f1_mean"] == pytest.approx(res["f1"][:2].mean(), abs=1e-5)

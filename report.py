@@ -1,0 +1,259 @@
+"""One HTML page that compares runs and shows the photos behind their errors.
+
+    python report.py runs -o work/report.html                      # every run in runs/
+    python report.py runs/resnet50 runs/efficientnet_b2 -o report.html --crops work/crops/train
+
+The page is self-contained (pictures inlined): it opens on a laptop after scp. It has the
+runs' table (sortable; each run labelled by the options that differ between the runs),
+every fold, curves, per-class F1, confusion matrices, the out-of-fold photos each run gets
+most wrong, the people whose labels the out-of-fold predictions doubt, and crop.py's
+status counts and preview. A run or file that cannot be read is named in one line and left
+out; the rest is still written (exit code 1).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+import pages
+from cli import UserError, arg, command, make_app, opt, result
+from files import check_new, read_probs, read_table, write_text
+from labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
+from runs import RUN_KEYS, fold_configs, fold_dirs, read_json, run_folds
+
+app = make_app()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    runs: list[Path] = arg("run folders, or folders of runs (each run inside them)")
+    out: Path = opt(Path("report.html"), "HTML page to write", "--out", "-o")
+    crops: Optional[list[Path]] = opt(None, "crop.py output folder (repeat): its status counts and preview sheet")
+    worst: int = opt(24, "out-of-fold photos per run to show, those it gets most wrong first")
+    suspects: int = opt(8, "people per run whose labels its out-of-fold predictions doubt most")
+    title: str = opt("Runs compared", "the page's title")
+    overwrite: bool = opt(False, "replace an existing page")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    metrics: pd.DataFrame  # one row per finished fold
+    histories: dict[int, pd.DataFrame]
+    of: Optional[int]
+    oof: Optional[pd.DataFrame] = None  # path (resolved), label, fold, p0..p17
+    label: str = ""
+
+
+def run_paths(paths: list[Path], problems: list[str]) -> list[Path]:
+    """Run folders: each path that holds fold folders, else the run folders inside it."""
+    out = []
+    for p in paths:
+        if p.is_dir() and fold_dirs(p):
+            out.append(p)
+        elif p.is_dir() and (inner := [d for d in sorted(p.iterdir()) if d.is_dir() and fold_dirs(d)]):
+            out += inner
+        else:
+            problems.append(f"{p}: not a run folder (no fold*/ inside) nor a folder of runs")
+    return out
+
+
+def load_run(path: Path, problems: list[str]) -> Run | None:
+    try:
+        folds = run_folds(path)
+    except UserError as e:
+        problems.append(str(e))
+        return None
+    configs = fold_configs(path)
+    ks = sorted(folds.finished)
+    metrics = pd.DataFrame([read_json(path / f"fold{k}" / "metrics.json") for k in ks])
+    histories = {k: read_table(path / f"fold{k}" / "history.csv") for k in ks if (path / f"fold{k}/history.csv")
+                 .is_file()}
+    run = Run(path, configs.get(ks[0], {}), metrics, histories, folds.expected)
+    try:
+        frames = []
+        for k in ks:
+            df = read_probs(path / f"fold{k}" / "oof.csv", "path")
+            if not {"label", "fold"} <= set(df.columns):
+                raise UserError(f"{path}/fold{k}/oof.csv: not an oof.csv of train.py (no label or fold column)")
+            base = Path(configs[k]["folds_csv"]).parent if configs.get(k, {}).get("folds_csv") else path
+            df["path"] = [str((base / p).resolve()) for p in df["path"]]
+            frames.append(df)
+        run.oof = pd.concat(frames, ignore_index=True)
+    except UserError as e:
+        problems.append(f"{e}; {path.name}'s photos and per-class scores are left out")
+    return run
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Each run's label: the options that differ between the runs on the page (its name if none do)."""
+    keys = [k for k in RUN_KEYS if k != "folds_csv" and len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+    for r in runs:
+        parts = [f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}" for k in keys
+                 if (v := r.config.get(k)) is not None]
+        r.label = ", ".join(parts) or r.path.name
+
+
+def runs_table(runs: list[Run]) -> str:
+    rows = []
+    best = max((scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] for r in runs
+                if r.oof is not None), default=None)
+    for r in runs:
+        m = r.metrics
+        cv = scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
+        spread = [pages.cell(f"{m[c].mean():.4f} ± {m[c].std(ddof=0):.4f}") for c in ("f1", "f1_mask", "f1_gender",
+                                                                                    "f1_age")]
+        rows.append([pages.cell(r.path.name), pages.cell(r.label, cls="wrap"), pages.cell(r.config.get("model", "?")),
+                     pages.cell(f"{len(m)}/{r.of or '?'}"), pages.cell(cv, cls="best" if cv == best else "")]
+                    + spread + [pages.cell(m["best_epoch"].mean(), "{:.1f}"),
+                                pages.cell(m["img_per_s"].mean(), "{:.0f}"), pages.cell(m["minutes"].sum(), "{:.1f}")])
+    return pages.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 mean ± sd",
+                        "mask", "gender", "age", "best epoch", "img/s", "minutes"], rows, table_id="runs")
+
+
+def folds_table(runs: list[Run]) -> str:
+    rows = [[pages.cell(r.path.name), pages.cell(int(f["fold"]), "{}"), pages.cell(f["f1"])]
+            + [pages.cell(f[f"f1_{t}"]) for t in TASKS] + [pages.cell(int(f["best_epoch"]), "{}"),
+                                                           pages.cell(f.get("epochs_run"), "{:.0f}"),
+                                                           pages.cell(f["minutes"], "{:.2f}")]
+            for r in runs for _, f in r.metrics.iterrows()]
+    return pages.table(["run", "fold", "macro F1", "mask", "gender", "age", "best epoch", "epochs", "minutes"], rows)
+
+
+def curves(runs: list[Run]) -> str:
+    import plots
+
+    plt = plots._plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    for r in runs:
+        if not r.histories:
+            continue
+        h = pd.concat(r.histories.values()).groupby("epoch")[["val_f1", "val_loss", "train_loss"]].mean()
+        line = ax[0].plot(h.index, h["val_f1"], label=r.label[:40])[0]
+        ax[1].plot(h.index, h["val_loss"], color=line.get_color())
+        ax[1].plot(h.index, h["train_loss"], color=line.get_color(), linestyle=":")
+    ax[0].set_title("val macro F1 (mean over folds)")
+    ax[1].set_title("loss: val (solid), train (dotted)")
+    for a in ax:
+        a.set_xlabel("epoch")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    return f"<div class='figs'><img src='{plots.png_data(fig)}' alt='curves'></div>"
+
+
+def per_class(runs: list[Run]) -> str:
+    from sklearn.metrics import f1_score
+
+    have = [r for r in runs if r.oof is not None]
+    f1 = {r.path.name: f1_score(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1), labels=range(NUM_CLASSES),
+                                average=None, zero_division=0) for r in have}
+    counts = {c: int(sum((r.oof["label"] == c).sum() for r in have[:1])) for c in range(NUM_CLASSES)}
+    rows = [[pages.cell(class_name(c)), pages.cell(counts[c], "{}")] + [pages.heat(f1[r.path.name][c]) for r in have]
+            for c in range(NUM_CLASSES)]
+    return pages.table(["class", "photos"] + [r.path.name for r in have], rows)
+
+
+def confusions(runs: list[Run]) -> str:
+    import plots
+
+    imgs = []
+    for r in (r for r in runs if r.oof is not None):
+        fig = plots.confusion(r.oof["label"].to_numpy(), r.oof[PROB_COLS].to_numpy().argmax(1), title=r.path.name)
+        imgs.append(f"<img src='{plots.png_data(fig, dpi=60)}' alt='confusion {pages.esc(r.path.name)}'>")
+    return f"<div class='figs'>{''.join(imgs)}</div>"
+
+
+def worst_photos(r: Run, n: int) -> str:
+    p = r.oof[PROB_COLS].to_numpy()
+    y = r.oof["label"].to_numpy()
+    p_true = p[np.arange(len(y)), y]
+    tiles = []
+    for i in np.argsort(p_true)[:n]:
+        pred = int(p[i].argmax())
+        tiles.append(pages.thumb(pages.thumb_uri(Path(r.oof["path"].iloc[i])),
+                                 [f"true {class_name(y[i])}", f"pred {class_name(pred)}",
+                                  f"p(true) {p_true[i]:.2f}, fold {int(r.oof['fold'].iloc[i])}"], bad=pred != y[i]))
+    return f"<h3>{pages.esc(r.path.name)}</h3><div class='thumbs'>{''.join(tiles)}</div>"
+
+
+def suspect_people(r: Run, n: int) -> str:
+    p = r.oof[PROB_COLS].to_numpy()
+    df = r.oof.assign(person=[Path(x).parent.name for x in r.oof["path"]],
+                      p_label=p[np.arange(len(p)), r.oof["label"].to_numpy()], pred=p.argmax(1))
+    worst = df.groupby("person")["p_label"].mean().sort_values().index[:n]
+    rows = []
+    for person in worst:
+        ph = df[df["person"] == person]
+        who = (f"<div class='who'><b>{pages.esc(person)}</b><br>mean p(label) {ph['p_label'].mean():.2f}<br>"
+               f"{int((ph['pred'] != ph['label']).sum())} of {len(ph)} wrong</div>")
+        tiles = [pages.thumb(pages.thumb_uri(Path(x.path)), [f"label {class_name(x.label)}",
+                                                             f"pred {class_name(x.pred)}"], bad=x.pred != x.label)
+                 for x in ph.itertuples()]
+        rows.append(f"<div class='row'>{who}{''.join(tiles)}</div>")
+    return f"<h3>{pages.esc(r.path.name)}</h3>{''.join(rows)}"
+
+
+def crop_section(folder: Path, problems: list[str]) -> str:
+    report = folder / "crop_report.csv"
+    if not report.is_file():
+        problems.append(f"{folder}: no crop_report.csv (not an output folder of crop.py)")
+        return ""
+    df = read_table(report)
+    counts = df["status"].value_counts()
+    row = [pages.cell(str(folder)), pages.cell(len(df), "{}")] + [pages.cell(int(counts.get(s, 0)), "{}")
+                                                                   for s in ("face", "person", "prior", "unreadable")]
+    summary = folder / "crop_summary.json"
+    rate = read_json(summary).get("img_per_s") if summary.is_file() else None
+    uri = pages.jpeg_uri(folder / "preview.jpg") if (folder / "preview.jpg").is_file() else None
+    return (pages.table(["crops", "photos", "face", "person", "prior", "unreadable"], [row], sortable=False)
+            + (f"<div class='sub'>{rate} photos/s</div>" if rate else "")
+            + (f"<details><summary>preview sheet of {pages.esc(folder)}</summary><div class='figs'>"
+               f"<img src='{uri}' alt='crop preview'></div></details>" if uri else ""))
+
+
+@command(app, ReportOptions)
+def main(o: ReportOptions):
+    """One self-contained HTML page comparing runs, with the photos behind their errors."""
+    t0 = time.time()
+    check_new(o.out, overwrite=o.overwrite)
+    problems: list[str] = []
+    runs = [r for r in (load_run(p, problems) for p in run_paths(o.runs, problems)) if r is not None]
+    sections = []
+    if runs:
+        label_runs(runs)
+        with_oof = [r for r in runs if r.oof is not None]
+        sections += ["<h2>Runs</h2>", runs_table(runs), "<h2>Folds</h2>", folds_table(runs), "<h2>Curves</h2>",
+                     curves(runs)]
+        if with_oof:
+            sections += ["<h2>Per-class F1 (out of fold)</h2>", per_class(runs), "<h2>Confusion matrices</h2>",
+                         confusions(runs), "<h2>Photos each run gets most wrong</h2>",
+                         *(worst_photos(r, o.worst) for r in with_oof),
+                         "<h2>People whose labels the out-of-fold predictions doubt</h2>",
+                         *(suspect_people(r, o.suspects) for r in with_oof)]
+    crops = [crop_section(f, problems) for f in o.crops or []]
+    if any(crops):
+        sections += ["<h2>Crops</h2>", *crops]
+    if not sections:
+        raise UserError("nothing to report: " + "; ".join(problems))
+    warn = "".join(f"<div class='warn'>{pages.esc(p)}</div>" for p in problems)
+    subtitle = f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M')}"
+    write_text(o.out, pages.page(o.title, subtitle, [warn, *sections]))
+    size = o.out.stat().st_size
+    result({"out": str(o.out), "runs": [str(r.path) for r in runs], "problems": len(problems),
+            "kib": round(size / 1024, 1), "seconds": round(time.time() - t0, 1), "files": [str(o.out)]})
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app()
