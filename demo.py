@@ -270,7 +270,9 @@ def main(o: DemoOptions):
     write_csv(truth[["ImageID", "person"]], o.out / "eval" / "people_truth.csv")  # which photos are one person
     write_csv(truth[["ImageID"]].assign(ans=0), o.out / "eval" / "info.csv")
     result({"out": str(o.out), "train_people": o.people, "train_images": 7 * o.people,
-            "eval_people": o.eval_people, "eval_images": len(truth)})
+            "eval_people": o.eval_people, "eval_images": len(truth),
+            "files": [str(o.out / f) for f in ("train/train.csv", "train/images", "eval/info.csv", "eval/images",
+                                               "eval/truth.csv", "eval/people_truth.csv")]})
 
 
 if __name__ == "__main__":

@@ -102,10 +102,9 @@ def groups_of(path: Path, keys: list[str], size: int, what: str) -> np.ndarray:
     return people.loc[keys, "group"].to_numpy()
 
 
-def cv_and_rules(o: EnsembleOptions, cv: OOF, recipe: Recipe, summary: dict) -> tuple[np.ndarray, bool]:
-    """Score the recipe out of fold; decide whether the bias and the per-person rule are applied (each
-    only if it gains on held-out folds). Returns (bias, people rule applied)."""
-    p = recipe.combine(cv.inputs)
+def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> tuple[np.ndarray, bool]:
+    """Score the recipe's out-of-fold probabilities `p`; decide whether the bias and the per-person rule are
+    applied (each only if it gains on held-out folds). Returns (bias, people rule applied)."""
     for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
         s = decide.task_f1(cv.y, q.argmax(1))
         print(f"CV {name}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS), file=sys.stderr)
@@ -122,6 +121,8 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, recipe: Recipe, summary: dict) -> 
         if gain > 0:
             rows, b = held, decide.fit_bias(p, cv.y)
     if cv.groups is None:
+        if o.people:
+            print("per person: applied unchecked (--oof-people scores it out of fold first)", file=sys.stderr)
         return b, o.people is not None
     before = decide.task_f1(cv.y, decide.answers(p, rows))
     after = decide.task_f1(cv.y, decide.answers(p, rows, cv.groups, o.group_size))
@@ -149,8 +150,11 @@ def main(o: EnsembleOptions):
         cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, "the out-of-fold photos")
     truth = read_truth(o.truth, ids) if o.truth else None
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
-    b, use_people = cv_and_rules(o, cv, recipe, summary) if cv is not None else (np.zeros(NUM_CLASSES),
-                                                                                 o.people is not None)
+    p_oof = recipe.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets
+    if cv is not None:
+        b, use_people = cv_and_rules(o, cv, p_oof, summary)
+    else:
+        b, use_people = np.zeros(NUM_CLASSES), o.people is not None
     p = recipe.combine(probs)
     plain = decide.answers(p, b)
     ans = plain
@@ -161,7 +165,7 @@ def main(o: EnsembleOptions):
         print(f"per person: {summary['people_changed']} of {len(ans)} answers change"
               f"{'' if use_people else ' (not applied)'}", file=sys.stderr)
     if o.suspects:
-        write_csv(suspects(cv, recipe.combine(cv.inputs), 50), o.suspects)
+        write_csv(suspects(cv, p_oof, 50), o.suspects)
     if o.probs_out:
         write_csv(pd.DataFrame(p, columns=PROB_COLS).assign(ImageID=ids.to_numpy())[["ImageID"] + PROB_COLS],
                   o.probs_out, float_format="%.6g")

@@ -87,6 +87,12 @@ def purity(label: np.ndarray, person: np.ndarray) -> float:
     return float((same & whole).mean())
 
 
+def peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
 def table(ids: list[str], label: np.ndarray, margin: np.ndarray) -> pd.DataFrame:
     df = pd.DataFrame({"ImageID": ids, "group": label, "margin": np.round(margin, 4)})
     df["size"] = df.groupby("group")["group"].transform("size")
@@ -143,7 +149,7 @@ def main(o: PeopleOptions):
                "sizes": {int(k): int(v) for k, v in sizes.value_counts().sort_index().items()},
                "share_in_groups_of_size": round(float((df["size"] == o.size).mean()), 4) if len(df) else 0.0,
                "unreadable": len(bad), "photos_per_s": round(len(ids) / (time.time() - t0), 1),
-               "features_mib": round(F.nbytes / 2**20, 1)}
+               "features_mib": round(F.nbytes / 2**20, 1), "peak_rss_mib": peak_rss_mib()}
     print(f"people: {summary['groups']} groups of {len(ids)} photos, {summary['share_in_groups_of_size']:.1%} in "
           f"groups of {o.size}", file=sys.stderr)
     if person is not None:

@@ -24,7 +24,8 @@ class TrainConfig:
     folds_csv: Path = arg("folds.csv from split.py")
     model: str = opt(..., "any timm model name, e.g. resnet18, efficientnet_b2_pruned", run=True)
     fold: int = opt(0, "validation fold; the others train")
-    run: Optional[str] = opt(None, "run name (default: the model name)")
+    run: Optional[str] = opt(None, "run name, the folder under --out (default: the model name); named so that "
+                             "torchrun does not take it for its own --run-path", "--run-name")
     out: Path = opt(Path("runs"), "folder of runs")
     pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub)", run=True)
     head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
@@ -94,6 +95,7 @@ class TrainConfig:
                     list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
 RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) + ("folds_csv",)
 
 
@@ -152,13 +154,13 @@ def prepare_fold(cfg: TrainConfig) -> FoldState:
     if odd:
         keys = sorted({key for v in odd.values() for key in v})
         raise UserError(f"run {cfg.run_dir} was made with other options ({', '.join(keys)}) in fold(s) "
-                        f"{', '.join(map(str, odd))}; pass --run NAME for a new run")
+                        f"{', '.join(map(str, odd))}; pass --run-name NAME for a new run")
     d = cfg.fold_dir
     own = fold_configs(cfg.run_dir).get(cfg.fold)
     changed = differences(own, mine) if own else []
     if (d / "metrics.json").is_file() and not cfg.overwrite:
         if changed:
-            raise UserError(f"{d} is finished with other options ({', '.join(changed)}); pass --run NAME for a "
+            raise UserError(f"{d} is finished with other options ({', '.join(changed)}); pass --run-name NAME for a "
                             "new run, or --overwrite to redo this fold")
         if cfg.skip_done:
             return FoldState(finished=read_json(d / "metrics.json"))
@@ -252,3 +254,27 @@ def write_summaries(out: Path) -> Path:
             df = df.sort_values("cv_f1", ascending=False)
         write_csv(df, Path(out) / "summary.csv")
     return Path(out) / "summary.csv"
+
+
+def read_folds(path: Path, fold: int):
+    """folds.csv, checked: its columns, no person in two folds, the fold asked for, every photo there."""
+    from files import read_table
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    df = read_table(path, dtype={"id": str})
+    missing = [c for c in FOLD_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (make it with split.py)")
+    spans = df.groupby("person")["fold"].nunique()
+    if (spans > 1).any():
+        raise UserError(f"{path}: person {spans[spans > 1].index[0]} is in more than one fold, a leak; "
+                        "re-split with split.py")
+    folds = sorted(df["fold"].unique())
+    if fold not in folds:
+        raise UserError(f"--fold {fold}: {path} has folds {', '.join(map(str, folds))}")
+    df["file"] = [str(path.parent / p) for p in df["path"]]
+    absent = [f for f in df["file"] if not os.path.isfile(f)]
+    if absent:
+        raise UserError(f"{path}: {len(absent)} image(s) missing, first {absent[0]}")
+    return df

@@ -21,13 +21,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from cli import Interrupted, UserError, choose, command, make_app, resolve_device, result
-from files import append_csv, check_outside, read_table, write_csv, write_json
+from files import append_csv, check_outside, write_csv, write_json
 from labels import PROB_COLS, TASKS
-from runs import TrainConfig, prepare_fold, results_row, write_summaries
+from runs import TrainConfig, prepare_fold, read_folds, results_row, write_summaries
 from tracking import Tracker, check_wandb
 
 app = make_app()
-FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
 
 
 def check_options(cfg: TrainConfig) -> None:
@@ -57,27 +56,6 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError(f"--init-from {cfg.init_from}: no such checkpoint")
 
 
-def read_folds(path: Path, fold: int) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    df = read_table(path, dtype={"id": str})
-    missing = [c for c in FOLD_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (make it with split.py)")
-    spans = df.groupby("person")["fold"].nunique()
-    if (spans > 1).any():
-        raise UserError(f"{path}: person {spans[spans > 1].index[0]} is in more than one fold, a leak; "
-                        "re-split with split.py")
-    folds = sorted(df["fold"].unique())
-    if fold not in folds:
-        raise UserError(f"--fold {fold}: {path} has folds {', '.join(map(str, folds))}")
-    df["file"] = [str(path.parent / p) for p in df["path"]]
-    absent = [f for f in df["file"] if not os.path.isfile(f)]
-    if absent:
-        raise UserError(f"{path}: {len(absent)} image(s) missing, first {absent[0]}")
-    return df
-
-
 class Log:
     """Lines to stderr and to train.log (jobs left in tmux); rank 0 only."""
 
@@ -101,13 +79,14 @@ def setup_place(cfg: TrainConfig):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = resolve_device(cfg.device) == "cuda"
-    if world == 1:
+    if world == 1 and "LOCAL_RANK" not in os.environ:  # not started by torchrun
         return Place("cuda" if cuda else "cpu")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local)
-    return Place(f"cuda:{local}" if cuda else "cpu", dist.get_rank(), world)
+    dist.init_process_group(backend)
+    return Place(f"cuda:{local}" if cuda else "cpu", dist.get_rank(), world, backend)
 
 
 def create_model(cfg: TrainConfig, resume_from: Path | None):
@@ -143,17 +122,6 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
     write_json(cfg.fold_dir / "config.json", {**record, "folds_total": folds_total})
-
-
-def note_precision(cfg: TrainConfig, device: str, dtype, log: Log) -> None:
-    """Say what --amp became."""
-    if cfg.amp and dtype is None:
-        log("--amp: off on a CPU, where autocast makes training slower (bf16 cost the demo model 7x); "
-            "--amp-dtype bf16 or fp16 forces it")
-    elif dtype is not None:
-        name = "bf16" if "bfloat16" in str(dtype) else "fp16"
-        where = "" if device.startswith("cuda") else ", forced on a CPU: expect it to be slower than float32"
-        log(f"mixed precision: {name} autocast" + (" with a gradient scaler" if name == "fp16" else "") + where)
 
 
 def make_loader(ds, cfg: TrainConfig, place, seed: int):
@@ -212,7 +180,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
                 write_oof(cfg.fold_dir / "oof.csv", va, best_p)
             write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
             trainer.save(trainer.checkpoint(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
-        if fold.place.world > 1:
+        if fold.place.backend is not None:
             dist.barrier()
 
 
@@ -241,6 +209,12 @@ def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
     write_csv(oof, path, float_format="%.6g")
 
 
+def gpu_peak_gib(device: str) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
 def finish(fold, t0: float, log: Log) -> dict:
     """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
     import plots
@@ -257,7 +231,7 @@ def finish(fold, t0: float, log: Log) -> dict:
                "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
-               "best_is_ema": bool(best.get("ema", False))}
+               "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device)}
     append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")  # one line per finished fold
     write_json(cfg.fold_dir / "metrics.json", metrics)
     summary = write_summaries(cfg.out)
@@ -291,7 +265,7 @@ def main(cfg: TrainConfig):
         start_fold_dir(cfg, df["fold"].nunique())
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
     log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.head} loss={cfg.loss} opt={cfg.optimizer} "
-        f"sched={cfg.scheduler} on {place.device} x{place.world}")
+        f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else ""))
     tr, va = (df[df["fold"] != cfg.fold].reset_index(drop=True), df[df["fold"] == cfg.fold].reset_index(drop=True))
     t = time.time()
     tr_images, va_images = load_cache(tr["file"].tolist(), cfg.img_size), load_cache(va["file"].tolist(), cfg.img_size)
@@ -301,7 +275,7 @@ def main(cfg: TrainConfig):
     train_ds = CachedImages(tr_images, targets, cfg.aug)
     batches = max(len(train_ds) // (cfg.batch_size * place.world), 1)
     fold = trainer.build(cfg, place, net, targets, steps=-(-batches // cfg.accum_steps))
-    note_precision(cfg, place.device, fold.amp, log)
+    trainer.note_precision(cfg, place.device, fold.amp, log)
     start = trainer.restore(fold, ck) if ck is not None else 0
     if ck is not None:
         log(f"resumed from {state.resume_from} after epoch {start}")
@@ -319,7 +293,7 @@ def main(cfg: TrainConfig):
         metrics = finish(fold, t0, log)
         tracker.close({k: v for k, v in metrics.items() if k != "files"})
         result(metrics)
-    if place.world > 1:
+    if place.backend is not None:
         dist.destroy_process_group()
 
 

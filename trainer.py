@@ -39,6 +39,7 @@ class Place:
     device: str
     rank: int = 0
     world: int = 1
+    backend: str | None = None  # nccl or gloo under torchrun (even for one process), else None
 
     @property
     def rank0(self) -> bool:
@@ -92,7 +93,7 @@ def wrap(fold: Fold) -> None:
     """Compile and/or wrap for DistributedDataParallel, after any resume has loaded the weights."""
     if fold.cfg.compile:
         fold.model = torch.compile(fold.net)
-    if fold.place.world > 1:
+    if fold.place.backend is not None:
         from torch.nn.parallel import DistributedDataParallel
 
         dev = fold.place.device
@@ -231,3 +232,14 @@ def restore(fold: Fold, ck: dict) -> int:
 def save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def note_precision(cfg: TrainConfig, device: str, dtype, log) -> None:
+    """Say what --amp became."""
+    if cfg.amp and dtype is None:
+        log("--amp: off on a CPU, where autocast makes training slower (bf16 cost the demo model 7x); "
+            "--amp-dtype bf16 or fp16 forces it")
+    elif dtype is not None:
+        name = "bf16" if "bfloat16" in str(dtype) else "fp16"
+        where = "" if device.startswith("cuda") else ", forced on a CPU: expect it to be slower than float32"
+        log(f"mixed precision: {name} autocast" + (" with a gradient scaler" if name == "fp16" else "") + where)

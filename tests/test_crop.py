@@ -23,18 +23,24 @@ def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 
     return img, face
 
 
+def person_photos(folder, shown: dict) -> dict:
+    """Photos named as `shown` says ({name: (portrait, drawn stem, seed)}) in a new person folder; their faces."""
+    folder.mkdir(parents=True)
+    faces = {}
+    for name, (portrait, stem, seed) in shown.items():
+        img, faces[name] = photo(portrait, stem, seed=seed)
+        img.save(folder / f"{name}.jpg", quality=95)
+    return faces
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     person = src / "000001_female_Asian_45"
-    person.mkdir()
-    faces = {}
     # drawn masks found by MTCNN's defaults and crop.py's (both miss some others, as on real masks)
     shown = {"normal": ("grace_hopper", "normal", 1), "mask1": ("grace_hopper", "mask1", 2),
              "mask2": ("astronaut", "normal", 1), "mask3": ("astronaut", "mask2", 1)}
-    for name, (portrait, stem, seed) in shown.items():
-        img, faces[f"000001_female_Asian_45/{name}.jpg"] = photo(portrait, stem, seed=seed)
-        img.save(person / f"{name}.jpg", quality=95)
+    faces = {f"000001_female_Asian_45/{k}.jpg": v for k, v in person_photos(person, shown).items()}
     img, faces["000001_female_Asian_45/mask4.png"] = photo("astronaut", "mask5", seed=1)
     img.convert("RGBA").save(person / "mask4.png")
     # a photo of the same person with no detectable face: a flat grey card
@@ -313,13 +319,8 @@ def mixed_sizes(tmp_path_factory):
     """One person, photos at two sizes: four at 384x512, a fifth and a faceless card at twice that."""
     src = tmp_path_factory.mktemp("mixed")
     person = src / "000002_male_Asian_30"
-    person.mkdir()
-    faces = {}
-    for name, (portrait, stem, seed) in {"mask1": ("grace_hopper", "mask1", 2), "mask2": ("grace_hopper", "normal", 1),
-                                         "mask3": ("grace_hopper", "normal", 3),
-                                         "mask4": ("grace_hopper", "normal", 4)}.items():
-        img, faces[name] = photo(portrait, stem, seed=seed)
-        img.save(person / f"{name}.jpg", quality=95)
+    faces = person_photos(person, {"mask1": ("grace_hopper", "mask1", 2), "mask2": ("grace_hopper", "normal", 1),
+                                   "mask3": ("grace_hopper", "normal", 3), "mask4": ("grace_hopper", "normal", 4)})
     img, face = photo("grace_hopper", "normal", seed=5)
     img.resize((768, 1024), Image.BICUBIC).save(person / "normal.jpg", quality=95)
     faces["normal"] = face * 2

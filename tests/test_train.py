@@ -430,7 +430,7 @@ def test_results_and_summary_compare_runs(folds, tmp_path):
     out = tmp_path / "runs"
     for k in (0, 1):
         assert run_train(folds, out, "--fold", k).exit_code == 0
-    assert run_train(folds, out, "--run", "lr01", "--lr", "0.01").exit_code == 0
+    assert run_train(folds, out, "--run-name", "lr01", "--lr", "0.01").exit_code == 0
     res = pd.read_csv(out / "results.csv")
     assert {"lr", "batch_size", "img_size", "seed", "old_age", "ema", "mixup", "f1_mask"} <= set(res.columns)
     assert res["lr"].tolist() == [0.001, 0.001, 0.01] and res["img_size"].tolist() == ["32x24"] * 3
