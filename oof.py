@@ -6,6 +6,7 @@ paths, so runs split from different folds.csv files still line up.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ def read_run_oof(run: Path) -> pd.DataFrame:
             if col not in df.columns:
                 raise UserError(f"{f}: no {col} column (an oof.csv of train.py has path,label,fold,p0..p17)")
         base = Path(configs[k]["folds_csv"]).parent if k in configs and configs[k].get("folds_csv") else None
-        df["path"] = [str((base / p).resolve()) if base else p for p in df["path"]]
+        df["path"] = [os.path.abspath(base / p) if base else p for p in df["path"]]  # links stay links
         frames.append(df)
     return pd.concat(frames).set_index("path")
 

@@ -11,6 +11,7 @@ the setting and clothes that one person's photos share.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class PeopleOptions:
     truth: Optional[Path] = opt(None, "ImageID,person: print the grouping's purity against it")
     preview: Optional[Path] = opt(None, "sheet of a sample of groups, least sure first (JPEG)")
     preview_groups: int = opt(16, "groups on the preview sheet")
-    workers: int = opt(8, "decoding threads")
+    workers: int = opt(os.cpu_count() or 1, "decoding threads")
     overwrite: bool = opt(False, "replace existing output files")
 
 
@@ -81,10 +82,15 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
 
 def purity(label: np.ndarray, person: np.ndarray) -> float:
     """Share of photos whose group is exactly their person's photos."""
+    return purity_of(label, person, np.ones(len(label), bool))
+
+
+def purity_of(label: np.ndarray, person: np.ndarray, among: np.ndarray) -> float:
+    """purity() among the photos `among` selects (their groups judged whole)."""
     df = pd.DataFrame({"g": label, "p": person})
     same = df.groupby("g")["p"].transform(lambda s: s.nunique() == 1)
     whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
-    return float((same & whole).mean())
+    return float((same & whole)[among].mean()) if among.any() else 0.0
 
 
 def peak_rss_mib() -> float:
@@ -152,9 +158,13 @@ def main(o: PeopleOptions):
                "features_mib": round(F.nbytes / 2**20, 1), "peak_rss_mib": peak_rss_mib()}
     print(f"people: {summary['groups']} groups of {len(ids)} photos, {summary['share_in_groups_of_size']:.1%} in "
           f"groups of {o.size}", file=sys.stderr)
+    sure = (df["sure"] > 0).to_numpy()
+    summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
     if person is not None:
         summary["purity"] = round(purity(label, person), 4)
-        print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person)",
+        summary["purity_sure"] = round(purity_of(label, person, sure), 4)
+        print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person); "
+              f"{summary['purity_sure']:.4f} among the {summary['share_sure']:.1%} in groups surer than 0",
               file=sys.stderr)
     write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
                                         **summary})

@@ -13,6 +13,7 @@ out; the rest is still written (exit code 1).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def load_run(path: Path, problems: list[str]) -> Run | None:
             if not {"label", "fold"} <= set(df.columns):
                 raise UserError(f"{path}/fold{k}/oof.csv: not an oof.csv of train.py (no label or fold column)")
             base = Path(configs[k]["folds_csv"]).parent if configs.get(k, {}).get("folds_csv") else path
-            df["path"] = [str((base / p).resolve()) for p in df["path"]]
+            df["path"] = [os.path.abspath(base / p) for p in df["path"]]  # links stay links
             frames.append(df)
         run.oof = pd.concat(frames, ignore_index=True)
     except UserError as e:
@@ -191,7 +192,7 @@ def suspect_people(r: Run, n: int) -> str:
     worst = df.groupby("person")["p_label"].mean().sort_values().index[:n]
     rows = []
     for person in worst:
-        ph = df[df["person"] == person]
+        ph = df[df["person"] == person].head(14)
         who = (f"<div class='who'><b>{pages.esc(person)}</b><br>mean p(label) {ph['p_label'].mean():.2f}<br>"
                f"{int((ph['pred'] != ph['label']).sum())} of {len(ph)} wrong</div>")
         tiles = [pages.thumb(pages.thumb_uri(Path(x.path)), [f"label {class_name(x.label)}",

@@ -93,7 +93,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def loaders(files: list[str], size, batch: int, workers: int, device: str) -> tuple[float, float]:
+def loaders(files: list[str], size, batch: int, workers: int, device: str, least: int = 3000) -> tuple[float, float]:
     """img/s of train.py's data path alone (cache + albumentations + device normalise) and of the
     teams' loader (PIL open per image + torchvision transforms), same workers and batch."""
     from torch.utils.data import DataLoader, Dataset
@@ -102,7 +102,7 @@ def loaders(files: list[str], size, batch: int, workers: int, device: str) -> tu
     from datasets import CachedImages, to_input
     from images import load_cache
 
-    def rate(loader, norm, least: int = 3000):
+    def rate(loader, norm):
         """img/s over whole epochs until `least` images, after the first batch (worker start-up)."""
         n, t = 0, None
         while n < least:

@@ -31,9 +31,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 GOALS = {"crop_img_per_s": (">=", 1000), "train_vs_model_only": (">=", 0.9),
          "projected_5fold_10epoch_minutes": ("<", 10), "predict_vs_model_only": (">=", 0.9)}
 FULL = dict(people=300, eval_people=60, model="efficientnet_b2", size=(256, 192), batch=128, epochs=4, workers=8,
-            crop_batch=256, small="mobilenetv3_small_100")
+            crop_batch=256, crop_workers=8, small="mobilenetv3_small_100")
 REDUCED = dict(people=12, eval_people=3, model="test_resnet", size=(64, 48), batch=16, epochs=1, workers=0,
-               crop_batch=32, small="test_resnet")
+               crop_batch=32, crop_workers=1, small="test_resnet")
 REAL = {"photos": 18_900, "folds": 5, "epochs": 10}
 
 
@@ -60,10 +60,10 @@ class Parts:
 def crop_part(data: Path, work: Path, dev: str, s: dict, times: dict) -> dict:
     """crop.py on the device (timed end to end, checked not to fall back to the CPU), then the CPU path on the
     same photos: the share of faces both found whose boxes agree (IoU >= 0.8)."""
-    gpu = step("crop_train", ["crop.py", str(data / "train/images"), str(work / "crops/train"), "--overwrite",
-                              "--device", dev, "--batch-size", str(s["crop_batch"]), "--workers", "8"], times)
-    step("crop_eval", ["crop.py", str(data / "eval/images"), str(work / "crops/eval"), "--overwrite", "--device", dev,
-                       "--batch-size", str(s["crop_batch"]), "--workers", "8"], times)
+    sizes = ["--device", dev, "--batch-size", str(s["crop_batch"]), "--workers", str(s["crop_workers"])]
+    gpu = step("crop_train", ["crop.py", str(data / "train/images"), str(work / "crops/train"), "--overwrite", *sizes],
+               times)
+    step("crop_eval", ["crop.py", str(data / "eval/images"), str(work / "crops/eval"), "--overwrite", *sizes], times)
     if gpu["device"] != dev:
         raise RuntimeError(f"crop.py ran on {gpu['device']}, not {dev}")
     if dev == "cpu":  # the reduced form on a CPU: nothing to compare
@@ -99,7 +99,8 @@ def train_part(work: Path, dev: str, s: dict, reduced: bool, times: dict) -> dic
     infer_only = model_only_infer(s["model"], s["batch"] * 2, s["size"], dev, not reduced)
     df = pd.read_csv(work / "folds.csv")
     files = [str(work / p) for p in df["path"]]
-    loader, _ = loaders(files[: 4 * s["batch"] * 4], s["size"], s["batch"], s["workers"], dev)
+    loader, _ = loaders(files[: 4 * s["batch"] * 4], s["size"], s["batch"], s["workers"], dev,
+                        least=256 if reduced else 3000)
     rate = float(np.mean([f["img_per_s"] for f in folds]))
     t0 = time.time()
     from images import load_cache

@@ -132,26 +132,38 @@ def people_at_scale(out: Path, eval_people: int, times: dict) -> dict:
     r = step("people", ["people.py", str(data / "eval/images"), "-o", str(out / "people.csv"), "--info",
                         str(data / "eval/info.csv"), "--truth", str(data / "eval/people_truth.csv"), "--overwrite"],
              times)
-    return {"photos": r["photos"], "photos_per_s": r["photos_per_s"], "seconds": r["seconds"], "purity": r["purity"],
-            "peak_rss_mib": r["peak_rss_mib"], "features_mib": r["features_mib"]}
+    return {k: r[k] for k in ("photos", "photos_per_s", "seconds", "purity", "purity_sure", "share_sure",
+                              "peak_rss_mib", "features_mib")}
 
 
 def report_at_scale(work: Path, run: Path, times: dict, runs: int = 3, folds: int = 5, photos: int = 18_900) -> dict:
-    """report.py on `runs` runs x `folds` folds of the real data's size, made from a real run's files (its
-    out-of-fold rows repeated up to `photos`, their crops the thumbnails)."""
+    """report.py on `runs` runs x `folds` folds of the real data's size, made from a real run's files: its
+    out-of-fold rows drawn again up to `photos` people's photos (links to its crops, 7 to a person)."""
     import shutil
 
-    root = work / "report_scale"
-    shutil.rmtree(root, ignore_errors=True)
+    from labels import PROB_COLS
+
+    root, linked = work / "report_scale", work / "scale_photos"
+    for d in (root, linked):
+        shutil.rmtree(d, ignore_errors=True)
     oof = pd.read_csv(run / "fold0" / "oof.csv")
-    per_fold = photos // folds
     rng = np.random.default_rng(0)
+    rows = oof.iloc[rng.integers(0, len(oof), photos)].reset_index(drop=True)
+    paths = []
+    for i, src in enumerate(rows["path"]):
+        dst = linked / f"p{i // 7:05d}" / f"{i % 7}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to((work / src).resolve())
+        paths.append(str(dst.relative_to(work)))
+    rows["path"] = paths
+    per_fold = photos // folds
     for r in range(runs):
+        p = rows[PROB_COLS].to_numpy()
+        rows[PROB_COLS] = np.roll(p, r, axis=0)  # each run its own predictions
         for k in range(folds):
             d = root / f"run{r}" / f"fold{k}"
             shutil.copytree(run / "fold0", d, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
-            rows = oof.iloc[rng.integers(0, len(oof), per_fold)].assign(fold=k)
-            rows.to_csv(d / "oof.csv", index=False)
+            rows.iloc[k * per_fold:(k + 1) * per_fold].assign(fold=k).to_csv(d / "oof.csv", index=False)
             (d / "best.pt").write_bytes(b"")
     t = time.time()
     r = step("report_scale", ["report.py", str(root), "-o", str(work / "report_scale.html"), "--overwrite"], times)

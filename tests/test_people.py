@@ -261,3 +261,21 @@ def test_bad_people_csv_is_refused(two_runs, case, needle):
     r, _ = run_ensemble(tmp, inputs, "--people", write_people(tmp / "bad.csv", ids, groups))
     assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp / "sub.csv").exists()
+
+
+def test_groups_people_py_is_not_sure_of_are_answered_photo_by_photo(two_runs):
+    tmp, _, _, truth, paths = two_runs
+    masks = [0, 0, 0, 0, 0, 1, 2]
+    p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1)}),
+                   person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    df.to_csv(tmp / "C.csv", index=False)
+    groups = pd.DataFrame({"ImageID": ids, "group": np.repeat([0, 1], 7), "sure": np.repeat([0.2, -0.1], 7)})
+    groups.to_csv(tmp / "people.csv", index=False)
+    r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--truth", tmp / "truth.csv")
+    assert r.exit_code == 0, r.output
+    assert s["people_changed"] == 1 and "7 of 14 photos in groups sure enough" in r.stderr  # person 0 only
+    r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--min-sure", "-1", "--overwrite")
+    assert s["people_changed"] == 2
