@@ -110,14 +110,14 @@ def runs_table(runs: list[Run]) -> str:
     for r in runs:
         m = r.metrics
         cv = scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
-        spread = [pages.cell(f"{m[c].mean():.4f} ± {m[c].std(ddof=0):.4f}") for c in ("f1", "f1_mask", "f1_gender",
-                                                                                    "f1_age")]
+        spread = [pages.cell(f"{m[c].mean():.3f}±{m[c].std(ddof=0):.3f}") for c in ("f1", "f1_mask", "f1_gender",
+                                                                                  "f1_age")]
         rows.append([pages.cell(r.path.name), pages.cell(r.label, cls="wrap"), pages.cell(r.config.get("model", "?")),
                      pages.cell(f"{len(m)}/{r.of or '?'}"), pages.cell(cv, cls="best" if cv == best else "")]
                     + spread + [pages.cell(m["best_epoch"].mean(), "{:.1f}"),
                                 pages.cell(m["img_per_s"].mean(), "{:.0f}"), pages.cell(m["minutes"].sum(), "{:.1f}")])
-    return pages.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 mean ± sd",
-                        "mask", "gender", "age", "best epoch", "img/s", "minutes"], rows, table_id="runs")
+    return pages.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 ± sd",
+                        "mask", "gender", "age", "best ep.", "img/s", "min"], rows, table_id="runs")
 
 
 def folds_table(runs: list[Run]) -> str:

@@ -103,6 +103,19 @@ def test_people_py_on_demo_photos(demo_tree, tmp_path):
     assert s["photos"] == 84 and s["purity"] >= 0.95, s
 
 
+def test_people_py_size_and_preview_options(demo_tree, tmp_path):
+    from PIL import Image
+    sheets = {}
+    for groups in (2, 5):
+        r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / f"p{groups}.csv", "--size", "3",
+                   "--preview", tmp_path / f"p{groups}.jpg", "--preview-groups", groups)
+        assert r.exit_code == 0, r.output
+        df = pd.read_csv(tmp_path / f"p{groups}.csv")
+        assert df.groupby("group").size().max() <= 3 and df["group"].nunique() >= 7
+        sheets[groups] = Image.open(tmp_path / f"p{groups}.jpg").size
+    assert sheets[2][0] == sheets[5][0] and sheets[2][1] < sheets[5][1]  # one row per group, 3 photos wide
+
+
 @pytest.mark.parametrize("case", ["one photo", "no faces"])
 def test_people_py_on_odd_folders(tmp_path, case):
     from PIL import Image

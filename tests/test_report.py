@@ -1,5 +1,6 @@
 """report.py: the page's content, its faults, and the page in a real browser."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,18 @@ def test_report_compares_runs_and_shows_their_photos(two_runs, tmp_path):
     for section in ("Runs", "Folds", "Curves", "Per-class F1", "Confusion matrices", "most wrong", "doubt"):
         assert f"<h2>{section}" in page or section in page, section
     assert "lr=0.01" in page and "lr=0.001" in page  # each run labelled by the option that differs
-    assert page.count("<div class='thumb") >= 2 * 24 and "src='file:" not in page and "data:image/jpeg" in page
+    assert len(re.findall(r"<div class='thumb( bad)?'>", page)) >= 2 * 24 and "src='file:" not in page and "data:image/jpeg" in page
+
+
+def test_report_worst_suspects_and_title_options(two_runs, tmp_path):
+    out = tmp_path / "report.html"
+    r = invoke(report.app, two_runs, "-o", out, "--worst", "3", "--suspects", "1", "--title", "loop over lr")
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    assert "<title>loop over lr</title>" in page
+    assert page.count("<div class='row'>") == 2  # one suspect person per run
+    worst = page.split("most wrong")[1].split("<h2>")[0]
+    assert len(re.findall(r"<div class='thumb( bad)?'>", worst)) == 2 * 3
 
 
 def test_report_names_what_it_cannot_read_and_writes_the_rest(two_runs, tmp_path):

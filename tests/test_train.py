@@ -187,7 +187,8 @@ KEYS = ("f1", "val_loss")
     (["--loss", "label_smoothing", "--smoothing", "0"], ["--loss", "label_smoothing", "--smoothing", "0.4"]),
     (["--drop-rate", "0"], ["--drop-rate", "0.7"]),
     (["--cutmix", "1", "--cutmix-alpha", "1"], ["--cutmix", "1", "--cutmix-alpha", "0.05"]),
-], ids=["focal-gamma", "smoothing", "drop-rate", "cutmix-alpha"])
+    (["--mixup", "1", "--mixup-alpha", "0.4"], ["--mixup", "1", "--mixup-alpha", "8"]),
+], ids=["focal-gamma", "smoothing", "drop-rate", "cutmix-alpha", "mixup-alpha"])
 def test_loss_and_regularisation_options_change_training(folds, tmp_path, neutral, active):
     base, _ = _metrics(folds, tmp_path / "base", *neutral)
     again, _ = _metrics(folds, tmp_path / "again", *neutral)
