@@ -117,14 +117,15 @@ def preview(o: PeopleOptions, df: pd.DataFrame, person: np.ndarray | None) -> No
         rows = df[df["group"] == g].sort_values("margin")
         for k, (_, r) in enumerate(rows.iterrows()):
             colour = COLOURS["bad" if r["margin"] < 0 else "doubt" if r["margin"] < 0.05 else "good"]
-            first = f"group {g} ({r['size']}): sure {r['sure']:+.3f}" if k == 0 else f"margin {r['margin']:+.3f}"
+            first = f"group {g} ({r['size']} photos)" if k == 0 else ""
             who = f"person {person[r.name]}" if person is not None else Path(r["ImageID"]).stem[:16]
+            sure = f"margin {r['margin']:+.3f}" + (" (least)" if k == 0 else "")
             try:
                 image = read_image(o.images / r["ImageID"], reduce=4)
             except UserError:
                 image = np.zeros((8, 6, 3), np.uint8)
-            tiles.append(Tile(image, [first, who], colour))
-        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), [""], (32, 32, 32))] * (o.size - len(rows))
+            tiles.append(Tile(image, [first, sure, who], colour))
+        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), ["", "", ""], (32, 32, 32))] * (o.size - len(rows))
     title = f"{df['group'].nunique()} groups of {len(df)} photos; the {len(worst)} least sure, one per row"
     save_jpeg(sheet(tiles, cols=o.size, w=120, h=180, title=title), o.preview)
 
