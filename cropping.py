@@ -90,11 +90,16 @@ def chunks(items: list[Item], size: int):
         yield chunk
 
 
+def fractions(faces: pd.DataFrame) -> np.ndarray:
+    """Report rows' face boxes as fractions of their photos' width and height."""
+    return faces[FACE].to_numpy(float) / faces[["width", "height", "width", "height"]].to_numpy(float)
+
+
 def faces_by_folder(done: pd.DataFrame) -> dict[str, list[np.ndarray]]:
     """Face boxes (fractions of their photos) of crops finished earlier, by folder: a resumed person
     still meets its other photos."""
     faces = done[done["status"] == "face"]
-    frac = faces[FACE].to_numpy(float) / faces[["width", "height", "width", "height"]].to_numpy(float)
+    frac = fractions(faces)
     out: dict[str, list[np.ndarray]] = {}
     for path, box in zip(faces["path"], frac):
         out.setdefault(Path(path).parent.as_posix(), []).append(box)
@@ -242,7 +247,7 @@ def lookalikes(pool, deferred, report: pd.DataFrame, src: Path) -> dict[str, tup
     parents = faces_all["path"].map(lambda p: Path(p).parent.as_posix())
     for folder, queries in by_folder.items():
         faces = faces_all[parents == folder]
-        frac = faces[FACE].to_numpy(float) / faces[["width", "height", "width", "height"]].to_numpy(float)
+        frac = fractions(faces)
         items = [Item(p, src / p, Path(), p) for p in faces["path"]] + queries
         sigs = list(pool.map(look, items))
         keep = [i for i, v in enumerate(sigs) if v is not None]

@@ -25,6 +25,7 @@ from cli import UserError, arg, command, make_app, opt, result
 from decide import Mean, Recipe
 from files import check_new, read_info, read_probs, read_provenance, read_table, write_csv
 from grouping import read_people
+from images import stem_key
 from labels import NUM_CLASSES, PROB_COLS, TASKS
 from oof import OOF, oof_for_inputs, suspects
 
@@ -153,7 +154,7 @@ def main(o: EnsembleOptions):
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people))
              if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
-    groups = groups_of(o.people, [Path(i).stem for i in ids], o.group_size, o.min_sure, "info.csv") \
+    groups = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, o.min_sure, "info.csv") \
         if o.people else None
     if cv is not None and o.oof_people:
         cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, o.min_sure, "the out-of-fold photos")

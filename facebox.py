@@ -20,6 +20,11 @@ TAIL_OF_DEFAULTS = 20 / 0.709 ** 5
 MIN_SIDE = 40 / 384  # the smallest plausible face box side, of the photo's shorter side (40 px on 384x512)
 # Where a face sits when no photo of the run shows one: centre of a 384x512 portrait.
 DEFAULT_PRIOR = np.array([0.25, 0.18, 0.75, 0.58])
+# A look-alike signature's photo size (width, height) and its pixels outside the face, where a prior
+# would put the face (rows .3-.8, columns .2-.8).
+LOOK_SIZE = (24, 32)
+OUTSIDE_FACE = np.ones(LOOK_SIZE[::-1], bool)
+OUTSIDE_FACE[10:26, 5:19] = False
 
 
 @dataclass
@@ -105,10 +110,8 @@ def prior_box(boxes: np.ndarray, shapes: np.ndarray) -> np.ndarray:
 def signature(image: np.ndarray) -> np.ndarray:
     """A photo's look, minus the face region: a person's photos share background, hair and clothes,
     and differ only where the mask is. Unit vector; photos of one person have the largest dot products."""
-    x = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    keep = np.ones((32, 24), bool)
-    keep[10:26, 5:19] = False  # the face, where a prior would put it (rows .3-.8, columns .2-.8)
-    x = x[keep].ravel()
+    x = cv2.resize(image, LOOK_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
+    x = x[OUTSIDE_FACE].ravel()
     x -= x.mean()
     return x / (np.linalg.norm(x) + 1e-6)
 

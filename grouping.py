@@ -1,9 +1,10 @@
 """Which photos of a flat folder are one person: look-alike features, groups of at most 7, how sure each is.
 
 The 7 photos of one person share setting, light, clothes and hair and differ mostly where the
-mask is. Each photo gets three unit-length looks: the photo outside the face region (the
-layout of raw portraits), its upper half (the layout of face crops, whose lower half is the
-mask), and its colour histogram, reduced to their 256 main directions. Grouping is written by
+mask is. Each photo gets unit-length looks: the photo outside the face region (crop.py's
+look-alike signature: the layout of raw portraits) and each of its L*a*b* channels there, its
+upper half (the layout of face crops, whose lower half is the mask), and its colour histogram,
+reduced to their 256 main directions. Grouping is written by
 hand (the field has no capacity-bounded clustering): merges along each photo's nearest neighbours,
 most similar first, never past 7 photos; where the folder holds whole people (a multiple of 7
 photos) the last fragments are completed into groups of 7; then the doubtful photos move or swap
@@ -19,9 +20,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+import facebox
 from cli import UserError
 from files import read_table
-from images import read_image
+from images import read_image, stem_key
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -31,17 +33,15 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 def look(image: np.ndarray) -> np.ndarray:
     """A photo's look-alike features (float32, unit length): the photo outside the face as RGB, and as each
-    L*a*b* channel on its own (1,800 demo people: purity 0.78 without these, 0.93 with), the upper half, the
+    L*a*b* channel on its own (1,800 demo people: purity 0.78 without these, 0.90 with), the upper half, the
     colour histogram."""
-    outside = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA)
-    keep = np.ones((32, 24), bool)
-    keep[10:26, 5:19] = False  # a portrait's face, where a prior would put it
+    outside = cv2.resize(image, facebox.LOOK_SIZE, interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(outside, cv2.COLOR_RGB2LAB).astype(np.float32)
-    channels = np.concatenate([unit(lab[..., c][keep]) for c in range(3)]) / np.sqrt(3)
+    channels = np.concatenate([unit(lab[..., c][facebox.OUTSIDE_FACE]) for c in range(3)]) / np.sqrt(3)
     top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
     hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
     hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
-    v = np.concatenate([unit(outside.astype(np.float32)[keep].ravel()), unit(top.ravel()),
+    v = np.concatenate([facebox.signature(image), unit(top.ravel()),
                         hist / (np.linalg.norm(hist) + 1e-6), channels])
     return (v / np.linalg.norm(v)).astype(np.float32)
 
@@ -257,18 +257,12 @@ def sureness(F: np.ndarray, label: np.ndarray) -> np.ndarray:
     return out
 
 
-def key(image_id: str) -> str:
-    """How ensemble.py matches a photo: its stem, below its person folder when it has one."""
-    p = Path(image_id)
-    return f"{p.parent.as_posix()}/{p.stem}" if p.parent != Path(".") else p.stem
-
-
 def read_people(path: Path, size: int) -> pd.DataFrame:
-    """people.csv (ImageID,group,...) indexed by key(ImageID), checked: no duplicates, no group over `size`."""
+    """people.csv (ImageID,group,...) indexed by stem_key(ImageID), checked: no duplicates, no group over `size`."""
     df = read_table(path, dtype={"ImageID": str})
     if not {"ImageID", "group"} <= set(df.columns):
         raise UserError(f"{path}: needs ImageID and group columns (make it with people.py)")
-    df["key"] = [key(i) for i in df["ImageID"]]
+    df["key"] = [stem_key(i) for i in df["ImageID"]]
     if df["key"].duplicated().any():
         raise UserError(f"{path}: photo {df['key'][df['key'].duplicated()].iloc[0]} listed twice")
     sizes = df.groupby("group").size()

@@ -39,6 +39,34 @@ def find_by_stem(folder: Path, stem: str) -> Path | None:
     return hits[0] if hits else None
 
 
+def stem_key(image_id: str) -> str:
+    """A photo's name but for its extension, below its folder when it has one ('p1/mask1' for p1/mask1.png):
+    how a crop (<stem>.jpg) is matched with its raw photo's ImageID."""
+    p = Path(image_id)
+    return f"{p.parent.as_posix()}/{p.stem}" if p.parent != Path(".") else p.stem
+
+
+def match_ids(folder: Path, ids: list[str], found: list[str], what: str) -> list[str]:
+    """Each ImageID's file below `folder`, as a path relative to it: the same name, else the one name among
+    `found` (the folder's photos, relative paths) that differs only by its extension. Two candidates, or
+    none, are one line naming them (`what`: where the ImageIDs come from)."""
+    names, by_key = set(found), {}
+    for f in found:
+        by_key.setdefault(stem_key(f), []).append(f)
+    out, missing = [], []
+    for i in ids:
+        if i in names or (folder / i).is_file():
+            out.append(i)
+            continue
+        hits = by_key.get(stem_key(i), [])
+        if len(hits) > 1:
+            raise UserError(f"{folder}: more than one file for {i} ({', '.join(sorted(hits))})")
+        (out if hits else missing).append(hits[0] if hits else i)
+    if missing:
+        raise UserError(f"{folder}: {len(missing)} image(s) of {what} missing, first {', '.join(missing[:3])}")
+    return out
+
+
 def read_image(path: Path, reduce: int = 1) -> np.ndarray:
     """Any image file -> HxWx3 uint8 RGB, upright as a viewer shows it (EXIF orientation applied).
     `reduce` > 1 lets JPEG decode at roughly 1/reduce of the size (fast looks, not crops).

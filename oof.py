@@ -47,7 +47,7 @@ def read_run_oof(run: Path) -> pd.DataFrame:
         df = read_probs(f, "path")
         for col in ("label", "fold"):
             if col not in df.columns:
-                raise UserError(f"{f}: no {col} column (an oof.csv of train.py has path,label,fold,p0..p17)")
+                raise UserError(f"{f}: not an oof.csv of train.py (no {col} column; it has path,label,fold,p0..p17)")
         base = Path(configs[k]["folds_csv"]).parent if k in configs and configs[k].get("folds_csv") else None
         df["path"] = [os.path.abspath(base / p) if base else p for p in df["path"]]  # links stay links
         frames.append(df)
@@ -78,9 +78,10 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                                 f"is paired with --oof {oof_runs[i]}: list --oof in the inputs' order")
             recorded = [(oof_runs[i], 1)]
         missing = [r for r, _ in recorded if not r.is_dir()]
-        if not recorded or missing:
-            why = f"its run {missing[0]} is gone" if missing else f"no record of its runs ({f}.json)"
-            unpaired.append(f"{f} has {why}" if not missing else f"{f}: {why}")
+        if missing:
+            unpaired.append(f"{f}: its run {missing[0]} is gone")
+        elif not recorded:
+            unpaired.append(f"{f} has no record of its runs ({f}.json)")
         pairs.append(recorded)
     if unpaired:
         if needs:

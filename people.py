@@ -24,7 +24,7 @@ import pandas as pd
 import grouping
 from cli import UserError, arg, command, make_app, opt, result
 from files import check_new, check_outside, read_info, read_table, write_csv, write_json
-from images import is_image_name
+from images import is_image_name, match_ids, stem_key
 
 app = make_app()
 
@@ -58,12 +58,7 @@ def list_photos(o: PeopleOptions) -> list[str]:
     ids = [p.relative_to(o.images).as_posix() for p in files]
     if not o.info:
         return ids
-    by_stem = {grouping.key(i): i for i in ids}
-    wanted = read_info(o.info).tolist()
-    missing = [i for i in wanted if grouping.key(i) not in by_stem]
-    if missing:
-        raise UserError(f"{o.images}: {len(missing)} photo(s) of {o.info} missing, first {missing[0]}")
-    return [by_stem[grouping.key(i)] for i in wanted]
+    return match_ids(o.images, read_info(o.info).tolist(), ids, str(o.info))
 
 
 def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
@@ -72,11 +67,11 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
         t = read_table(o.truth, dtype=str)
         if not {"ImageID", "person"} <= set(t.columns):
             raise UserError(f"{o.truth}: needs ImageID,person columns")
-        known = dict(zip(t["ImageID"].map(grouping.key), t["person"]))
-        missing = [i for i in ids if grouping.key(i) not in known]
+        known = dict(zip(t["ImageID"].map(stem_key), t["person"]))
+        missing = [i for i in ids if stem_key(i) not in known]
         if missing:
             raise UserError(f"{o.truth}: no person for {len(missing)} photo(s), first {missing[0]}")
-        return np.array([known[grouping.key(i)] for i in ids])
+        return np.array([known[stem_key(i)] for i in ids])
     return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
 
 

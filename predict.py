@@ -21,7 +21,7 @@ import pandas as pd
 
 from cli import Device, UserError, arg, command, make_app, opt, resolve_device, result
 from files import check_new, check_outside, read_info, write_probs
-from images import find_by_stem
+from images import is_hidden, match_ids
 from labels import NUM_CLASSES, PROB_COLS
 from runs import run_folds
 
@@ -83,15 +83,8 @@ def image_files(images: Path, ids: list[str]) -> list[Path]:
     """Each ImageID's file in DIR: the same name, else the same stem (crops are .jpg, raw photos vary)."""
     if not images.is_dir():
         raise UserError(f"{images}: no such folder")
-    files, missing = [], []
-    for i in ids:
-        f = images / i
-        if not f.is_file():
-            f = find_by_stem(images, Path(i).stem)
-        (files if f else missing).append(f or i)
-    if missing:
-        raise UserError(f"{images}: {len(missing)} image(s) of info.csv missing, first {', '.join(missing[:3])}")
-    return files
+    found = [p.name for p in images.iterdir() if p.is_file() and not is_hidden(p.name)]
+    return [images / f for f in match_ids(images, ids, found, "info.csv")]
 
 
 def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bool, chunk: int = 2048):

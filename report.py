@@ -13,7 +13,6 @@ out; the rest is still written (exit code 1).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import pandas as pd
 
 import pages
 from cli import UserError, arg, command, make_app, opt, result
-from files import check_new, read_probs, read_table, write_text
+from files import check_new, read_table, write_text
 from labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
+from oof import read_run_oof
 from runs import RUN_KEYS, fold_configs, fold_dirs, read_json, run_folds
 
 app = make_app()
@@ -80,15 +80,7 @@ def load_run(path: Path, problems: list[str]) -> Run | None:
                  .is_file()}
     run = Run(path, configs.get(ks[0], {}), metrics, histories, folds.expected)
     try:
-        frames = []
-        for k in ks:
-            df = read_probs(path / f"fold{k}" / "oof.csv", "path")
-            if not {"label", "fold"} <= set(df.columns):
-                raise UserError(f"{path}/fold{k}/oof.csv: not an oof.csv of train.py (no label or fold column)")
-            base = Path(configs[k]["folds_csv"]).parent if configs.get(k, {}).get("folds_csv") else path
-            df["path"] = [os.path.abspath(base / p) for p in df["path"]]  # links stay links
-            frames.append(df)
-        run.oof = pd.concat(frames, ignore_index=True)
+        run.oof = read_run_oof(path).reset_index()
     except UserError as e:
         problems.append(f"{e}; {path.name}'s photos and per-class scores are left out")
     return run
@@ -105,11 +97,11 @@ def label_runs(runs: list[Run]) -> None:
 
 def runs_table(runs: list[Run]) -> str:
     rows = []
-    best = max((scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] for r in runs
-                if r.oof is not None), default=None)
-    for r in runs:
+    cvs = [scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
+           for r in runs]
+    best = max((cv for cv in cvs if cv is not None), default=None)
+    for r, cv in zip(runs, cvs):
         m = r.metrics
-        cv = scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
         spread = [pages.cell(f"{m[c].mean():.3f}±{m[c].std(ddof=0):.3f}") for c in ("f1", "f1_mask", "f1_gender",
                                                                                   "f1_age")]
         rows.append([pages.cell(r.path.name), pages.cell(r.label, cls="wrap"), pages.cell(r.config.get("model", "?")),

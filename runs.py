@@ -126,14 +126,19 @@ def differences(a: dict, b: dict) -> list[str]:
     return [k for k in RUN_KEYS if a.get(k) != b.get(k)]
 
 
+def disagreeing(reference: dict, configs: dict[int, dict]) -> tuple[list[int], list[str]]:
+    """The folds whose options differ from `reference`, and the options that differ."""
+    odd = {k: d for k, c in configs.items() if (d := differences(reference, c))}
+    return list(odd), sorted({key for d in odd.values() for key in d})
+
+
 def check_folds_agree(run_dir: Path, configs: dict[int, dict]) -> None:
     """One line naming the folds trained with other options than the run's first fold."""
     if len(configs) < 2:
         return
     first = min(configs)
-    odd = {k: differences(configs[first], c) for k, c in configs.items() if differences(configs[first], c)}
+    odd, keys = disagreeing(configs[first], configs)
     if odd:
-        keys = sorted({key for v in odd.values() for key in v})
         raise UserError(f"{run_dir}: fold(s) {', '.join(map(str, odd))} were trained with other options than fold "
                         f"{first} ({', '.join(keys)}); a run's folds must agree: retrain them, or move them to a run "
                         "of their own")
@@ -149,14 +154,13 @@ class FoldState:
 def prepare_fold(cfg: TrainConfig) -> FoldState:
     """Refuse a fold that would mix options into its run, and say what to do with an existing fold."""
     mine = cfg.record()
-    others = {k: c for k, c in fold_configs(cfg.run_dir).items() if k != cfg.fold}
-    odd = {k: differences(c, mine) for k, c in others.items() if differences(c, mine)}
+    configs = fold_configs(cfg.run_dir)
+    odd, keys = disagreeing(mine, {k: c for k, c in configs.items() if k != cfg.fold})
     if odd:
-        keys = sorted({key for v in odd.values() for key in v})
         raise UserError(f"run {cfg.run_dir} was made with other options ({', '.join(keys)}) in fold(s) "
                         f"{', '.join(map(str, odd))}; pass --run-name NAME for a new run")
     d = cfg.fold_dir
-    own = fold_configs(cfg.run_dir).get(cfg.fold)
+    own = configs.get(cfg.fold)
     changed = differences(own, mine) if own else []
     if (d / "metrics.json").is_file() and not cfg.overwrite:
         if changed:

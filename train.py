@@ -100,17 +100,20 @@ def create_model(cfg: TrainConfig, resume_from: Path | None):
     source = resume_from or cfg.init_from
     if source is None:
         return net, None
-    ck = models.read_checkpoint(source, resume=resume_from is not None)
-    mine, theirs = (cfg.model, cfg.head), (ck["model"], ck["head"])
-    if resume_from is not None:
-        mine, theirs = mine + (list(cfg.img_size),), theirs + (list(ck["img_size"]),)
+    resume = resume_from is not None
+    ck = models.read_checkpoint(source, resume=resume)
+    mine = (cfg.model, cfg.head, list(cfg.img_size) if resume else None)  # --init-from may change the size
+    theirs = (ck["model"], ck["head"], list(ck["img_size"]) if resume else None)
     if mine != theirs:
-        what = f"{theirs[0]} ({theirs[1]} head" + (f", {theirs[2][0]}x{theirs[2][1]})" if len(theirs) > 2 else ")")
-        this = f"{cfg.model} ({cfg.head} head" + (f", {cfg.img_size[0]}x{cfg.img_size[1]})" if len(mine) > 2 else ")")
-        fix = "--overwrite restarts the fold" if resume_from is not None else "start from a checkpoint of this model"
-        raise UserError(f"{source}: a checkpoint of {what}, not of this run's {this}; {fix}")
+        fix = "--overwrite restarts the fold" if resume else "start from a checkpoint of this model"
+        raise UserError(f"{source}: a checkpoint of {describe(*theirs)}, not of this run's {describe(*mine)}; {fix}")
     models.load_weights(net, ck, source)
-    return net, ck if resume_from is not None else None
+    return net, ck if resume else None
+
+
+def describe(model: str, head: str, size: list[int] | None) -> str:
+    """'resnet18 (multi head, 256x192)': what a checkpoint is, for the line that refuses it."""
+    return f"{model} ({head} head" + (f", {size[0]}x{size[1]}" if size else "") + ")"
 
 
 def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:

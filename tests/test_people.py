@@ -129,6 +129,28 @@ def test_people_py_on_odd_folders(tmp_path, case):
     assert len(df) == (1 if case == "one photo" else 9) and df.groupby("group").size().max() <= 7
 
 
+
+def test_people_py_matches_info_ids_by_name_then_stem_and_refuses_what_it_cannot(tmp_path):
+    """info.csv names raw photos (.png), the folder holds their crops (.jpg); a missing or ambiguous photo is
+    one line and nothing written."""
+    from PIL import Image
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (48, 64), (60 * i, 90, 30)).save(folder / f"{i}.jpg")
+    info = tmp_path / "info.csv"
+    pd.DataFrame({"ImageID": ["2.png", "0.png", "1.jpg"], "ans": 0}).to_csv(info, index=False)
+    r = invoke(people.app, folder, "-o", tmp_path / "ok.csv", "--info", info)
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "ok.csv")["ImageID"].tolist() == ["2.jpg", "0.jpg", "1.jpg"]
+    pd.DataFrame({"ImageID": ["2.png", "7.png"], "ans": 0}).to_csv(info, index=False)
+    r = invoke(people.app, folder, "-o", tmp_path / "missing.csv", "--info", info)
+    assert r.exit_code == 2 and f"1 image(s) of {info} missing, first 7.png" in r.stderr
+    Image.new("RGB", (48, 64)).save(folder / "2.bmp")
+    r = invoke(people.app, folder, "-o", tmp_path / "twice.csv", "--info", info)
+    assert r.exit_code == 2 and "more than one file for 2.png (2.bmp, 2.jpg)" in r.stderr
+    assert not (tmp_path / "missing.csv").exists() and not (tmp_path / "twice.csv").exists()
+
 # ---------------------------------------------------------------- ensemble: records, pairing, --people
 
 def fake_run(root, name, oof: pd.DataFrame, folds_csv):

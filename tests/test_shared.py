@@ -109,6 +109,19 @@ def test_find_by_stem_ignores_extension_and_dot_files(tmp_path):
         images.find_by_stem(tmp_path, "mask1")
 
 
+def test_match_ids_prefers_the_same_name_then_the_same_stem(tmp_path):
+    for name in ("a.jpg", "a.png", "b.png", "p1/mask1.jpeg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = ["a.jpg", "a.png", "b.png", "p1/mask1.jpeg"]
+    assert images.match_ids(tmp_path, ["a.png", "b.jpg", "p1/mask1.jpg"], found, "info.csv") == \
+        ["a.png", "b.png", "p1/mask1.jpeg"]
+    with pytest.raises(UserError, match=r"more than one file for a.bmp \(a.jpg, a.png\)"):
+        images.match_ids(tmp_path, ["a.bmp"], found, "info.csv")
+    with pytest.raises(UserError, match="2 image.s. of info.csv missing, first c.jpg, mask1.jpg"):
+        images.match_ids(tmp_path, ["c.jpg", "mask1.jpg", "b.jpg"], found, "info.csv")
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     with pytest.raises(RuntimeError):
