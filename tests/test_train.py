@@ -442,3 +442,17 @@ def test_results_and_summary_compare_runs(folds, tmp_path):
     assert summ.loc["test_resnet", "cv_f1"] == pytest.approx(scores(oof["label"], oof[PROB_COLS].to_numpy()
                                                                     .argmax(1))["f1"], abs=1e-5)
     assert summ.loc["test_resnet", "f1_mean"] == pytest.approx(res["f1"][:2].mean(), abs=1e-5)
+
+
+def test_pretrained_weights_out_of_reach_end_in_one_line(folds, tmp_path):
+    """--pretrained with no hub at hand (offline, empty caches): one line that says what to do, exit 2, no
+    fold written; a --pretrained that were ignored would train from scratch and pass."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
+               NO_ALBUMENTATIONS_UPDATE="1")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), str(folds), "--model", "resnet18", "--pretrained",
+                        "--epochs", "1", "--img-size", "32", "24", "--workers", "0", "--device", "cpu",
+                        "--out", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "error: --model resnet18: could not load pretrained weights"), r.stderr
+    assert "--no-pretrained" in r.stderr and not list((tmp_path / "runs").rglob("*.pt"))
