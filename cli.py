@@ -4,12 +4,16 @@ Nothing here imports torch at module level, so `script.py --help` answers at onc
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import json
+import os
+import signal
 import sys
 import threading
+import traceback
 import typing
 from dataclasses import MISSING, field, fields
 from enum import Enum
@@ -42,7 +46,8 @@ def one_line_errors(main):
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with watching_ctrl_c():
+                return main(*args, **kwargs)
         except UserError as e:
             fail(str(e))
         except (Interrupted, KeyboardInterrupt) as e:
@@ -52,6 +57,69 @@ def one_line_errors(main):
             sys.excepthook = lambda *args: None
             fail(str(e) if isinstance(e, Interrupted) else "interrupted", code=130)
     return wrapper
+
+
+_ctrl_c = threading.Event()
+
+
+@contextlib.contextmanager
+def watching_ctrl_c():
+    """Ctrl-C is remembered as well as raised: Python only prints a KeyboardInterrupt that lands in a finalizer
+    (a progress bar's __del__) and carries on, so the long loops ask stop_if_interrupted() once a batch."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # a test's thread, or `nohup ... &`
+        yield
+        return
+
+    def on_ctrl_c(signum, frame):
+        _ctrl_c.set()
+        raise KeyboardInterrupt
+
+    def unraisable(u):  # the swallowed Ctrl-C is not printed either: the loop raises it again
+        if not issubclass(u.exc_type, KeyboardInterrupt):
+            default_unraisable(u)
+
+    default_unraisable = sys.unraisablehook
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = default_unraisable
+        _ctrl_c.clear()
+
+
+def stop_if_interrupted() -> None:
+    """Raise the Ctrl-C that a finalizer swallowed, if there was one."""
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
+def child_process() -> None:
+    """A worker process's start: Ctrl-C is the parent's to handle (a terminal sends it to the whole group), and
+    on Linux the worker dies with its parent, even a SIGKILLed one (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def loader_worker(worker_id: int) -> None:
+    """A data loader worker's start (worker_init_fn). Its batches reach the main process through
+    multiprocessing's fd sharer, whose thread prints a traceback when the main process stops mid-handover
+    (Ctrl-C); the main process says what happened, so that one is not printed."""
+    child_process()
+    default = sys.excepthook
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+
+    def hook(kind, value, tb):
+        if not any(f.filename.endswith(sharer) for f in traceback.extract_tb(tb)):
+            default(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def result(summary: dict) -> None:

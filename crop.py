@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from cli import Interrupted, UserError, command, fail, make_app, resolve_device, result
+from cli import Interrupted, UserError, command, fail, make_app, resolve_device, result, stop_if_interrupted
 from cropping import (
     COLUMNS,
     CropOptions,
@@ -92,6 +92,7 @@ def run_crops(o: CropOptions, dev: str, todo: list[Item], done: pd.DataFrame) ->
                 new_rows += rows
                 deferred += later
                 bar.update(len(batch))
+                stop_if_interrupted()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {len(new_rows)} new crops; the same command resumes") from None
     if deferred:

@@ -188,18 +188,12 @@ _worker: dict = {}
 
 
 def start_worker(o: CropOptions, dev: str, threads: int) -> None:
-    import signal
-
     import torch
 
+    from cli import child_process
     from detector import Detector
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:  # Linux: die with the parent, even when it is SIGKILLed (PR_SET_PDEATHSIG)
-        import ctypes
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    child_process()
     torch.set_num_threads(threads)
     _worker.update(det=Detector(dev, o.scale, o.min_face), o=o)
 

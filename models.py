@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import UserError
+from cli import UserError, stop_if_interrupted
 from labels import NUM_CLASSES, TASKS, joint
 
 HEADS = {"single": NUM_CLASSES, "multi": sum(TASKS.values())}
@@ -138,6 +138,7 @@ def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, ba
     net.eval()
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, leave=False, disable=desc is None):
+        stop_if_interrupted()
         x = to_input(torch.from_numpy(images[i:i + batch_size]), mean, std, device, channels_last)
         with autocast(device, amp):
             p = probs18(net(x), head)

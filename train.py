@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cli import Interrupted, UserError, choose, command, make_app, resolve_device, result
+from cli import Interrupted, UserError, choose, command, loader_worker, make_app, resolve_device, result
 from files import append_csv, check_outside, write_csv, write_json
 from labels import PROB_COLS, TASKS
 from runs import TrainConfig, prepare_fold, read_folds, results_row, write_summaries
@@ -140,7 +140,8 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
     sampler = EpochSampler(len(ds), distributed)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=place.device.startswith("cuda"), drop_last=len(sampler) > cfg.batch_size,
-                        persistent_workers=cfg.workers > 0, multiprocessing_context="fork" if cfg.workers else None)
+                        persistent_workers=cfg.workers > 0, multiprocessing_context="fork" if cfg.workers else None,
+                        worker_init_fn=loader_worker if cfg.workers else None)
     return loader, sampler
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import losses
 import models
+from cli import stop_if_interrupted
 from datasets import mix, to_display, to_input
 from files import atomic_path
 from labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
@@ -138,6 +139,7 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
                disable=None if fold.place.rank0 else True, mininterval=1, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar):
+        stop_if_interrupted()
         if step == 2:  # steady state: after the first batches have warmed up workers and kernels
             t_steady, seen = time.time(), 0
         x = to_input(x, fold.mean, fold.std, dev, cfg.channels_last)

@@ -271,3 +271,45 @@ def test_train_help_names_every_registry_entry():
     for names in (LOSSES, OPTIMIZERS, SCHEDULERS, AUGS, CUTMIX_MODES):
         for name in names:
             assert name in flat, name
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_batch(capsys):
+    import os
+    import signal
+
+    import cli
+
+    class Bar:  # a progress bar whose __del__ is running when Ctrl-C comes
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # the handler runs here, inside the finalizer
+
+    with cli.watching_ctrl_c():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        Bar()  # Python swallows a KeyboardInterrupt raised in __del__
+        with pytest.raises(KeyboardInterrupt):
+            cli.stop_if_interrupted()
+    assert "KeyboardInterrupt" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    cli.stop_if_interrupted()  # the next command starts afresh
+
+
+def test_a_loader_worker_does_not_print_the_fd_sharers_broken_handover():
+    import subprocess
+    import sys
+
+    code = """if 1:
+        import sys, signal
+        import cli
+        cli.loader_worker(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        for where in ("/py/lib/multiprocessing/resource_sharer.py", "/work/dataset.py"):
+            try:
+                exec(compile("raise EOFError('main process gone')", where, "exec"))
+            except EOFError:
+                sys.excepthook(*sys.exc_info())
+    """
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Traceback") == 1 and "/work/dataset.py" in r.stderr and "resource_sharer" not in r.stderr
