@@ -66,8 +66,9 @@ _ctrl_c = threading.Event()
 def watching_ctrl_c():
     """Ctrl-C is remembered as well as raised: Python only prints a KeyboardInterrupt that lands in a finalizer
     (a progress bar's __del__) and carries on, so the long loops ask stop_if_interrupted() once a batch."""
+    # Left as it is in a thread, and where Ctrl-C is ignored (`cmd &` in a script) or handled by someone else.
     if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # a test's thread, or `nohup ... &`
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
 
