@@ -41,7 +41,7 @@ def look(image: np.ndarray) -> np.ndarray:
     top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
     hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
     hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
-    v = np.concatenate([facebox.signature(image), unit(top.ravel()),
+    v = np.concatenate([facebox.signature(outside), unit(top.ravel()),
                         hist / (np.linalg.norm(hist) + 1e-6), channels])
     return (v / np.linalg.norm(v)).astype(np.float32)
 
