@@ -75,17 +75,16 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
     return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
 
 
-def purity(label: np.ndarray, person: np.ndarray) -> float:
-    """Share of photos whose group is exactly their person's photos."""
-    return purity_of(label, person, np.ones(len(label), bool))
-
-
-def purity_of(label: np.ndarray, person: np.ndarray, among: np.ndarray) -> float:
-    """purity() among the photos `among` selects (their groups judged whole)."""
+def purity(label: np.ndarray, person: np.ndarray, among: np.ndarray | None = None) -> float:
+    """Share of photos whose group is exactly their person's photos; of the photos `among` selects, if given
+    (their groups judged whole)."""
     df = pd.DataFrame({"g": label, "p": person})
     same = df.groupby("g")["p"].transform(lambda s: s.nunique() == 1)
     whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
-    return float((same & whole)[among].mean()) if among.any() else 0.0
+    exact = (same & whole).to_numpy()
+    if among is not None:
+        exact = exact[among]
+    return float(exact.mean()) if len(exact) else 0.0
 
 
 def peak_rss_mib() -> float:
@@ -158,7 +157,7 @@ def main(o: PeopleOptions):
     summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
     if person is not None:
         summary["purity"] = round(purity(label, person), 4)
-        summary["purity_sure"] = round(purity_of(label, person, sure), 4)
+        summary["purity_sure"] = round(purity(label, person, sure), 4)
         print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person); "
               f"{summary['purity_sure']:.4f} among the {summary['share_sure']:.1%} in groups surer than 0",
               file=sys.stderr)
