@@ -51,10 +51,6 @@ def one_line_errors(main):
         except UserError as e:
             fail(str(e))
         except (Interrupted, KeyboardInterrupt) as e:
-            # Exiting now: helper threads torn down mid-call must not print (multiprocessing's fd sharer, which
-            # serves the loader's workers, reports through sys.excepthook itself).
-            threading.excepthook = lambda args: None
-            sys.excepthook = lambda *args: None
             fail(str(e) if isinstance(e, Interrupted) else "interrupted", code=130)
     return wrapper
 
