@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from cli import Interrupted, UserError, command, fail, make_app, resolve_device, result, stop_if_interrupted
-from cropping import (
+from maskfold.cli import Interrupted, UserError, command, fail, make_app, resolve_device, result, stop_if_interrupted
+from maskfold.cropping import (
     COLUMNS,
     CropOptions,
     Item,
@@ -33,8 +33,8 @@ from cropping import (
     crop_path,
     faces_by_folder,
 )
-from files import append_csv, read_table, remove_stale_temps, write_csv, write_json
-from images import is_image_name
+from maskfold.files import append_csv, read_table, remove_stale_temps, write_csv, write_json
+from maskfold.images import is_image_name
 
 app = make_app()
 REPORT, PARTIAL = "crop_report.csv", ".crop_report.partial.csv"
@@ -119,14 +119,14 @@ def main(o: CropOptions):
         raise UserError(f"{e}; --overwrite starts afresh") from None
     finished = set(done["path"])
     todo = [it for it in items if it.rel not in finished]
-    from detector import check_facenet
+    from maskfold.detector import check_facenet
     check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
     t1 = time.time()
     report = finish_report(o.dst, done, run_crops(o, dev, todo, done))
     elapsed = time.time() - t1
     counts = report["status"].value_counts().to_dict()
     if o.preview_size:
-        from sheets import crop_preview
+        from maskfold.sheets import crop_preview
         crop_preview(o.src, o.dst / "preview.jpg", report, o.preview_size)
     summary = {"src": str(o.src), "dst": str(o.dst), "images": len(items), "skipped": len(done),
                "processed": len(todo), **{s: int(counts.get(s, 0)) for s in STATUSES},

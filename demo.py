@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from cli import UserError, arg, command, make_app, opt, result
-from files import write_csv
-from labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.files import write_csv
+from maskfold.labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
 app = make_app()
 

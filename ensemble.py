@@ -20,14 +20,14 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-import decide
-from cli import UserError, arg, command, make_app, opt, result
-from decide import Mean, Recipe
-from files import check_new, read_info, read_probs, read_provenance, read_table, write_csv
-from grouping import read_people
-from images import stem_key
-from labels import NUM_CLASSES, PROB_COLS, TASKS
-from oof import OOF, oof_for_inputs, suspects
+from maskfold import decide
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.decide import Mean, Recipe
+from maskfold.files import check_new, read_info, read_probs, read_provenance, read_table, write_csv
+from maskfold.grouping import read_people
+from maskfold.images import stem_key
+from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS
+from maskfold.oof import OOF, oof_for_inputs, suspects
 
 app = make_app()
 

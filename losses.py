@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labels import NUM_CLASSES, TASKS, decode
+from maskfold.labels import NUM_CLASSES, TASKS, decode
 from models import split_logits
 
 

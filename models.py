@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import UserError, stop_if_interrupted
-from labels import NUM_CLASSES, TASKS, joint
+from maskfold.cli import UserError, stop_if_interrupted
+from maskfold.labels import NUM_CLASSES, TASKS, joint
 
 HEADS = {"single": NUM_CLASSES, "multi": sum(TASKS.values())}
 
@@ -133,7 +133,7 @@ def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, ba
     """18-class probabilities of cached uint8 images; with tta, averaged with the mirrored image."""
     from tqdm import tqdm
 
-    from datasets import to_input
+    from maskfold.datasets import to_input
 
     net.eval()
     out = []

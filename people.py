@@ -21,10 +21,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-import grouping
-from cli import UserError, arg, command, make_app, opt, result
-from files import check_new, check_outside, read_info, read_table, write_csv, write_json
-from images import is_image_name, match_ids, stem_key
+from maskfold import grouping
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.files import check_new, check_outside, read_info, read_table, write_csv, write_json
+from maskfold.images import is_image_name, match_ids, stem_key
 
 app = make_app()
 
@@ -102,8 +102,8 @@ def table(ids: list[str], label: np.ndarray, margin: np.ndarray) -> pd.DataFrame
 
 def preview(o: PeopleOptions, df: pd.DataFrame, person: np.ndarray | None) -> None:
     """One row per group, least sure first: a person sees at once whether a row is one person."""
-    from images import read_image
-    from sheets import COLOURS, Tile, save_jpeg, sheet
+    from maskfold.images import read_image
+    from maskfold.sheets import COLOURS, Tile, save_jpeg, sheet
 
     worst = df.groupby("group")["sure"].first().sort_values().index[:o.preview_groups]
     tiles = []

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cli import Device, UserError, arg, command, make_app, opt, resolve_device, result
-from files import check_new, check_outside, read_info, write_probs
-from images import is_hidden, match_ids
-from labels import NUM_CLASSES, PROB_COLS
-from runs import run_folds
+from maskfold.cli import Device, UserError, arg, command, make_app, opt, resolve_device, result
+from maskfold.files import check_new, check_outside, read_info, write_probs
+from maskfold.images import is_hidden, match_ids
+from maskfold.labels import NUM_CLASSES, PROB_COLS
+from maskfold.runs import run_folds
 
 app = make_app()
 
@@ -95,7 +95,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bo
     from tqdm import tqdm
 
     import models
-    from images import load_cache, read_ahead
+    from maskfold.images import load_cache, read_ahead
 
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
     probs = np.zeros((len(files), NUM_CLASSES))

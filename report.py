@@ -22,12 +22,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-import pages
-from cli import UserError, arg, command, make_app, opt, result
-from files import check_new, read_table, write_text
-from labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
-from oof import read_run_oof
-from runs import RUN_KEYS, fold_configs, fold_dirs, read_json, run_folds
+from maskfold import pages
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.files import check_new, read_table, write_text
+from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
+from maskfold.oof import read_run_oof
+from maskfold.runs import RUN_KEYS, fold_configs, fold_dirs, read_json, run_folds
 
 app = make_app()
 
@@ -122,7 +122,7 @@ def folds_table(runs: list[Run]) -> str:
 
 
 def curves(runs: list[Run]) -> str:
-    import plots
+    from maskfold import plots
 
     plt = plots._plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -155,7 +155,7 @@ def per_class(runs: list[Run]) -> str:
 
 
 def confusions(runs: list[Run]) -> str:
-    import plots
+    from maskfold import plots
 
     imgs = []
     for r in (r for r in runs if r.oof is not None):

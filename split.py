@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cli import UserError, arg, command, make_app, opt, result
-from files import check_new, check_outside, read_table, write_csv
-from images import find_by_stem, is_hidden
-from labels import GENDERS, PHOTO_STEMS, age_label, encode, gender_label, mask_label
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.files import check_new, check_outside, read_table, write_csv
+from maskfold.images import find_by_stem, is_hidden
+from maskfold.labels import GENDERS, PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
 app = make_app()
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")

@@ -20,20 +20,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cli import Interrupted, UserError, choose, command, loader_worker, make_app, resolve_device, result
-from files import append_csv, check_outside, write_csv, write_json
-from labels import PROB_COLS, TASKS
-from runs import TrainConfig, prepare_fold, read_folds, results_row, write_summaries
-from tracking import Tracker, check_wandb
+from maskfold.cli import Interrupted, UserError, choose, command, loader_worker, make_app, resolve_device, result
+from maskfold.files import append_csv, check_outside, write_csv, write_json
+from maskfold.labels import PROB_COLS, TASKS
+from maskfold.runs import TrainConfig, prepare_fold, read_folds, results_row, write_summaries
+from maskfold.tracking import Tracker, check_wandb
 
 app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
     import models
-    from datasets import AUGS, CUTMIX_MODES
+    from maskfold.datasets import AUGS, CUTMIX_MODES
     from losses import LOSSES
-    from optim import OPTIMIZERS, SCHEDULERS
+    from maskfold.optim import OPTIMIZERS, SCHEDULERS
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
                                  (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.aug, AUGS, "--aug"),
@@ -75,7 +75,7 @@ def setup_place(cfg: TrainConfig):
     import torch
     import torch.distributed as dist
 
-    from trainer import Place
+    from maskfold.trainer import Place
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = resolve_device(cfg.device) == "cuda"
@@ -93,7 +93,7 @@ def create_model(cfg: TrainConfig, resume_from: Path | None):
     """The fold's network: with the weights of the checkpoint it resumes from, or of --init-from (each
     checked to be of this run's model and head)."""
     import models
-    from trainer import seed_all
+    from maskfold.trainer import seed_all
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
     net = models.create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate)
@@ -120,7 +120,7 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
     if cfg.overwrite and cfg.fold_dir.exists():
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
-    from runs import RUN_KEYS
+    from maskfold.runs import RUN_KEYS
 
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
@@ -131,7 +131,7 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
     """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed)."""
     from torch.utils.data import DataLoader
 
-    from datasets import EpochSampler
+    from maskfold.datasets import EpochSampler
 
     distributed = None
     if place.world > 1:
@@ -150,7 +150,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
     early after --patience epochs without a better val F1."""
     import torch.distributed as dist
 
-    import trainer
+    from maskfold import trainer
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
@@ -221,7 +221,7 @@ def gpu_peak_gib(device: str) -> float | None:
 
 def finish(fold, t0: float, log: Log) -> dict:
     """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
-    import plots
+    from maskfold import plots
 
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
@@ -259,9 +259,9 @@ def main(cfg: TrainConfig):
         return result(state.finished)
     import torch.distributed as dist
 
-    import trainer
-    from datasets import CachedImages
-    from images import load_cache
+    from maskfold import trainer
+    from maskfold.datasets import CachedImages
+    from maskfold.images import load_cache
 
     place = setup_place(cfg)
     net, ck = create_model(cfg, state.resume_from)

@@ -99,8 +99,8 @@ def loaders(files: list[str], size, batch: int, workers: int, device: str, least
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms as T
 
-    from datasets import CachedImages, to_input
-    from images import load_cache
+    from maskfold.datasets import CachedImages, to_input
+    from maskfold.images import load_cache
 
     def rate(loader, norm):
         """img/s over whole epochs until `least` images, after the first batch (worker start-up)."""

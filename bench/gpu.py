@@ -25,7 +25,7 @@ import torch
 import typer
 from common import ROOT, iou, loaders, model_only_infer, model_only_train, step
 
-from files import atomic_path  # noqa: E402  (common puts the project on the path)
+from maskfold.files import atomic_path  # noqa: E402  (common puts the project on the path)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 GOALS = {"crop_img_per_s": (">=", 1000), "train_vs_model_only": (">=", 0.9),
@@ -103,7 +103,7 @@ def train_part(work: Path, dev: str, s: dict, reduced: bool, times: dict) -> dic
                         least=256 if reduced else 3000)
     rate = float(np.mean([f["img_per_s"] for f in folds]))
     t0 = time.time()
-    from images import load_cache
+    from maskfold.images import load_cache
     load_cache(files[:512], s["size"])
     cache_per_s = 512 / (time.time() - t0)
     n_train, n_val = REAL["photos"] * (REAL["folds"] - 1) / REAL["folds"], REAL["photos"] / REAL["folds"]

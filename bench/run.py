@@ -21,9 +21,9 @@ import torch
 import typer
 from common import ROOT, StepFailed, iou, loaders, model_only_infer, model_only_train, step, sync
 
-from cli import Device, resolve_device  # noqa: E402  (common puts the project on the path)
-from files import atomic_path  # noqa: E402
-from images import load_cache  # noqa: E402
+from maskfold.cli import Device, resolve_device  # noqa: E402  (common puts the project on the path)
+from maskfold.files import atomic_path  # noqa: E402
+from maskfold.images import load_cache  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 GOALS = {"crop_vs_habit": 10, "crop_agreement": 0.95, "train_vs_model_only": 0.9, "loader_vs_peer": 3,
@@ -101,9 +101,9 @@ def crop_profile(files: list[Path], device: str) -> dict:
     """Where crop.py's time goes, per photo on one core (detection: crop.py's detector, its threads)."""
     from PIL import Image
 
-    from detector import Detector
-    from facebox import Geometry, crop_box, cut
-    from images import read_image
+    from maskfold.detector import Detector
+    from maskfold.facebox import Geometry, crop_box, cut
+    from maskfold.images import read_image
 
     t = time.time()
     images = [read_image(f) for f in files]
@@ -141,7 +141,7 @@ def report_at_scale(work: Path, run: Path, times: dict, runs: int = 3, folds: in
     out-of-fold rows drawn again up to `photos` people's photos (links to its crops, 7 to a person)."""
     import shutil
 
-    from labels import PROB_COLS
+    from maskfold.labels import PROB_COLS
 
     root, linked = work / "report_scale", work / "scale_photos"
     for d in (root, linked):

@@ -7,9 +7,9 @@ from conftest import invoke, iou
 from PIL import Image
 
 import crop
-import cropping
+from maskfold import cropping
 import demo
-from facebox import Geometry, crop_box
+from maskfold.facebox import Geometry, crop_box
 
 
 def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 0.0):
@@ -251,8 +251,8 @@ def test_detector_finds_the_boxes_of_facenet_pytorchs_detect_face(tree):
     import torch
     from facenet_pytorch.models.utils.detect_face import detect_face
 
-    from detector import Detector
-    from images import read_image
+    from maskfold.detector import Detector
+    from maskfold.images import read_image
 
     src, faces = tree
     images = [read_image(src / rel) for rel in faces]
@@ -276,7 +276,7 @@ def test_area_means_from_integral_images_equal_pytorchs_area_resize():
     import torch
     import torch.nn.functional as F
 
-    from detector import Detector, area_windows, box_means, integral_images, level_means
+    from maskfold.detector import Detector, area_windows, box_means, integral_images, level_means
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 50, 37, 3), dtype=np.uint8)
@@ -306,7 +306,7 @@ def test_bad_crop_options_end_in_one_line(tree, tmp_path, option, value):
 def test_pyramid_is_the_tail_of_mtcnn_defaults():
     """The default smallest face starts the pyramid where MTCNN's defaults (20 px) reach 384x512 portraits'
     faces: the same levels, to the pixel (112 px would give 55x42 and 39x30 instead of 56x42 and 40x30)."""
-    from detector import TAIL_OF_DEFAULTS, pyramid
+    from maskfold.detector import TAIL_OF_DEFAULTS, pyramid
 
     defaults = [size for _, size in pyramid(512, 384, 20)]
     mine = [size for _, size in pyramid(512, 384, TAIL_OF_DEFAULTS)]
@@ -352,7 +352,7 @@ def test_detector_on_a_12_megapixel_photo_finds_the_downscaled_photos_box():
     import cv2
     import torch
 
-    from detector import Detector, area_windows, box_means, integral_images
+    from maskfold.detector import Detector, area_windows, box_means, integral_images
 
     img, _ = photo("grace_hopper", "normal", seed=1)
     small = np.asarray(img)
@@ -376,7 +376,7 @@ def test_detector_on_a_12_megapixel_photo_finds_the_downscaled_photos_box():
 def test_a_changed_facenet_helper_is_named_in_one_line(tree, tmp_path, monkeypatch):
     from facenet_pytorch.models.utils import detect_face as module
 
-    from detector import Detector
+    from maskfold.detector import Detector
     monkeypatch.setattr(module, "rerec", lambda boxes, square=True: boxes)
     with pytest.raises(Exception, match=r"detect_face.rerec is now \(boxes, square\)"):
         Detector()

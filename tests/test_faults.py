@@ -15,10 +15,10 @@ from conftest import ROOT, invoke
 from PIL import Image
 
 import crop
-import cropping
+from maskfold import cropping
 import split
 import train
-from labels import PROB_COLS
+from maskfold.labels import PROB_COLS
 
 TINY = ["--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16", "--workers", "0",
         "--device", "cpu"]

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import losses
 import models
-from datasets import cutmix
-from labels import NUM_CLASSES
+from maskfold.datasets import cutmix
+from maskfold.labels import NUM_CLASSES
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_heads_give_18_class_outputs(head):
 
 
 def test_unknown_model_names_closest():
-    from cli import UserError
+    from maskfold.cli import UserError
     with pytest.raises(UserError, match="closest: resnet18"):
         models.create("resnet_18", "single", pretrained=False)
 
@@ -109,7 +109,7 @@ def test_unknown_model_names_closest():
 def test_persistent_workers_augment_with_each_epochs_seed():
     from torch.utils.data import DataLoader
 
-    from datasets import CachedImages, EpochSampler
+    from maskfold.datasets import CachedImages, EpochSampler
     rng = np.random.default_rng(0)
     ds = CachedImages(rng.integers(0, 255, (16, 32, 24, 3), dtype=np.uint8), np.zeros(16, int), "seed")
     sampler = EpochSampler(16)

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from conftest import invoke
 
-import decide
+from maskfold import decide
 import ensemble
-import grouping
+from maskfold import grouping
 import people
-from files import write_probs
-from labels import PROB_COLS, encode
+from maskfold.files import write_probs
+from maskfold.labels import PROB_COLS, encode
 
 # ---------------------------------------------------------------- the per-person rule
 

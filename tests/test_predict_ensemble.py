@@ -8,7 +8,7 @@ from conftest import invoke
 
 import ensemble
 import predict
-from labels import PROB_COLS, scores
+from maskfold.labels import PROB_COLS, scores
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_blend_bad_inputs(hand, case, needle):
 
 
 def test_bias_undoes_a_planted_offset_and_held_out_fits_never_see_their_fold():
-    import decide
+    from maskfold import decide
     rng = np.random.default_rng(0)
     y = rng.integers(0, 18, 400)
     logits = rng.normal(size=(400, 18))

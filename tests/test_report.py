@@ -9,7 +9,7 @@ import pytest
 from conftest import invoke
 
 import report
-from labels import PROB_COLS
+from maskfold.labels import PROB_COLS
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import files
-import images
-import labels
-from cli import UserError
+from maskfold import files
+from maskfold import images
+from maskfold import labels
+from maskfold.cli import UserError
 
 
 @pytest.mark.parametrize("stem,gender,age,expected", [
@@ -152,7 +152,7 @@ def test_read_probs_accepts_valid_and_rejects_bad(tmp_path):
 def test_fast_macro_f1_equals_sklearn():
     from sklearn.metrics import f1_score
 
-    from labels import macro_f1
+    from maskfold.labels import macro_f1
     rng = np.random.default_rng(0)
     for n, k in ((50, 18), (400, 18), (30, 5), (7, 18)):
         y, p = rng.integers(0, k, n), rng.integers(0, 18, n)  # some classes only predicted, some never
@@ -162,7 +162,7 @@ def test_fast_macro_f1_equals_sklearn():
 
 def test_read_image_applies_exif_orientation(tmp_path):
     """A phone photo stored landscape with 'rotate 90' in EXIF is read upright, as every viewer shows it."""
-    from images import load_cache
+    from maskfold.images import load_cache
 
     upright = np.zeros((40, 30, 3), np.uint8)
     upright[:10] = (255, 0, 0)  # red on top
@@ -179,7 +179,7 @@ def test_read_image_applies_exif_orientation(tmp_path):
 
 
 def _append_many(path, worker, rows):
-    import files
+    from maskfold import files
     for i in range(rows):
         files.append_csv(pd.DataFrame([{"run": f"w{worker}", "fold": i, "f1": 0.5 + i / 1000}]), path)
 
@@ -262,9 +262,9 @@ def test_train_help_names_every_registry_entry():
 
     from conftest import ROOT
 
-    from datasets import AUGS, CUTMIX_MODES
+    from maskfold.datasets import AUGS, CUTMIX_MODES
     from losses import LOSSES
-    from optim import OPTIMIZERS, SCHEDULERS
+    from maskfold.optim import OPTIMIZERS, SCHEDULERS
     out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
     flat = " ".join(out.split())
@@ -277,7 +277,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_batch(capsys):
     import os
     import signal
 
-    import cli
+    from maskfold import cli
 
     class Bar:  # a progress bar whose __del__ is running when Ctrl-C comes
         def __del__(self):
@@ -300,7 +300,7 @@ def test_a_loader_worker_does_not_print_the_fd_sharers_broken_handover():
 
     code = """if 1:
         import sys, signal
-        import cli
+        from maskfold import cli
         cli.loader_worker(0)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         for where in ("/py/lib/multiprocessing/resource_sharer.py", "/work/dataset.py"):

@@ -13,7 +13,7 @@ from conftest import ROOT, invoke
 
 import split
 import train
-import trainer
+from maskfold import trainer
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu"]
@@ -338,7 +338,7 @@ def test_ema_is_validated_kept_when_it_wins_and_resumable(folds, tmp_path):
 
 
 def test_mixup_and_cutmix_share_one_mechanism(folds, tmp_path, monkeypatch):
-    import datasets
+    from maskfold import datasets
     kinds, real = [], trainer.mix
     monkeypatch.setattr(trainer, "mix", lambda kind, *a: kinds.append(kind) or real(kind, *a))
     assert run_train(folds, tmp_path / "a", "--mixup", "1").exit_code == 0
@@ -438,7 +438,7 @@ def test_results_and_summary_compare_runs(folds, tmp_path):
     summ = pd.read_csv(out / "summary.csv").set_index("run")
     assert summ.loc["test_resnet", "folds"] == 2 and summ.loc["test_resnet", "of"] == 3
     oof = pd.concat([pd.read_csv(out / "test_resnet" / f"fold{k}" / "oof.csv") for k in (0, 1)])
-    from labels import PROB_COLS, scores
+    from maskfold.labels import PROB_COLS, scores
     assert summ.loc["test_resnet", "cv_f1"] == pytest.approx(scores(oof["label"], oof[PROB_COLS].to_numpy()
                                                                     .argmax(1))["f1"], abs=1e-5)
     assert summ.loc["test_resnet", "f1_mean"] == pytest.approx(res["f1"][:2].mean(), abs=1e-5)

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-import facebox
-from cli import UserError
-from files import read_table
-from images import read_image, stem_key
+from maskfold import facebox
+from maskfold.cli import UserError
+from maskfold.files import read_table
+from maskfold.images import read_image, stem_key
 
 
 def unit(v: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from cli import UserError
-from files import atomic_path
+from maskfold.cli import UserError
+from maskfold.files import atomic_path
 
 COLOURS = {"face": (60, 200, 60), "person": (240, 200, 40), "prior": (240, 60, 60), "crop": (255, 255, 255),
            "good": (60, 200, 60), "doubt": (240, 200, 40), "bad": (240, 60, 60), "text": (235, 235, 235)}
@@ -89,7 +89,7 @@ def quotas(counts: dict[str, int], n: int) -> dict[str, int]:
 def crop_preview(src: Path, path: Path, report, n: int, seed: int = 0) -> None:
     """A sample of each status (rare fallbacks whole), each photo with its face box in the status's colour
     and its crop box in white, captioned with status, probability, folder and note."""
-    from images import read_image
+    from maskfold.images import read_image
 
     ok = report[report["status"] != "unreadable"]
     counts = ok["status"].value_counts().to_dict()

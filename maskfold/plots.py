@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from files import atomic_path
-from labels import NUM_CLASSES, SCHEME
+from maskfold.files import atomic_path
+from maskfold.labels import NUM_CLASSES, SCHEME
 
 
 def _plt():

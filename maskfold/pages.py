@@ -70,8 +70,8 @@ def thumb_uri(path: Path, size=(100, 133)) -> str | None:
     """A small JPEG of a photo as a data: URI (None if it cannot be read)."""
     from PIL import Image
 
-    from cli import UserError
-    from images import read_image
+    from maskfold.cli import UserError
+    from maskfold.images import read_image
 
     try:
         im = Image.fromarray(read_image(path, reduce=2))

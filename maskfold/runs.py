@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-from cli import Device, UserError, arg, opt
+from maskfold.cli import Device, UserError, arg, opt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +224,7 @@ def summarize(run_dir: Path) -> dict:
     predictions taken together (the CV score ensemble.py reports for it alone)."""
     import pandas as pd
 
-    from labels import PROB_COLS, TASKS, scores
+    from maskfold.labels import PROB_COLS, TASKS, scores
 
     folds = run_folds(run_dir)
     metrics = pd.DataFrame([read_json(run_dir / f"fold{k}" / "metrics.json") for k in sorted(folds.finished)])
@@ -244,7 +244,7 @@ def write_summaries(out: Path) -> Path:
     """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish)."""
     import pandas as pd
 
-    from files import locked, write_csv
+    from maskfold.files import locked, write_csv
 
     with locked(out):
         rows = []
@@ -262,7 +262,7 @@ def write_summaries(out: Path) -> Path:
 
 def read_folds(path: Path, fold: int):
     """folds.csv, checked: its columns, no person in two folds, the fold asked for, every photo there."""
-    from files import read_table
+    from maskfold.files import read_table
 
     if not path.is_file():
         raise UserError(f"{path}: no such file")

@@ -15,12 +15,12 @@ from tqdm import tqdm
 
 import losses
 import models
-from cli import stop_if_interrupted
-from datasets import mix, to_display, to_input
-from files import atomic_path
-from labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
-from optim import make_optimizer, make_scheduler
-from runs import TrainConfig
+from maskfold.cli import stop_if_interrupted
+from maskfold.datasets import mix, to_display, to_input
+from maskfold.files import atomic_path
+from maskfold.labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
+from maskfold.optim import make_optimizer, make_scheduler
+from maskfold.runs import TrainConfig
 
 
 def seed_all(seed: int) -> None:

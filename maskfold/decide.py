@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from labels import NUM_CLASSES, TASKS, joint, macro_f1, marginals, scores
+from maskfold.labels import NUM_CLASSES, TASKS, joint, macro_f1, marginals, scores
 
 MASK_COUNTS = {0: -2, 1: 1, 2: 1}  # of a complete group: 1 worn wrongly, 1 not worn, the rest (5 of 7) worn
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError
+from maskfold.cli import UserError
 
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "val_loss_ema": "loss/val_ema", "train_f1": "f1/train",
            "val_f1": "f1/val", "val_f1_ema": "f1/val_ema", "val_f1_mask": "f1_task/mask",

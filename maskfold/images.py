@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cli import UserError
+from maskfold.cli import UserError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 ORIENTATION = 0x0112  # the EXIF tag phones write instead of rotating the pixels

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import facebox
-from cli import Device, UserError, arg, opt
-from files import atomic_path, check_outside
-from images import read_ahead, read_image
+from maskfold import facebox
+from maskfold.cli import Device, UserError, arg, opt
+from maskfold.files import atomic_path, check_outside
+from maskfold.images import read_ahead, read_image
 
 FACE, CROP = ["face_x1", "face_y1", "face_x2", "face_y2"], ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
 COLUMNS = ["path", "status", "prob", *FACE, *CROP, "width", "height", "note"]
@@ -162,7 +162,7 @@ def crop_jobs(rows: list[dict], batch: list[Item], images: list) -> list[tuple[d
 def crop_here(todo: list[Item], o: CropOptions, dev: str, earlier: dict):
     """One process around one detector (the GPU path): threads decode the next batch and write the
     last one's crops while this one is detected. Yields (batch, rows, deferred) once its crops are on disk."""
-    from detector import Detector
+    from maskfold.detector import Detector
 
     det, geom = Detector(dev, o.scale, o.min_face), geometry(o)
     with ThreadPoolExecutor(o.workers) as pool, ThreadPoolExecutor(1) as ahead:
@@ -190,8 +190,8 @@ _worker: dict = {}
 def start_worker(o: CropOptions, dev: str, threads: int) -> None:
     import torch
 
-    from cli import child_process
-    from detector import Detector
+    from maskfold.cli import child_process
+    from maskfold.detector import Detector
 
     child_process()
     torch.set_num_threads(threads)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cli import UserError
-from labels import PROB_COLS
+from maskfold.cli import UserError
+from maskfold.labels import PROB_COLS
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once, at import: mkstemp's files are private (0600), outputs should not be

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from cli import UserError
-from facebox import TAIL_OF_DEFAULTS
+from maskfold.cli import UserError
+from maskfold.facebox import TAIL_OF_DEFAULTS
 
 # facenet-pytorch's private helpers this module calls, with the parameters it passes (2.5.3).
 FACENET_HELPERS = {"generateBoundingBox": ("reg", "probs", "scale", "thresh"),

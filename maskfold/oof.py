@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cli import UserError
-from files import read_probs
-from labels import PROB_COLS
-from runs import fold_configs, run_folds
+from maskfold.cli import UserError
+from maskfold.files import read_probs
+from maskfold.labels import PROB_COLS
+from maskfold.runs import fold_configs, run_folds
 
 
 @dataclass

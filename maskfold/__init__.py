@@ -1,0 +1,1 @@
+"""maskfold: the code the scripts at the repository's root share. It never imports a script."""
