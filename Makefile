@@ -19,7 +19,8 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) demo.py $(DEMO) --overwrite

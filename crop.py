@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from maskfold.cli import Interrupted, UserError, command, fail, make_app, resolve_device, result, stop_if_interrupted
+from maskfold.cli import Interrupted, UserError, command, fail, make_app, result
 from maskfold.cropping import (
     COLUMNS,
     CropOptions,
@@ -33,8 +33,10 @@ from maskfold.cropping import (
     crop_path,
     faces_by_folder,
 )
+from maskfold.device import resolve_device
 from maskfold.files import append_csv, read_table, remove_stale_temps, write_csv, write_json
 from maskfold.images import is_image_name
+from maskfold.signals import stop_if_interrupted
 
 app = make_app()
 REPORT, PARTIAL = "crop_report.csv", ".crop_report.partial.csv"
@@ -126,7 +128,7 @@ def main(o: CropOptions):
     elapsed = time.time() - t1
     counts = report["status"].value_counts().to_dict()
     if o.preview_size:
-        from maskfold.sheets import crop_preview
+        from maskfold.contact_sheet import crop_preview
         crop_preview(o.src, o.dst / "preview.jpg", report, o.preview_size)
     summary = {"src": str(o.src), "dst": str(o.dst), "images": len(items), "skipped": len(done),
                "processed": len(todo), **{s: int(counts.get(s, 0)) for s in STATUSES},

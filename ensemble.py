@@ -20,14 +20,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import decide
+from maskfold import recipe
 from maskfold.cli import UserError, arg, command, make_app, opt, result
-from maskfold.decide import Mean, Recipe
-from maskfold.files import check_new, read_info, read_probs, read_provenance, read_table, write_csv
+from maskfold.files import check_new, read_info, read_table, write_csv
 from maskfold.grouping import read_people
 from maskfold.images import stem_key
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS
 from maskfold.oof import OOF, oof_for_inputs, suspects
+from maskfold.probs import read_probs, read_provenance
+from maskfold.recipe import Mean, Recipe
 
 app = make_app()
 
@@ -115,26 +116,26 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
     """Score the recipe's out-of-fold probabilities `p`; decide whether the bias and the per-person rule are
     applied (each only if it gains on held-out folds). Returns (bias, people rule applied)."""
     for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
-        s = decide.task_f1(cv.y, q.argmax(1))
+        s = recipe.task_f1(cv.y, q.argmax(1))
         print(f"CV {name}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS), file=sys.stderr)
         summary.setdefault("cv", {})[name] = round(s["f1"], 5)
     summary["cv_f1"] = summary["cv"]["blend"]
-    plain = decide.task_f1(cv.y, p.argmax(1))
+    plain = recipe.task_f1(cv.y, p.argmax(1))
     rows, b = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
     if o.bias:
-        held = decide.held_out_biases(p, cv.y, cv.folds)
-        gain = decide.task_f1(cv.y, decide.answers(p, held))["f1"] - plain["f1"]
+        held = recipe.held_out_biases(p, cv.y, cv.folds)
+        gain = recipe.task_f1(cv.y, recipe.answers(p, held))["f1"] - plain["f1"]
         summary.update(bias_cv_gain=round(gain, 5), bias_applied=bool(gain > 0))
         print(f"bias: held-out CV macro F1 {plain['f1']:.4f} -> {plain['f1'] + gain:.4f}; "
               f"{'applied' if gain > 0 else 'not applied'}", file=sys.stderr)
         if gain > 0:
-            rows, b = held, decide.fit_bias(p, cv.y)
+            rows, b = held, recipe.fit_bias(p, cv.y)
     if cv.groups is None:
         if o.people:
             print("per person: applied unchecked (--oof-people scores it out of fold first)", file=sys.stderr)
         return b, o.people is not None
-    before = decide.task_f1(cv.y, decide.answers(p, rows))
-    after = decide.task_f1(cv.y, decide.answers(p, rows, cv.groups, o.group_size))
+    before = recipe.task_f1(cv.y, recipe.answers(p, rows))
+    after = recipe.task_f1(cv.y, recipe.answers(p, rows, cv.groups, o.group_size))
     gain = after["f1"] - before["f1"]
     summary["people_cv"] = {"f1": round(before["f1"], 5), "f1_people": round(after["f1"], 5),
                             **{f"{t}_change": round(after[t] - before[t], 5) for t in TASKS}}
@@ -148,7 +149,7 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
 def main(o: EnsembleOptions):
     """Blend probability CSVs into a submission; score the same recipe out of fold."""
     check_new(o.out, o.probs_out, o.suspects, overwrite=o.overwrite)
-    recipe = o.recipe()
+    blend = o.recipe()
     ids = read_info(o.info)
     probs, records = read_inputs(o.inputs, ids)
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people))
@@ -160,16 +161,16 @@ def main(o: EnsembleOptions):
         cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, o.min_sure, "the out-of-fold photos")
     truth = read_truth(o.truth, ids) if o.truth else None
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
-    p_oof = recipe.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets
+    p_oof = blend.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets
     if cv is not None:
         b, use_people = cv_and_rules(o, cv, p_oof, summary)
     else:
         b, use_people = np.zeros(NUM_CLASSES), o.people is not None
-    p = recipe.combine(probs)
-    plain = decide.answers(p, b)
+    p = blend.combine(probs)
+    plain = recipe.answers(p, b)
     ans = plain
     if groups is not None:
-        per_person = decide.answers(p, b, groups, o.group_size)
+        per_person = recipe.answers(p, b, groups, o.group_size)
         ans = per_person if use_people else plain
         summary.update(people_applied=bool(use_people), people_changed=int((per_person != plain).sum()))
         print(f"per person: {summary['people_changed']} of {len(ans)} answers change"
@@ -189,11 +190,11 @@ def main(o: EnsembleOptions):
 def report_test(summary: dict, truth: np.ndarray, plain: np.ndarray, per_person: np.ndarray | None,
                 submitted: np.ndarray) -> None:
     """F1 on the demo's hidden truth: the submission's, and without and with the per-person rule."""
-    s = decide.task_f1(truth, submitted)
+    s = recipe.task_f1(truth, submitted)
     summary.update(test_f1=round(s["f1"], 5), test_acc=round(float((truth == submitted).mean()), 5))
     print(f"test: macro F1 {s['f1']:.4f} (" + ", ".join(f"{t} {s[t]:.4f}" for t in TASKS) + ")", file=sys.stderr)
     if per_person is not None:
-        a, b = decide.task_f1(truth, plain), decide.task_f1(truth, per_person)
+        a, b = recipe.task_f1(truth, plain), recipe.task_f1(truth, per_person)
         summary.update(test_f1_without_people=round(a["f1"], 5), test_f1_with_people=round(b["f1"], 5))
         print(f"test: macro F1 without --people {a['f1']:.4f}, with {b['f1']:.4f} ("
               + ", ".join(f"{t} {b[t] - a[t]:+.4f}" for t in TASKS) + ")", file=sys.stderr)

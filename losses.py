@@ -6,8 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskfold.labels import NUM_CLASSES, TASKS, decode
-from models import split_logits
+from maskfold.labels import NUM_CLASSES, TASKS, decode, split_logits
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:

@@ -75,18 +75,6 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
     return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
 
 
-def purity(label: np.ndarray, person: np.ndarray, among: np.ndarray | None = None) -> float:
-    """Share of photos whose group is exactly their person's photos; of the photos `among` selects, if given
-    (their groups judged whole)."""
-    df = pd.DataFrame({"g": label, "p": person})
-    same = df.groupby("g")["p"].transform(lambda s: s.nunique() == 1)
-    whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
-    exact = (same & whole).to_numpy()
-    if among is not None:
-        exact = exact[among]
-    return float(exact.mean()) if len(exact) else 0.0
-
-
 def peak_rss_mib() -> float:
     import resource
 
@@ -98,30 +86,6 @@ def table(ids: list[str], label: np.ndarray, margin: np.ndarray) -> pd.DataFrame
     df["size"] = df.groupby("group")["group"].transform("size")
     df["sure"] = df.groupby("group")["margin"].transform("min")
     return df[["ImageID", "group", "size", "sure", "margin"]]
-
-
-def preview(o: PeopleOptions, df: pd.DataFrame, person: np.ndarray | None) -> None:
-    """One row per group, least sure first: a person sees at once whether a row is one person."""
-    from maskfold.images import read_image
-    from maskfold.sheets import COLOURS, Tile, save_jpeg, sheet
-
-    worst = df.groupby("group")["sure"].first().sort_values().index[:o.preview_groups]
-    tiles = []
-    for g in worst:
-        rows = df[df["group"] == g].sort_values("margin")
-        for k, (_, r) in enumerate(rows.iterrows()):
-            colour = COLOURS["bad" if r["margin"] < 0 else "doubt" if r["margin"] < 0.05 else "good"]
-            first = f"group {g} ({r['size']} photos)" if k == 0 else ""
-            who = f"person {person[r.name]}" if person is not None else Path(r["ImageID"]).stem[:16]
-            sure = f"margin {r['margin']:+.3f}" + (" (least)" if k == 0 else "")
-            try:
-                image = read_image(o.images / r["ImageID"], reduce=4)
-            except UserError:
-                image = np.zeros((8, 6, 3), np.uint8)
-            tiles.append(Tile(image, [first, sure, who], colour))
-        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), ["", "", ""], (32, 32, 32))] * (o.size - len(rows))
-    title = f"{df['group'].nunique()} groups of {len(df)} photos; the {len(worst)} least sure, one per row"
-    save_jpeg(sheet(tiles, cols=o.size, w=120, h=180, title=title), o.preview)
 
 
 @command(app, PeopleOptions)
@@ -156,15 +120,17 @@ def main(o: PeopleOptions):
     sure = (df["sure"] > 0).to_numpy()
     summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
     if person is not None:
-        summary["purity"] = round(purity(label, person), 4)
-        summary["purity_sure"] = round(purity(label, person, sure), 4)
+        summary["purity"] = round(grouping.purity(label, person), 4)
+        summary["purity_sure"] = round(grouping.purity(label, person, sure), 4)
         print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person); "
               f"{summary['purity_sure']:.4f} among the {summary['share_sure']:.1%} in groups surer than 0",
               file=sys.stderr)
     write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
                                         **summary})
     if o.preview:
-        preview(o, df, person)
+        from maskfold.contact_sheet import people_sheet
+
+        people_sheet(df, o.images, person, o.preview_groups, o.size, o.preview)
     summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else [])
     summary["seconds"] = round(time.time() - t0, 1)
     result(summary)

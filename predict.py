@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskfold.cli import Device, UserError, arg, command, make_app, opt, resolve_device, result
-from maskfold.files import check_new, check_outside, read_info, write_probs
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.device import Device, amp_dtype, resolve_device
+from maskfold.files import check_new, check_outside, read_info
 from maskfold.images import is_hidden, match_ids
 from maskfold.labels import NUM_CLASSES, PROB_COLS
+from maskfold.probs import write_probs
 from maskfold.runs import run_folds
 
 app = make_app()
@@ -71,11 +73,13 @@ def load_model(path: Path, device: str):
     """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
     import torch
 
+    from maskfold import checkpoint
+
     import models
 
-    ck = models.read_checkpoint(path)
+    ck = checkpoint.read(path)
     net = models.create(ck["model"], ck["head"], pretrained=False)
-    models.load_weights(net, ck, path)
+    checkpoint.load_weights(net, ck, path)
     return net.to(device).eval().to(memory_format=torch.channels_last), ck
 
 
@@ -94,7 +98,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bo
 
     from tqdm import tqdm
 
-    import models
+    from maskfold import inference
     from maskfold.images import load_cache, read_ahead
 
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
@@ -108,19 +112,19 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bo
         for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
             for net, ck in nets:
                 cache = caches[tuple(ck["img_size"])]
-                probs[start:start + len(cache)] += models.predict_probs(net, ck["head"], cache, ck["mean"], ck["std"],
-                                                                        dev, batch_size, amp, tta=tta)
+                probs[start:start + len(cache)] += inference.predict_probs(
+                    net, ck["head"], cache, ck["mean"], ck["std"], dev, batch_size, amp, tta=tta)
                 bar.update(len(cache))
     return probs
 
 
 def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
     """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
-    import models
+    from maskfold import inference
 
     for net, ck in nets:
         blank = np.zeros((min(batch_size, n), *ck["img_size"], 3), np.uint8)
-        models.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp)
+        inference.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp)
 
 
 @command(app, PredictOptions)
@@ -134,8 +138,7 @@ def main(o: PredictOptions):
     files = image_files(o.images, ids)
     paths, runs = checkpoints(o.sources)
     nets = [load_model(p, dev) for p in paths]
-    import models
-    amp = models.amp_dtype(dev, o.amp)
+    amp = amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
     t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
     probs = predict_all(nets, files, o.batch_size, dev, amp, o.tta)

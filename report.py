@@ -22,12 +22,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import pages
+from maskfold import html_page as html
 from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.config import RUN_KEYS
 from maskfold.files import check_new, read_table, write_text
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
 from maskfold.oof import read_run_oof
-from maskfold.runs import RUN_KEYS, fold_configs, fold_dirs, read_json, run_folds
+from maskfold.runs import fold_configs, fold_dirs, read_json, run_folds
 
 app = make_app()
 
@@ -102,29 +103,29 @@ def runs_table(runs: list[Run]) -> str:
     best = max((cv for cv in cvs if cv is not None), default=None)
     for r, cv in zip(runs, cvs):
         m = r.metrics
-        spread = [pages.cell(f"{m[c].mean():.3f}±{m[c].std(ddof=0):.3f}") for c in ("f1", "f1_mask", "f1_gender",
+        spread = [html.cell(f"{m[c].mean():.3f}±{m[c].std(ddof=0):.3f}") for c in ("f1", "f1_mask", "f1_gender",
                                                                                   "f1_age")]
-        rows.append([pages.cell(r.path.name), pages.cell(r.label, cls="wrap"), pages.cell(r.config.get("model", "?")),
-                     pages.cell(f"{len(m)}/{r.of or '?'}"), pages.cell(cv, cls="best" if cv == best else "")]
-                    + spread + [pages.cell(m["best_epoch"].mean(), "{:.1f}"),
-                                pages.cell(m["img_per_s"].mean(), "{:.0f}"), pages.cell(m["minutes"].sum(), "{:.1f}")])
-    return pages.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 ± sd",
+        rows.append([html.cell(r.path.name), html.cell(r.label, cls="wrap"), html.cell(r.config.get("model", "?")),
+                     html.cell(f"{len(m)}/{r.of or '?'}"), html.cell(cv, cls="best" if cv == best else "")]
+                    + spread + [html.cell(m["best_epoch"].mean(), "{:.1f}"),
+                                html.cell(m["img_per_s"].mean(), "{:.0f}"), html.cell(m["minutes"].sum(), "{:.1f}")])
+    return html.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 ± sd",
                         "mask", "gender", "age", "best ep.", "img/s", "min"], rows, table_id="runs")
 
 
 def folds_table(runs: list[Run]) -> str:
-    rows = [[pages.cell(r.path.name), pages.cell(int(f["fold"]), "{}"), pages.cell(f["f1"])]
-            + [pages.cell(f[f"f1_{t}"]) for t in TASKS] + [pages.cell(int(f["best_epoch"]), "{}"),
-                                                           pages.cell(f.get("epochs_run"), "{:.0f}"),
-                                                           pages.cell(f["minutes"], "{:.2f}")]
+    rows = [[html.cell(r.path.name), html.cell(int(f["fold"]), "{}"), html.cell(f["f1"])]
+            + [html.cell(f[f"f1_{t}"]) for t in TASKS] + [html.cell(int(f["best_epoch"]), "{}"),
+                                                           html.cell(f.get("epochs_run"), "{:.0f}"),
+                                                           html.cell(f["minutes"], "{:.2f}")]
             for r in runs for _, f in r.metrics.iterrows()]
-    return pages.table(["run", "fold", "macro F1", "mask", "gender", "age", "best epoch", "epochs", "minutes"], rows)
+    return html.table(["run", "fold", "macro F1", "mask", "gender", "age", "best epoch", "epochs", "minutes"], rows)
 
 
 def curves(runs: list[Run]) -> str:
-    from maskfold import plots
+    from maskfold import charts
 
-    plt = plots._plt()
+    plt = charts._plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
     for r in runs:
         if not r.histories:
@@ -139,7 +140,7 @@ def curves(runs: list[Run]) -> str:
         a.set_xlabel("epoch")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    return f"<div class='figs'><img src='{plots.png_data(fig)}' alt='curves'></div>"
+    return f"<div class='figs'><img src='{charts.png_data(fig)}' alt='curves'></div>"
 
 
 def per_class(runs: list[Run]) -> str:
@@ -149,18 +150,18 @@ def per_class(runs: list[Run]) -> str:
     f1 = {r.path.name: f1_score(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1), labels=range(NUM_CLASSES),
                                 average=None, zero_division=0) for r in have}
     counts = {c: int(sum((r.oof["label"] == c).sum() for r in have[:1])) for c in range(NUM_CLASSES)}
-    rows = [[pages.cell(class_name(c)), pages.cell(counts[c], "{}")] + [pages.heat(f1[r.path.name][c]) for r in have]
+    rows = [[html.cell(class_name(c)), html.cell(counts[c], "{}")] + [html.heat(f1[r.path.name][c]) for r in have]
             for c in range(NUM_CLASSES)]
-    return pages.table(["class", "photos"] + [r.path.name for r in have], rows)
+    return html.table(["class", "photos"] + [r.path.name for r in have], rows)
 
 
 def confusions(runs: list[Run]) -> str:
-    from maskfold import plots
+    from maskfold import charts
 
     imgs = []
     for r in (r for r in runs if r.oof is not None):
-        fig = plots.confusion(r.oof["label"].to_numpy(), r.oof[PROB_COLS].to_numpy().argmax(1), title=r.path.name)
-        imgs.append(f"<img src='{plots.png_data(fig, dpi=60)}' alt='confusion {pages.esc(r.path.name)}'>")
+        fig = charts.confusion(r.oof["label"].to_numpy(), r.oof[PROB_COLS].to_numpy().argmax(1), title=r.path.name)
+        imgs.append(f"<img src='{charts.png_data(fig, dpi=60)}' alt='confusion {html.esc(r.path.name)}'>")
     return f"<div class='figs'>{''.join(imgs)}</div>"
 
 
@@ -171,10 +172,10 @@ def worst_photos(r: Run, n: int) -> str:
     tiles = []
     for i in np.argsort(p_true)[:n]:
         pred = int(p[i].argmax())
-        tiles.append(pages.thumb(pages.thumb_uri(Path(r.oof["path"].iloc[i])),
+        tiles.append(html.thumb(html.thumb_uri(Path(r.oof["path"].iloc[i])),
                                  [f"true {class_name(y[i])}", f"pred {class_name(pred)}",
                                   f"p(true) {p_true[i]:.2f}, fold {int(r.oof['fold'].iloc[i])}"], bad=pred != y[i]))
-    return f"<h3>{pages.esc(r.path.name)}</h3><div class='thumbs'>{''.join(tiles)}</div>"
+    return f"<h3>{html.esc(r.path.name)}</h3><div class='thumbs'>{''.join(tiles)}</div>"
 
 
 def suspect_people(r: Run, n: int) -> str:
@@ -185,13 +186,13 @@ def suspect_people(r: Run, n: int) -> str:
     rows = []
     for person in worst:
         ph = df[df["person"] == person].head(14)
-        who = (f"<div class='who'><b>{pages.esc(person)}</b><br>mean p(label) {ph['p_label'].mean():.2f}<br>"
+        who = (f"<div class='who'><b>{html.esc(person)}</b><br>mean p(label) {ph['p_label'].mean():.2f}<br>"
                f"{int((ph['pred'] != ph['label']).sum())} of {len(ph)} wrong</div>")
-        tiles = [pages.thumb(pages.thumb_uri(Path(x.path)), [f"label {class_name(x.label)}",
+        tiles = [html.thumb(html.thumb_uri(Path(x.path)), [f"label {class_name(x.label)}",
                                                              f"pred {class_name(x.pred)}"], bad=x.pred != x.label)
                  for x in ph.itertuples()]
         rows.append(f"<div class='row'>{who}{''.join(tiles)}</div>")
-    return f"<h3>{pages.esc(r.path.name)}</h3>{''.join(rows)}"
+    return f"<h3>{html.esc(r.path.name)}</h3>{''.join(rows)}"
 
 
 def crop_section(folder: Path, problems: list[str]) -> str:
@@ -201,14 +202,14 @@ def crop_section(folder: Path, problems: list[str]) -> str:
         return ""
     df = read_table(report)
     counts = df["status"].value_counts()
-    row = [pages.cell(str(folder)), pages.cell(len(df), "{}")] + [pages.cell(int(counts.get(s, 0)), "{}")
+    row = [html.cell(str(folder)), html.cell(len(df), "{}")] + [html.cell(int(counts.get(s, 0)), "{}")
                                                                    for s in ("face", "person", "prior", "unreadable")]
     summary = folder / "crop_summary.json"
     rate = read_json(summary).get("img_per_s") if summary.is_file() else None
-    uri = pages.jpeg_uri(folder / "preview.jpg") if (folder / "preview.jpg").is_file() else None
-    return (pages.table(["crops", "photos", "face", "person", "prior", "unreadable"], [row], sortable=False)
+    uri = html.jpeg_uri(folder / "preview.jpg") if (folder / "preview.jpg").is_file() else None
+    return (html.table(["crops", "photos", "face", "person", "prior", "unreadable"], [row], sortable=False)
             + (f"<div class='sub'>{rate} photos/s</div>" if rate else "")
-            + (f"<details><summary>preview sheet of {pages.esc(folder)}</summary><div class='figs'>"
+            + (f"<details><summary>preview sheet of {html.esc(folder)}</summary><div class='figs'>"
                f"<img src='{uri}' alt='crop preview'></div></details>" if uri else ""))
 
 
@@ -236,9 +237,9 @@ def main(o: ReportOptions):
         sections += ["<h2>Crops</h2>", *crops]
     if not sections:
         raise UserError("nothing to report: " + "; ".join(problems))
-    warn = "".join(f"<div class='warn'>{pages.esc(p)}</div>" for p in problems)
+    warn = "".join(f"<div class='warn'>{html.esc(p)}</div>" for p in problems)
     subtitle = f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M')}"
-    write_text(o.out, pages.page(o.title, subtitle, [warn, *sections]))
+    write_text(o.out, html.page(o.title, subtitle, [warn, *sections]))
     size = o.out.stat().st_size
     result({"out": str(o.out), "runs": [str(r.path) for r in runs], "problems": len(problems),
             "kib": round(size / 1024, 1), "seconds": round(time.time() - t0, 1), "files": [str(o.out)]})

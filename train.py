@@ -20,20 +20,24 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from maskfold.cli import Interrupted, UserError, choose, command, loader_worker, make_app, resolve_device, result
+from maskfold.cli import Interrupted, UserError, choose, command, make_app, result
+from maskfold.config import TrainConfig
+from maskfold.device import AMP_DTYPES, resolve_device
 from maskfold.files import append_csv, check_outside, write_csv, write_json
 from maskfold.labels import PROB_COLS, TASKS
-from maskfold.runs import TrainConfig, prepare_fold, read_folds, results_row, write_summaries
+from maskfold.runs import prepare_fold, read_folds, results_row, write_summaries
+from maskfold.signals import loader_worker
 from maskfold.tracking import Tracker, check_wandb
 
 app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
-    import models
     from maskfold.datasets import AUGS, CUTMIX_MODES
-    from losses import LOSSES
     from maskfold.optim import OPTIMIZERS, SCHEDULERS
+
+    import models
+    from losses import LOSSES
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
                                  (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.aug, AUGS, "--aug"),
@@ -45,7 +49,7 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError(f"--task-weights {cfg.task_weights}: not numbers") from None
     if len(weights) != 3:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
-    choose(cfg.amp_dtype, models.AMP_DTYPES, "--amp-dtype")
+    choose(cfg.amp_dtype, AMP_DTYPES, "--amp-dtype")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
         raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
     if not (0 <= cfg.cutmix and 0 <= cfg.mixup and cfg.cutmix + cfg.mixup <= 1):
@@ -92,8 +96,10 @@ def setup_place(cfg: TrainConfig):
 def create_model(cfg: TrainConfig, resume_from: Path | None):
     """The fold's network: with the weights of the checkpoint it resumes from, or of --init-from (each
     checked to be of this run's model and head)."""
-    import models
+    from maskfold import checkpoint
     from maskfold.trainer import seed_all
+
+    import models
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
     net = models.create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate)
@@ -101,13 +107,13 @@ def create_model(cfg: TrainConfig, resume_from: Path | None):
     if source is None:
         return net, None
     resume = resume_from is not None
-    ck = models.read_checkpoint(source, resume=resume)
+    ck = checkpoint.read(source, resume=resume)
     mine = (cfg.model, cfg.head, list(cfg.img_size) if resume else None)  # --init-from may change the size
     theirs = (ck["model"], ck["head"], list(ck["img_size"]) if resume else None)
     if mine != theirs:
         fix = "--overwrite restarts the fold" if resume else "start from a checkpoint of this model"
         raise UserError(f"{source}: a checkpoint of {describe(*theirs)}, not of this run's {describe(*mine)}; {fix}")
-    models.load_weights(net, ck, source)
+    checkpoint.load_weights(net, ck, source)
     return net, ck if resume else None
 
 
@@ -120,7 +126,7 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
     if cfg.overwrite and cfg.fold_dir.exists():
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
-    from maskfold.runs import RUN_KEYS
+    from maskfold.config import RUN_KEYS
 
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
@@ -150,7 +156,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
     early after --patience epochs without a better val F1."""
     import torch.distributed as dist
 
-    from maskfold import trainer
+    from maskfold import checkpoint, trainer
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
@@ -179,11 +185,11 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
             best_v, best_p = winner
             if best_v["val_f1"] > fold.best["f1"]:
                 fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
-                trainer.save(trainer.checkpoint(fold, epoch + 1, best_v, full=False, ema=from_ema),
+                checkpoint.save(checkpoint.make(fold, epoch + 1, best_v, full=False, ema=from_ema),
                              cfg.fold_dir / "best.pt")
                 write_oof(cfg.fold_dir / "oof.csv", va, best_p)
             write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
-            trainer.save(trainer.checkpoint(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
+            checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
         if fold.place.backend is not None:
             dist.barrier()
 
@@ -221,15 +227,15 @@ def gpu_peak_gib(device: str) -> float | None:
 
 def finish(fold, t0: float, log: Log) -> dict:
     """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
-    from maskfold import plots
+    from maskfold import charts
 
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
     rates = history["img_per_s"].dropna()
     rate = float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()) if len(rates) else None
     oof = pd.read_csv(cfg.fold_dir / "oof.csv")
-    plots.save_png(plots.curves(history), cfg.fold_dir / "curves.png")
-    plots.save_png(plots.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1)),
+    charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
+    charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1)),
                    cfg.fold_dir / "confusion.png")
     metrics = {"run": cfg.run_name, "fold": cfg.fold, "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5),
                "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
@@ -259,9 +265,12 @@ def main(cfg: TrainConfig):
         return result(state.finished)
     import torch.distributed as dist
 
-    from maskfold import trainer
+    from maskfold import checkpoint, trainer
     from maskfold.datasets import CachedImages
     from maskfold.images import load_cache
+
+    import losses
+    import models
 
     place = setup_place(cfg)
     net, ck = create_model(cfg, state.resume_from)
@@ -278,9 +287,12 @@ def main(cfg: TrainConfig):
     targets = trainer.train_targets(tr, cfg.old_age)
     train_ds = CachedImages(tr_images, targets, cfg.aug)
     batches = max(len(train_ds) // (cfg.batch_size * place.world), 1)
-    fold = trainer.build(cfg, place, net, targets, steps=-(-batches // cfg.accum_steps))
+    crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing,
+                            [float(w) for w in cfg.task_weights.split(",")])
+    mean, std = models.norm_stats(net)
+    fold = trainer.build(cfg, place, net, crit, mean, std, steps=-(-batches // cfg.accum_steps))
     trainer.note_precision(cfg, place.device, fold.amp, log)
-    start = trainer.restore(fold, ck) if ck is not None else 0
+    start = checkpoint.restore(fold, ck) if ck is not None else 0
     if ck is not None:
         log(f"resumed from {state.resume_from} after epoch {start}")
     trainer.wrap(fold)

@@ -57,6 +57,8 @@ def timed_rate(fn, batch: int, steps: int, device: str, blocks: int = 3) -> floa
 
 
 def model_only_train(model: str, head: str, batch: int, size, device: str, amp: bool, steps: int = 12) -> float:
+    from maskfold.device import amp_dtype, autocast
+
     import models
 
     net = models.create(model, head, pretrained=False).to(device).to(memory_format=torch.channels_last)
@@ -65,7 +67,7 @@ def model_only_train(model: str, head: str, batch: int, size, device: str, amp: 
     y = torch.randint(0, models.HEADS[head], (batch,), device=device)
 
     def one_step():
-        with models.autocast(device, models.amp_dtype(device, amp)):
+        with autocast(device, amp_dtype(device, amp)):
             loss = torch.nn.functional.cross_entropy(net(x).float()[:, :models.HEADS[head]], y)
         opt.zero_grad()
         loss.backward()
@@ -76,13 +78,15 @@ def model_only_train(model: str, head: str, batch: int, size, device: str, amp: 
 
 @torch.inference_mode()
 def model_only_infer(model: str, batch: int, size, device: str, amp: bool, steps: int = 10) -> float:
+    from maskfold.device import amp_dtype, autocast
+
     import models
 
     net = models.create(model, "multi", pretrained=False).to(device).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
 
     def one_pass():
-        with models.autocast(device, models.amp_dtype(device, amp)):
+        with autocast(device, amp_dtype(device, amp)):
             net(x)
 
     return timed_rate(one_pass, batch, steps, device)

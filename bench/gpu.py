@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from common import ROOT, iou, loaders, model_only_infer, model_only_train, step
 
-from maskfold.files import atomic_path  # noqa: E402  (common puts the project on the path)
+from common import ROOT, iou, loaders, model_only_infer, model_only_train, step
+from maskfold.files import atomic_path
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 GOALS = {"crop_img_per_s": (">=", 1000), "train_vs_model_only": (">=", 0.9),

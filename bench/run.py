@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from common import ROOT, StepFailed, iou, loaders, model_only_infer, model_only_train, step, sync
 
-from maskfold.cli import Device, resolve_device  # noqa: E402  (common puts the project on the path)
-from maskfold.files import atomic_path  # noqa: E402
-from maskfold.images import load_cache  # noqa: E402
+from common import ROOT, StepFailed, iou, loaders, model_only_infer, model_only_train, step, sync
+from maskfold.device import Device, resolve_device
+from maskfold.files import atomic_path
+from maskfold.images import load_cache
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 GOALS = {"crop_vs_habit": 10, "crop_agreement": 0.95, "train_vs_model_only": 0.9, "loader_vs_peer": 3,

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskfold import facebox
-from maskfold.cli import Device, UserError, arg, opt
+from maskfold import facebox, lookalike
+from maskfold.cli import UserError, arg, opt
+from maskfold.device import Device
 from maskfold.files import atomic_path, check_outside
 from maskfold.images import read_ahead, read_image
 
@@ -190,8 +191,8 @@ _worker: dict = {}
 def start_worker(o: CropOptions, dev: str, threads: int) -> None:
     import torch
 
-    from maskfold.cli import child_process
     from maskfold.detector import Detector
+    from maskfold.signals import child_process
 
     child_process()
     torch.set_num_threads(threads)
@@ -224,7 +225,7 @@ def crop_in_processes(todo: list[Item], o: CropOptions, dev: str, earlier: dict)
 def look(it: Item) -> np.ndarray | None:
     """The photo's look-alike signature, from a fast reduced-size decode (an eighth of the size is plenty)."""
     try:
-        return facebox.signature(read_image(it.src, reduce=8))
+        return lookalike.signature(read_image(it.src, reduce=8))
     except UserError:  # unreadable photos were reported already; they only lend nothing here
         return None
 
@@ -249,7 +250,7 @@ def lookalikes(pool, deferred, report: pd.DataFrame, src: Path) -> dict[str, tup
         S = np.stack([sigs[i] for i in keep]) if keep else np.zeros((0, 1))
         at = {items[i].rel: j for j, i in enumerate(keep)}
         asked = [at[it.rel] for it in queries if it.rel in at]
-        lent = facebox.lookalike_boxes(S, [boxes[i] for i in keep], asked)
+        lent = lookalike.lookalike_boxes(S, [boxes[i] for i in keep], asked)
         for j, (box, n) in lent.items():
             out[items[keep[j]].rel] = box, f"box of {n} look-alike photo{'s' * (n > 1)}"
     return out

@@ -1,4 +1,4 @@
-"""Face boxes: which detection is the face, what a photo without one borrows, and the crop around it.
+"""Face boxes: which detection is the face, the person's consensus, and the crop around it.
 
 Hand-written where facenet-pytorch stops: it detects faces, but choosing one box per photo,
 judging it against the person's other photos, lending a face to a photo without one, and
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 # MTCNN's defaults: faces from 20 px, pyramid factor 0.709. Their pyramid's levels for faces of
@@ -20,11 +19,6 @@ TAIL_OF_DEFAULTS = 20 / 0.709 ** 5
 MIN_SIDE = 40 / 384  # the smallest plausible face box side, of the photo's shorter side (40 px on 384x512)
 # Where a face sits when no photo of the run shows one: centre of a 384x512 portrait.
 DEFAULT_PRIOR = np.array([0.25, 0.18, 0.75, 0.58])
-# A look-alike signature's photo size (width, height) and its pixels outside the face, where a prior
-# would put the face (rows .3-.8, columns .2-.8).
-LOOK_SIZE = (24, 32)
-OUTSIDE_FACE = np.ones(LOOK_SIZE[::-1], bool)
-OUTSIDE_FACE[10:26, 5:19] = False
 
 
 @dataclass
@@ -107,36 +101,6 @@ def prior_box(boxes: np.ndarray, shapes: np.ndarray) -> np.ndarray:
     return np.median(np.asarray(boxes, float) / np.stack([size4(s) for s in shapes]), axis=0)
 
 
-def signature(image: np.ndarray) -> np.ndarray:
-    """A photo's look, minus the face region: a person's photos share background, hair and clothes,
-    and differ only where the mask is. Unit vector; photos of one person have the largest dot products."""
-    x = cv2.resize(image, LOOK_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
-    x = x[OUTSIDE_FACE].ravel()
-    x -= x.mean()
-    return x / (np.linalg.norm(x) + 1e-6)
-
-
-def borrow(sims: np.ndarray, boxes: list, k: int = 6, floor: float = 0.5, alone: float = 0.9
-           ) -> tuple[np.ndarray | None, int]:
-    """For a photo without a face in a folder of unnamed photos: the consensus box of its k most similar
-    photos (its person's others, when the folder holds them), if at least two of those show faces that
-    agree with the most similar one; else that most similar face alone, if its photo is a near twin
-    (similarity >= 0.9). `boxes` are face boxes as fractions of each photo's size, None where it has
-    none. On demo photos, one person's photos have similarities 0.71-1 (other people's up to 0.94: hence
-    the top k, not a threshold); flattening the 420 demo train photos into one folder, the most similar
-    face of each of 242 faceless photos was its own person's in all 241 cases above 0.85. The floor only
-    keeps a blank card from borrowing anything."""
-    order = [i for i in np.argsort(-sims)[:k] if boxes[i] is not None and sims[i] >= floor]
-    if not order:
-        return None, 0
-    # The most similar photo with a face is the likeliest to be the same person: the others must agree
-    # with it (a median would side with other people whenever the person has fewer faces among the k).
-    near = [boxes[i] for i in order if agrees(boxes[i], boxes[order[0]])]
-    if len(near) >= 2:
-        return consensus(near), len(near)
-    return (boxes[order[0]], 1) if sims[order[0]] >= alone else (None, 1)
-
-
 def crop_box(face: np.ndarray, shape: tuple[int, int], g: Geometry) -> np.ndarray:
     """Face box -> crop box of the fixed aspect, inside the photo where it fits (else it is padded)."""
     H, W = shape
@@ -163,18 +127,4 @@ def cut(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     out = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
     out[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = image[sy1:sy2, sx1:sx2]
-    return out
-
-
-def lookalike_boxes(sigs: np.ndarray, boxes: list, queries: list[int], block: int = 512) -> dict[int, tuple]:
-    """For each query photo (an index into `sigs`), the box borrow() finds among all the others, with how
-    many look-alikes lent it: one matrix product per block of queries."""
-    out = {}
-    for start in range(0, len(queries), block):
-        part = queries[start:start + block]
-        for q, sims in zip(part, sigs[part] @ sigs.T):
-            sims[q] = -np.inf
-            box, n = borrow(sims, boxes)
-            if box is not None:
-                out[q] = box, n
     return out

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from maskfold import facebox
+from maskfold import lookalike
 from maskfold.cli import UserError
 from maskfold.files import read_table
 from maskfold.images import read_image, stem_key
@@ -35,13 +35,13 @@ def look(image: np.ndarray) -> np.ndarray:
     """A photo's look-alike features (float32, unit length): the photo outside the face as RGB, and as each
     L*a*b* channel on its own (1,800 demo people: purity 0.78 without these, 0.90 with), the upper half, the
     colour histogram."""
-    outside = cv2.resize(image, facebox.LOOK_SIZE, interpolation=cv2.INTER_AREA)
+    outside = cv2.resize(image, lookalike.LOOK_SIZE, interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(outside, cv2.COLOR_RGB2LAB).astype(np.float32)
-    channels = np.concatenate([unit(lab[..., c][facebox.OUTSIDE_FACE]) for c in range(3)]) / np.sqrt(3)
+    channels = np.concatenate([unit(lab[..., c][lookalike.OUTSIDE_FACE]) for c in range(3)]) / np.sqrt(3)
     top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
     hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
     hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
-    v = np.concatenate([facebox.signature(outside), unit(top.ravel()),
+    v = np.concatenate([lookalike.signature(outside), unit(top.ravel()),
                         hist / (np.linalg.norm(hist) + 1e-6), channels])
     return (v / np.linalg.norm(v)).astype(np.float32)
 
@@ -255,6 +255,18 @@ def sureness(F: np.ndarray, label: np.ndarray) -> np.ndarray:
         other[rows, mine] = -np.inf
         out[s:s + 1024] = np.where(counts[mine] > 1, own, 0.0) - other.max(1)
     return out
+
+
+def purity(label: np.ndarray, person: np.ndarray, among: np.ndarray | None = None) -> float:
+    """Share of photos whose group is exactly their person's photos; of the photos `among` selects, if given
+    (their groups judged whole)."""
+    df = pd.DataFrame({"g": label, "p": person})
+    same = df.groupby("g")["p"].transform(lambda s: s.nunique() == 1)
+    whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
+    exact = (same & whole).to_numpy()
+    if among is not None:
+        exact = exact[among]
+    return float(exact.mean()) if len(exact) else 0.0
 
 
 def read_people(path: Path, size: int) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The competition's labels and metric: the 18-class code and macro F1.
+"""The competition's labels and metric: the 18-class code, the three heads' layout, and macro F1.
 
 class = mask * 6 + gender * 3 + age; every script takes the scheme from here.
 """
@@ -57,6 +57,26 @@ def joint(mask, gender, age):
     """Per-task probabilities -> 18-class joint, assuming independence (numpy arrays or torch tensors)."""
     j = mask[:, :, None, None] * gender[:, None, :, None] * age[:, None, None, :]
     return j.reshape(len(mask), NUM_CLASSES)
+
+
+def split_logits(logits):
+    """(N, 8) three-head logits -> per-task logits (mask 3, gender 2, age 3), as views of `logits`."""
+    out, start = {}, 0
+    for t, n in TASKS.items():
+        out[t] = logits[:, start:start + n]
+        start += n
+    return out
+
+
+def probs18(logits, head: str):
+    """18-class probabilities of a model's output (a torch tensor); for three heads, the joint of their
+    softmaxes (class = mask*6+gender*3+age)."""
+    import torch
+
+    if head == "single":
+        return torch.softmax(logits.float(), dim=1)
+    p = {t: torch.softmax(v.float(), dim=1) for t, v in split_logits(logits).items()}
+    return joint(p["mask"], p["gender"], p["age"])
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError
-from maskfold.files import read_probs
 from maskfold.labels import PROB_COLS
+from maskfold.probs import read_probs
 from maskfold.runs import fold_configs, run_folds
 
 

@@ -1,11 +1,11 @@
-"""One fold's training: the model and what trains it, the epoch loop's steps, validation, checkpoints."""
+"""One fold's training: what trains the model, the epoch loop's steps, and validation."""
 from __future__ import annotations
 
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,14 +13,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-import losses
-import models
-from maskfold.cli import stop_if_interrupted
+from maskfold.config import TrainConfig
 from maskfold.datasets import mix, to_display, to_input
-from maskfold.files import atomic_path
-from maskfold.labels import NUM_CLASSES, SCHEME, TASKS, age_label, encode, scores
+from maskfold.device import amp_dtype, autocast
+from maskfold.inference import predict_probs
+from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores
 from maskfold.optim import make_optimizer, make_scheduler
-from maskfold.runs import TrainConfig
+from maskfold.signals import stop_if_interrupted
 
 
 def seed_all(seed: int) -> None:
@@ -56,7 +55,7 @@ class Fold:
     model: nn.Module  # what runs: the net, compiled and/or wrapped for several processes
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
-    crit: losses.Criterion
+    crit: Callable  # (logits, class indices) -> the loss to minimise
     mean: list[float]
     std: list[float]
     amp: torch.dtype | None  # autocast dtype, None: full precision
@@ -68,19 +67,17 @@ class Fold:
     best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
 
 
-def build(cfg: TrainConfig, place: Place, net: nn.Module, targets: np.ndarray, steps: int) -> Fold:
-    """The fold's model on its device, optimizer, schedule (`steps` optimizer steps per epoch), loss, mixed
-    precision and EMA, before any resume."""
+def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: list[float], std: list[float],
+          steps: int) -> Fold:
+    """The fold's model on its device, optimizer, schedule (`steps` optimizer steps per epoch), mixed precision
+    and EMA, before any resume; the loss and the normalisation come from the script (losses.py, models.py)."""
     net = net.to(place.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    mean, std = models.norm_stats(net)
     opt = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
     sched = make_scheduler(cfg.scheduler, opt, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.step_size,
                            cfg.step_gamma)
-    weights = [float(w) for w in cfg.task_weights.split(",")]
-    crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing, weights)
-    amp = models.amp_dtype(place.device, cfg.amp, cfg.amp_dtype)
+    amp = amp_dtype(place.device, cfg.amp, cfg.amp_dtype)
     scaler = torch.amp.GradScaler(place.device.split(":")[0]) if amp == torch.float16 else None
     ema = None
     if cfg.ema:
@@ -151,7 +148,7 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
         if fold.shown is None and fold.place.rank0:
             fold.shown = to_display(x[:32], fold.mean, fold.std)
         stepping = (step + 1) % cfg.accum_steps == 0 or step + 1 == batches
-        with models.autocast(dev, fold.amp), sync_grads(fold, stepping):
+        with autocast(dev, fold.amp), sync_grads(fold, stepping):
             logits = fold.model(x)
             loss = fold.crit(logits, y)
             if lam != 1.0:
@@ -163,7 +160,7 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
         total += loss.detach() * len(y)
         n += len(y)
         seen += len(y)
-        preds.append(models.probs18(logits.detach(), cfg.head).argmax(1))
+        preds.append(probs18(logits.detach(), cfg.head).argmax(1))
         ys.append(y)
         if time.time() - shown > 2:  # the running loss, once every 2 s (each read waits for the device)
             bar.set_postfix(loss=f"{total.item() / n:.4f}", refresh=False)
@@ -187,7 +184,7 @@ def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = Fal
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
     net = fold.ema.module if ema else fold.model
-    probs = models.predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
+    probs = predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
                                  fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last)
     if place.world > 1:
         parts = [None] * place.world
@@ -200,40 +197,6 @@ def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = Fal
     s = scores(labels, probs.argmax(1))
     tasks = {f"val_f1_{t}": s[f"f1_{t}"] for t in TASKS}
     return {"val_loss": nll, "val_acc": s["acc"], "val_f1": s["f1"], **tasks}, probs
-
-
-def checkpoint(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) -> dict:
-    """A checkpoint that describes itself, holding the weights or (ema) their EMA; `full` adds what --resume
-    needs."""
-    cfg = fold.cfg
-    weights = fold.ema.module if ema else fold.net
-    ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
-          "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric, "ema": ema,
-          "state_dict": weights.state_dict()}
-    if full:
-        ck.update(optimizer=fold.opt.state_dict(), scheduler=fold.sched.state_dict(), torch_rng=torch.get_rng_state(),
-                  history=fold.history, best=fold.best, steps=fold.steps,
-                  ema_state=fold.ema.module.state_dict() if fold.ema is not None else None,
-                  scaler=fold.scaler.state_dict() if fold.scaler is not None else None)
-    return ck
-
-
-def restore(fold: Fold, ck: dict) -> int:
-    """Continue from a full checkpoint (weights already loaded); the epoch to start from."""
-    fold.opt.load_state_dict(ck["optimizer"])
-    fold.sched.load_state_dict(ck["scheduler"])
-    torch.set_rng_state(ck["torch_rng"])
-    fold.history, fold.best, fold.steps = ck["history"], ck["best"], ck.get("steps", 0)
-    if fold.ema is not None and ck.get("ema_state") is not None:
-        fold.ema.module.load_state_dict(ck["ema_state"])
-    if fold.scaler is not None and ck.get("scaler") is not None:
-        fold.scaler.load_state_dict(ck["scaler"])
-    return ck["epoch"]
-
-
-def save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def note_precision(cfg: TrainConfig, device: str, dtype, log) -> None:

@@ -55,3 +55,15 @@ def iou(a, b) -> float:
 
     a, b = (torch.from_numpy(np.asarray([x], dtype=np.float64)) for x in (a, b))
     return float(box_iou(a, b)[0, 0])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu skip, saying why, where torch sees no CUDA device."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; this machine has none"))

@@ -2,9 +2,12 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_gpu_script_runs_reduced_and_reports_every_part(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--reduced", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)

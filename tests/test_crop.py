@@ -3,13 +3,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke, iou
 from PIL import Image
 
-import crop
 from maskfold import cropping
-import demo
 from maskfold.facebox import Geometry, crop_box
+
+import crop
+import demo
+from conftest import invoke, iou
 
 
 def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 0.0):

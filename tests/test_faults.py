@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, invoke
 from PIL import Image
 
-import crop
 from maskfold import cropping
+from maskfold.labels import PROB_COLS
+
+import crop
 import split
 import train
-from maskfold.labels import PROB_COLS
+from conftest import ROOT, invoke
 
 TINY = ["--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16", "--workers", "0",
         "--device", "cpu"]
@@ -56,6 +57,7 @@ def photos(demo_tree, tmp_path_factory):
     return src
 
 
+@pytest.mark.slow
 def test_crop_killed_mid_run_resumes_and_every_file_decodes(photos, tmp_path):
     whole, dst = tmp_path / "whole", tmp_path / "killed"
     args = ["--device", "cpu", "--batch-size", "7", "--workers", "2", "--preview-size", "0"]
@@ -90,6 +92,7 @@ def test_crop_killed_mid_run_resumes_and_every_file_decodes(photos, tmp_path):
     assert np.allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), atol=1)
 
 
+@pytest.mark.slow
 def test_crop_interrupted_by_ctrl_c_says_so_in_one_line_and_resumes(photos, tmp_path):
     dst = tmp_path / "crops"
     args = ["--device", "cpu", "--batch-size", "7", "--workers", "2", "--preview-size", "0"]
@@ -154,6 +157,7 @@ def killed_while_writing(cmd: list, out, previous: bytes | None, tmp_path) -> No
     assert out.read_bytes() == previous if previous is not None else not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("previous", [None, b"ImageID,ans\nold,0\n"], ids=["none", "old"])
 def test_predict_and_ensemble_killed_while_writing_leave_the_old_file_or_none(run, demo_tree, tmp_path, previous):
     _, folder = run

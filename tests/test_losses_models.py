@@ -3,10 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maskfold.datasets import cutmix
+from maskfold.labels import NUM_CLASSES, probs18
+
 import losses
 import models
-from maskfold.datasets import cutmix
-from maskfold.labels import NUM_CLASSES
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_cutmix_weight_is_the_pasted_area(mode):
         if mode == "half":
             assert lam == 0.5
         if mode in ("vertical", "half"):  # whole columns: the mask region of a face stays whole
-            assert bool(((xm[:, 0] == xm[:, 0, :1]).all()))
+            assert bool((xm[:, 0] == xm[:, 0, :1]).all())
 
 
 def test_multi_head_joint_sums_to_one_and_maps_to_class_code():
@@ -86,10 +87,10 @@ def test_multi_head_joint_sums_to_one_and_maps_to_class_code():
     logits[0, 2] = 10  # mask: not wear (2)
     logits[0, 3 + 1] = 10  # gender: female (1)
     logits[0, 5 + 0] = 10  # age: <30 (0)
-    p = models.probs18(logits, "multi")
+    p = probs18(logits, "multi")
     assert p.shape == (1, NUM_CLASSES) and torch.allclose(p.sum(1), torch.ones(1))
     assert p.argmax(1).item() == 2 * 6 + 1 * 3 + 0
-    rnd = models.probs18(torch.randn(7, 8), "multi")
+    rnd = probs18(torch.randn(7, 8), "multi")
     assert torch.allclose(rnd.sum(1), torch.ones(7), atol=1e-6)
 
 

@@ -5,21 +5,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke
 
-from maskfold import decide
-import ensemble
-from maskfold import grouping
-import people
-from maskfold.files import write_probs
+from maskfold import grouping, recipe
 from maskfold.labels import PROB_COLS, encode
+from maskfold.probs import write_probs
+
+import ensemble
+import people
+from conftest import invoke
 
 # ---------------------------------------------------------------- the per-person rule
 
 def test_mask_assignment_is_the_best_of_every_choice():
     rng = np.random.default_rng(0)
     c = rng.normal(size=(30, 7, 3))
-    got = decide.assign_masks(c)
+    got = recipe.assign_masks(c)
     for person, masks in zip(c, got):
         best = max(itertools.permutations(range(7), 2),
                    key=lambda jk: person[:, 0].sum() + person[jk[0], 1] - person[jk[0], 0] + person[jk[1], 2]
@@ -48,18 +48,18 @@ def test_per_person_rule_corrects_gender_age_and_masks():
     p = np.vstack([a, b])
     groups = np.repeat([0, 1], 7)
     truth = np.concatenate([encode(masks, [1] * 7, [1] * 7), encode(masks, [0] * 7, [0] * 7)])
-    alone = decide.answers(p)
+    alone = recipe.answers(p)
     assert (alone != truth).sum() == 3
-    assert decide.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
+    assert recipe.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
 
 
 def test_incomplete_people_keep_their_masks_per_photo():
     """Five photos of a person: gender and age decided together, masks left to each photo (two 'not worn'
     stay two)."""
     p = person_probs([0, 0, 2, 2, 1], [1] * 5, [0] * 5, {0: encode(0, 0, 0)})
-    got = decide.answers(p, 0.0, np.zeros(5, int), 7)
+    got = recipe.answers(p, 0.0, np.zeros(5, int), 7)
     assert got.tolist() == encode([0, 0, 2, 2, 1], [1] * 5, [0] * 5).tolist()
-    assert decide.answers(p, 0.0, np.full(5, -1), 7).tolist() == decide.answers(p).tolist()  # ungrouped: alone
+    assert recipe.answers(p, 0.0, np.full(5, -1), 7).tolist() == recipe.answers(p).tolist()  # ungrouped: alone
 
 
 # ---------------------------------------------------------------- grouping
@@ -73,8 +73,8 @@ def test_grouping_recovers_people_from_noisy_looks():
     order = rng.permutation(280)
     label = grouping.group(F[order].astype(np.float32), 7)
     assert np.bincount(label).tolist() == [7] * 40
-    assert people.purity(label, person[order]) == 1.0
-    assert people.purity(np.arange(280) // 7, person[order]) < 0.1  # the shuffled order alone is no grouping
+    assert grouping.purity(label, person[order]) == 1.0
+    assert grouping.purity(np.arange(280) // 7, person[order]) < 0.1  # the shuffled order alone is no grouping
 
 
 def test_a_folder_of_incomplete_people_is_not_forced_into_sevens():
@@ -85,7 +85,7 @@ def test_a_folder_of_incomplete_people_is_not_forced_into_sevens():
     F = centres[person] + rng.normal(scale=0.5, size=(len(person), 64))
     F /= np.linalg.norm(F, axis=1, keepdims=True)
     label = grouping.group(F.astype(np.float32), 7)
-    assert np.bincount(label).max() <= 7 and people.purity(label, person) == 1.0
+    assert np.bincount(label).max() <= 7 and grouping.purity(label, person) == 1.0
 
 
 def test_people_py_on_demo_photos(demo_tree, tmp_path):

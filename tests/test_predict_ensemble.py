@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke
+
+from maskfold.labels import PROB_COLS, scores
 
 import ensemble
 import predict
-from maskfold.labels import PROB_COLS, scores
+from conftest import invoke
 
 
 @pytest.fixture(scope="module")
@@ -176,24 +177,24 @@ def test_blend_bad_inputs(hand, case, needle):
 
 
 def test_bias_undoes_a_planted_offset_and_held_out_fits_never_see_their_fold():
-    from maskfold import decide
+    from maskfold import recipe
     rng = np.random.default_rng(0)
     y = rng.integers(0, 18, 400)
     logits = rng.normal(size=(400, 18))
     logits[np.arange(400), y] += 1.0
     logits[:, 4] += 1.5  # a systematic bias a fitted offset can undo
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    b = decide.fit_bias(p, y)
+    b = recipe.fit_bias(p, y)
     assert b[4] < 0 and scores(y, (np.log(p) + b).argmax(1))["f1"] > scores(y, p.argmax(1))["f1"] + 0.02
     folds = np.arange(400) % 4
-    rows = decide.held_out_biases(p, y, folds)
+    rows = recipe.held_out_biases(p, y, folds)
     scrambled = y.copy()
     scrambled[folds == 0] = 4  # fold 0's labels changed: only the other folds' fits may notice
-    again = decide.held_out_biases(p, scrambled, folds)
+    again = recipe.held_out_biases(p, scrambled, folds)
     assert np.array_equal(rows[folds == 0], again[folds == 0])
     assert not np.array_equal(rows[folds != 0], again[folds != 0])
     seen = []
-    decide.held_out_biases(p, y, folds, fit=lambda pp, yy: seen.append((len(pp), len(yy))) or np.zeros(18))
+    recipe.held_out_biases(p, y, folds, fit=lambda pp, yy: seen.append((len(pp), len(yy))) or np.zeros(18))
     assert seen == [(300, 300)] * 4
 
 
@@ -221,15 +222,27 @@ def test_chunked_prediction_equals_one_pass(run, demo_tree):
 
 
 def test_batch_size_option_reaches_the_model(run, demo_tree, tmp_path, monkeypatch):
-    import models
+    from maskfold import inference
     sizes = []
-    real = models.predict_probs
+    real = inference.predict_probs
 
     def spy(net, head, images, *args, **kw):
         sizes.append(args[3])  # batch_size, after mean, std, device
         return real(net, head, images, *args, **kw)
 
-    monkeypatch.setattr(models, "predict_probs", spy)
+    monkeypatch.setattr(inference, "predict_probs", spy)
     r = run_predict(run, demo_tree, tmp_path / "p.csv", "--batch-size", "7")
     assert r.exit_code == 0, r.output
     assert sizes and set(sizes) == {7}
+
+
+@pytest.mark.gpu
+def test_probabilities_on_cuda_match_the_cpu(run):
+    """The inference loop on a GPU (channels-last, autocast off) gives the CPU's probabilities."""
+    from maskfold import inference
+
+    net, ck = predict.load_model(sorted(run.glob("fold*/best.pt"))[0], "cpu")
+    images = np.random.default_rng(0).integers(0, 256, (9, *ck["img_size"], 3), dtype=np.uint8)
+    cpu = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 4, None, tta=True)
+    gpu = inference.predict_probs(net.to("cuda"), ck["head"], images, ck["mean"], ck["std"], "cuda", 4, None, tta=True)
+    assert np.allclose(cpu, gpu, atol=1e-4)

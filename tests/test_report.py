@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import invoke
+
+from maskfold.labels import PROB_COLS
 
 import report
-from maskfold.labels import PROB_COLS
+from conftest import invoke
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskfold import files
-from maskfold import images
-from maskfold import labels
+from maskfold import files, images, labels, probs
 from maskfold.cli import UserError
 
 
@@ -139,14 +137,14 @@ def _probs_csv(tmp_path, rows, name="p.csv"):
 
 def test_read_probs_accepts_valid_and_rejects_bad(tmp_path):
     ok = [["a.jpg"] + [1 / 18] * 18]
-    assert len(files.read_probs(_probs_csv(tmp_path, ok))) == 1
+    assert len(probs.read_probs(_probs_csv(tmp_path, ok))) == 1
     with pytest.raises(UserError, match="row 2"):
-        files.read_probs(_probs_csv(tmp_path, [["a.jpg", float("nan")] + [1 / 17] * 17]))
+        probs.read_probs(_probs_csv(tmp_path, [["a.jpg", float("nan")] + [1 / 17] * 17]))
     with pytest.raises(UserError, match="not a probability"):
-        files.read_probs(_probs_csv(tmp_path, [["a.jpg"] + [0.5] * 18]))
+        probs.read_probs(_probs_csv(tmp_path, [["a.jpg"] + [0.5] * 18]))
     pd.DataFrame({"ImageID": ["a"], "p0": [1.0]}).to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(UserError, match="missing probability columns"):
-        files.read_probs(tmp_path / "few.csv")
+        probs.read_probs(tmp_path / "few.csv")
 
 
 def test_fast_macro_f1_equals_sklearn():
@@ -216,22 +214,21 @@ def test_probability_csv_record_round_trip_and_staleness(tmp_path):
     df = pd.DataFrame(np.full((2, 18), 1 / 18), columns=labels.PROB_COLS)
     df.insert(0, "ImageID", ids)
     path = tmp_path / "p.csv"
-    assert files.read_provenance(path) is None
-    files.write_probs(df, path, {"runs": [{"run": "/x/runs/r", "folds": [0, 1]}]})
-    assert files.read_provenance(path)["runs"][0]["folds"] == [0, 1]
+    assert probs.read_provenance(path) is None
+    probs.write_probs(df, path, {"runs": [{"run": "/x/runs/r", "folds": [0, 1]}]})
+    assert probs.read_provenance(path)["runs"][0]["folds"] == [0, 1]
     path.write_text(path.read_text().replace("a.jpg", "c.jpg"))  # edited after the record was written
     with pytest.raises(UserError, match="describes another version"):
-        files.read_provenance(path)
+        probs.read_provenance(path)
 
 
 def test_label_scheme_lives_in_one_place():
-    """models.probs18 is labels.joint of the three heads' softmaxes."""
+    """labels.probs18 is labels.joint of the three heads' softmaxes."""
     import torch
 
-    import models
     logits = torch.randn(5, 8)
-    p = {t: torch.softmax(v, 1).numpy() for t, v in models.split_logits(logits).items()}
-    assert np.allclose(models.probs18(logits, "multi").numpy(), labels.joint(p["mask"], p["gender"], p["age"]),
+    p = {t: torch.softmax(v, 1).numpy() for t, v in labels.split_logits(logits).items()}
+    assert np.allclose(labels.probs18(logits, "multi").numpy(), labels.joint(p["mask"], p["gender"], p["age"]),
                        atol=1e-6)
 
 
@@ -260,11 +257,11 @@ def test_train_help_names_every_registry_entry():
     import subprocess
     import sys
 
-    from conftest import ROOT
-
     from maskfold.datasets import AUGS, CUTMIX_MODES
-    from losses import LOSSES
     from maskfold.optim import OPTIMIZERS, SCHEDULERS
+
+    from conftest import ROOT
+    from losses import LOSSES
     out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
     flat = " ".join(out.split())
@@ -277,21 +274,21 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_batch(capsys):
     import os
     import signal
 
-    from maskfold import cli
+    from maskfold import signals
 
     class Bar:  # a progress bar whose __del__ is running when Ctrl-C comes
         def __del__(self):
             os.kill(os.getpid(), signal.SIGINT)
             sum(range(10_000))  # the handler runs here, inside the finalizer
 
-    with cli.watching_ctrl_c():
+    with signals.watching_ctrl_c():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         Bar()  # Python swallows a KeyboardInterrupt raised in __del__
         with pytest.raises(KeyboardInterrupt):
-            cli.stop_if_interrupted()
+            signals.stop_if_interrupted()
     assert "KeyboardInterrupt" not in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    cli.stop_if_interrupted()  # the next command starts afresh
+    signals.stop_if_interrupted()  # the next command starts afresh
 
 
 def test_a_loader_worker_does_not_print_the_fd_sharers_broken_handover():
@@ -300,8 +297,8 @@ def test_a_loader_worker_does_not_print_the_fd_sharers_broken_handover():
 
     code = """if 1:
         import sys, signal
-        from maskfold import cli
-        cli.loader_worker(0)
+        from maskfold import signals
+        signals.loader_worker(0)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         for where in ("/py/lib/multiprocessing/resource_sharer.py", "/work/dataset.py"):
             try:

@@ -3,9 +3,9 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import invoke
 
 import split
+from conftest import invoke
 
 
 @pytest.fixture
@@ -66,14 +66,16 @@ def _edit_csv(tree, fn):
 
 @pytest.mark.parametrize("case,edit,needle", [
     ("missing column", lambda t: _edit_csv(t, lambda d: d.pop("age")), "missing column(s) age"),
-    ("unknown gender", lambda t: _edit_csv(t, lambda d: d.__setitem__("gender", ["male", "robot"] + list(d["gender"][2:]))),
+    ("unknown gender",
+     lambda t: _edit_csv(t, lambda d: d.__setitem__("gender", ["male", "robot"] + list(d["gender"][2:]))),
      "row 3"),
     ("non-numeric age", lambda t: _edit_csv(t, lambda d: d.__setitem__("age", ["forty"] + list(d["age"][1:]))),
      "row 2"),
     ("duplicate id", lambda t: _edit_csv(t, lambda d: d.__setitem__("id", [d["id"][1]] + list(d["id"][1:]))),
      "duplicate id"),
     ("missing person folder", lambda t: shutil.rmtree(next((t / "images").iterdir())), "person folder missing"),
-    ("missing photo", lambda t: next(sorted((t / "images").iterdir())[2].glob("normal.*")).unlink(), "normal.* missing"),
+    ("missing photo", lambda t: next(sorted((t / "images").iterdir())[2].glob("normal.*")).unlink(),
+     "normal.* missing"),
 ])
 def test_bad_input_one_line_nonzero_no_output(tree, tmp_path, case, edit, needle):
     edit(tree)

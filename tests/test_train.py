@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, invoke
+
+from maskfold import trainer
 
 import split
 import train
-from maskfold import trainer
+from conftest import ROOT, invoke
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu"]
@@ -134,6 +135,7 @@ def _cli(folds, out, *extra):
     return [sys.executable, str(ROOT / "train.py"), str(folds), *TINY, "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2", "--aug", "seed"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -161,6 +163,7 @@ def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     pd.testing.assert_frame_equal(oa, ob)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(folds, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
     r = subprocess.run(torchrun + [str(ROOT / "train.py"), str(folds), *TINY, "--out", str(tmp_path / "runs")],
@@ -243,9 +246,8 @@ def test_a_fold_with_other_options_is_refused_even_with_overwrite(folds, tmp_pat
 
 
 def test_predict_refuses_a_run_whose_folds_differ_and_names_a_partial_run(folds, tmp_path):
-    from conftest import ROOT  # noqa: F401
-
     import predict
+    from conftest import ROOT  # noqa: F401
     out = tmp_path / "runs"
     assert run_train(folds, out).exit_code == 0
     run = out / "test_resnet"
@@ -274,6 +276,7 @@ def test_a_corrupt_config_is_named_as_such(folds, tmp_path):
     assert r.exit_code == 2 and "fold0/config.json: unreadable" in r.stderr and "task-weights" not in r.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(folds, tmp_path):
     args = ["--epochs", "4", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -115,3 +115,28 @@ def crop_preview(src: Path, path: Path, report, n: int, seed: int = 0) -> None:
                                                                                     "unreadable"))
     save_jpeg(sheet(tiles, cols=8, title=f"{len(report)} photos: {counts_line}. Shown: "
                     + ", ".join(f"{s} {q}" for s, q in quotas(counts, n).items())), path)
+
+
+def people_sheet(df: pd.DataFrame, folder: Path, person: np.ndarray | None, groups: int, size: int,
+                 out: Path) -> None:
+    """people.py's preview: one row per group of people.csv's table `df`, least sure first, so that a person sees
+    at once whether a row is one person; `groups` rows of `size` photos from `folder`."""
+    from maskfold.images import read_image
+
+    worst = df.groupby("group")["sure"].first().sort_values().index[:groups]
+    tiles = []
+    for g in worst:
+        rows = df[df["group"] == g].sort_values("margin")
+        for k, (_, r) in enumerate(rows.iterrows()):
+            colour = COLOURS["bad" if r["margin"] < 0 else "doubt" if r["margin"] < 0.05 else "good"]
+            first = f"group {g} ({r['size']} photos)" if k == 0 else ""
+            who = f"person {person[r.name]}" if person is not None else Path(r["ImageID"]).stem[:16]
+            sure = f"margin {r['margin']:+.3f}" + (" (least)" if k == 0 else "")
+            try:
+                image = read_image(folder / r["ImageID"], reduce=4)
+            except UserError:
+                image = np.zeros((8, 6, 3), np.uint8)
+            tiles.append(Tile(image, [first, sure, who], colour))
+        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), ["", "", ""], (32, 32, 32))] * (size - len(rows))
+    title = f"{df['group'].nunique()} groups of {len(df)} photos; the {len(worst)} least sure, one per row"
+    save_jpeg(sheet(tiles, cols=size, w=120, h=180, title=title), out)

@@ -1,0 +1,91 @@
+"""train.py's options: one frozen dataclass that is the command line, the record of a run, and what
+marks the options that change what a model learns (those a run's folds must share)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from maskfold.cli import arg, opt
+from maskfold.device import Device
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """train.py's options; `run=True` marks those that change what the model learns."""
+    folds_csv: Path = arg("folds.csv from split.py")
+    model: str = opt(..., "any timm model name, e.g. resnet18, efficientnet_b2_pruned", run=True)
+    fold: int = opt(0, "validation fold; the others train")
+    run: Optional[str] = opt(None, "run name, the folder under --out (default: the model name); named so that "
+                             "torchrun does not take it for its own --run-path", "--run-name")
+    out: Path = opt(Path("runs"), "folder of runs")
+    pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub)", run=True)
+    head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
+    task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
+    loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
+    focal_gamma: float = opt(2.0, "focal loss: gamma", run=True)
+    smoothing: float = opt(0.1, "label_smoothing loss: smoothing", run=True)
+    optimizer: str = opt("adamw", "sgd, adam, adamw or madgrad", "--optimizer", "--opt", run=True)
+    lr: float = opt(1e-3, "peak learning rate", run=True)
+    weight_decay: float = opt(1e-4, "weight decay", run=True)
+    scheduler: str = opt("cosine", "none, step, cyclic, cosine or onecycle (each steps every optimizer step)",
+                         "--scheduler", "--sched", run=True)
+    warmup_epochs: int = opt(0, "linear warm-up epochs", run=True)
+    step_size: int = opt(3, "step scheduler: epochs between decays", run=True)
+    step_gamma: float = opt(0.5, "step scheduler: decay factor", run=True)
+    epochs: int = opt(10, "epochs", run=True)
+    batch_size: int = opt(64, "batch size per process", "--batch-size", "-b", run=True)
+    accum_steps: int = opt(1, "batches per optimizer step (gradient accumulation: an effective batch of "
+                           "batch-size x this)", run=True)
+    clip_grad: float = opt(0.0, "clip the gradient norm to this (0: off)", run=True)
+    img_size: tuple[int, int] = opt((256, 192), "training size: height width", run=True)
+    aug: str = opt("light", "augmentation preset: none, light, or seed (the team baseline's ColorJitter "
+                   "and flip)", run=True)
+    cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
+    cutmix_mode: str = opt("box", "CutMix region: box, vertical (a full-height strip) or half", run=True)
+    cutmix_alpha: float = opt(1.0, "CutMix: the pasted share is drawn from Beta(a, a)", run=True)
+    mixup: float = opt(0.0, "probability of Mixup per batch (with --cutmix: at most 1 together)", run=True)
+    mixup_alpha: float = opt(0.4, "Mixup: the share of the first image is drawn from Beta(a, a)", run=True)
+    ema: float = opt(0.0, "decay of an EMA of the weights (timm's ModelEmaV3, e.g. 0.999; 0: off): validated "
+                     "each epoch, kept as the fold's best when it wins", run=True)
+    old_age: int = opt(60, "train ages >= this as the old band (60: no change)", run=True)
+    drop_rate: float = opt(0.0, "dropout before the classifier", run=True)
+    seed: int = opt(42, "random seed", run=True)
+    patience: int = opt(0, "stop after this many epochs without a better val F1 (0: never); every output of a "
+                        "finished fold is still written", run=True)
+    init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
+                                    "size): fine-tuning, or a second round", run=True)
+    device: Device = opt(Device.auto, "where to train")
+    workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
+    amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
+                              "--amp/--no-amp")
+    amp_dtype: str = opt("auto", "auto: bf16 where the GPU has it, else fp16 with a gradient scaler; bf16 or fp16 "
+                         "force one (on a CPU too)")
+    compile: bool = opt(False, "torch.compile the model", "--compile/--no-compile")
+    channels_last: bool = opt(True, "channels-last memory format")
+    wandb: Optional[str] = opt(None, "log to this Weights & Biases project too (TensorBoard files are written "
+                               "either way); WANDB_MODE=offline works without a network")
+    resume: bool = opt(False, "continue an unfinished fold from its last.pt")
+    skip_done: bool = opt(False, "exit at once if the fold is finished")
+    overwrite: bool = opt(False, "redo this fold, finished or not")
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.model
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.run_name
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.run_dir / f"fold{self.fold}"
+
+    def record(self) -> dict:
+        """config.json: every option as it ran, in JSON types."""
+        return {k: (str(v) if isinstance(v, Path) else v.value if isinstance(v, Device) else
+                    list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) + ("folds_csv",)

@@ -1,0 +1,76 @@
+"""Probability CSVs, the one format every step writes and reads, and the record of what made them.
+
+A probability CSV is `<id column>,p0..p17` (out-of-fold files add label and fold). predict.py
+also writes `<file>.json` beside it: the run folders, folds and checkpoints that made it and
+the CSV's SHA-256, so ensemble.py can pair it with the right out-of-fold files and can tell a
+file from its stale record.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskfold.cli import UserError
+from maskfold.files import atomic_path, read_table, write_json
+from maskfold.labels import PROB_COLS
+
+
+def read_probs(path: Path, id_col: str | None = None) -> pd.DataFrame:
+    """A probability CSV (id column, p0..p17[, label, fold]) checked for shape and sanity."""
+    df = read_table(path, dtype={id_col: str} if id_col else None)
+    missing = [c for c in PROB_COLS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing probability columns {', '.join(missing[:5])}")
+    id_col = id_col or df.columns[0]
+    if id_col not in df.columns:
+        raise UserError(f"{path}: no {id_col} column")
+    if df[id_col].duplicated().any():
+        raise UserError(f"{path}: duplicate {id_col} {df[id_col][df[id_col].duplicated()].iloc[0]}")
+    p = df[PROB_COLS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(p).all(axis=1)
+    if bad.any():
+        raise UserError(f"{path}: row {int(np.argmax(bad)) + 2} has a missing or non-finite probability")
+    off = np.abs(p.sum(axis=1) - 1) > 1e-3
+    if off.any() or (p < 0).any():
+        raise UserError(f"{path}: row {int(np.argmax(off | (p < 0).any(axis=1))) + 2} is not a probability vector")
+    df[PROB_COLS] = p
+    return df
+
+
+def provenance_path(path: Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_probs(df: pd.DataFrame, path: Path, provenance: dict) -> None:
+    """The CSV and its record, each renamed into place: the record first, so a kill between the two
+    leaves an old CSV beside a new record, which read_provenance recognises by the hash."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+        write_json(provenance_path(path), {**provenance, "sha256": sha256(tmp)})
+
+
+def read_provenance(path: Path) -> dict | None:
+    """What made a probability CSV, or None for a file without a record (hand-made, or from elsewhere)."""
+    record = provenance_path(path)
+    if not record.is_file():
+        return None
+    try:
+        prov = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{record}: unreadable record of {path} ({e})") from None
+    if prov.get("sha256") != sha256(path):
+        raise UserError(f"{record} describes another version of {path} (a run killed between the two, or an "
+                        "edited CSV): predict again, or delete the .json to use the CSV without its record")
+    return prov
