@@ -122,9 +122,16 @@ def main(o: CropOptions):
     finished = set(done["path"])
     todo = [it for it in items if it.rel not in finished]
     from maskfold.detector import check_facenet
-    check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
+    try:
+        check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before any crop of this run was written; the same command starts it") from None
     t1 = time.time()
-    report = finish_report(o.dst, done, run_crops(o, dev, todo, done))
+    try:
+        report = finish_report(o.dst, done, run_crops(o, dev, todo, done))
+    except KeyboardInterrupt:  # before the first batch, or while the look-alikes lend their boxes
+        raise Interrupted(f"interrupted; the crops written so far are kept: the same command resumes ({len(done)} "
+                          "were done before this run)") from None
     elapsed = time.time() - t1
     counts = report["status"].value_counts().to_dict()
     if o.preview_size:

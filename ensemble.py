@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold import recipe
-from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_info, read_table, write_csv
 from maskfold.grouping import read_people
 from maskfold.images import stem_key
@@ -51,6 +51,8 @@ class EnsembleOptions:
     oof_people: Optional[Path] = opt(None, "people.csv of the train photos, flattened (people.py --flatten): "
                                      "scores the per-person rule out of fold")
     group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
+    person_vote: str = opt("mean", "how a person's photos pool gender and age: mean (of probabilities), log (their "
+                           "product: one sure photo can veto six), clipped (log floored at 0.05) or vote")
     min_sure: float = opt(0.0, "use only people.py's groups surer than this (each photo looks more like its own group "
                           "than any other by this much); the rest are answered photo by photo")
     truth: Optional[Path] = opt(None, "ImageID,ans with true classes (demo): print test F1")
@@ -66,6 +68,10 @@ class EnsembleOptions:
                 raise UserError(f"--weights {self.weights}: not numbers") from None
             if len(w) != len(self.inputs) or (w < 0).any() or w.sum() <= 0:
                 raise UserError(f"--weights: {len(w)} non-negative weights for {len(self.inputs)} inputs")
+        choose(self.person_vote, recipe.VOTES, "--person-vote")
+        if self.group_size < 2:
+            raise UserError(f"--group-size {self.group_size}: a person has at least 2 photos (1 worn wrongly, "
+                            "1 not worn); without --people every photo is answered alone")
         sources = (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
         for t, i in sources:
             if i is not None and not 1 <= i <= len(self.inputs):
@@ -117,9 +123,12 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
     applied (each only if it gains on held-out folds). Returns (bias, people rule applied)."""
     for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
         s = recipe.task_f1(cv.y, q.argmax(1))
-        print(f"CV {name}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS), file=sys.stderr)
+        print(f"CV {name}{cv.coverage}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS),
+              file=sys.stderr)
         summary.setdefault("cv", {})[name] = round(s["f1"], 5)
     summary["cv_f1"] = summary["cv"]["blend"]
+    summary["cv_folds"] = [int(k) for k in np.unique(cv.folds)]
+    summary["cv_f1_tasks"] = {t: round(v, 5) for t, v in recipe.task_f1(cv.y, p.argmax(1)).items() if t != "f1"}
     plain = recipe.task_f1(cv.y, p.argmax(1))
     rows, b = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
     if o.bias:
@@ -135,7 +144,7 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
             print("per person: applied unchecked (--oof-people scores it out of fold first)", file=sys.stderr)
         return b, o.people is not None
     before = recipe.task_f1(cv.y, recipe.answers(p, rows))
-    after = recipe.task_f1(cv.y, recipe.answers(p, rows, cv.groups, o.group_size))
+    after = recipe.task_f1(cv.y, recipe.answers(p, rows, cv.groups, o.group_size, o.person_vote))
     gain = after["f1"] - before["f1"]
     summary["people_cv"] = {"f1": round(before["f1"], 5), "f1_people": round(after["f1"], 5),
                             **{f"{t}_change": round(after[t] - before[t], 5) for t in TASKS}}
@@ -170,7 +179,7 @@ def main(o: EnsembleOptions):
     plain = recipe.answers(p, b)
     ans = plain
     if groups is not None:
-        per_person = recipe.answers(p, b, groups, o.group_size)
+        per_person = recipe.answers(p, b, groups, o.group_size, o.person_vote)
         ans = per_person if use_people else plain
         summary.update(people_applied=bool(use_people), people_changed=int((per_person != plain).sum()))
         print(f"per person: {summary['people_changed']} of {len(ans)} answers change"
@@ -191,7 +200,8 @@ def report_test(summary: dict, truth: np.ndarray, plain: np.ndarray, per_person:
                 submitted: np.ndarray) -> None:
     """F1 on the demo's hidden truth: the submission's, and without and with the per-person rule."""
     s = recipe.task_f1(truth, submitted)
-    summary.update(test_f1=round(s["f1"], 5), test_acc=round(float((truth == submitted).mean()), 5))
+    summary.update(test_f1=round(s["f1"], 5), test_acc=round(float((truth == submitted).mean()), 5),
+                   test_f1_tasks={t: round(s[t], 5) for t in TASKS})
     print(f"test: macro F1 {s['f1']:.4f} (" + ", ".join(f"{t} {s[t]:.4f}" for t in TASKS) + ")", file=sys.stderr)
     if per_person is not None:
         a, b = recipe.task_f1(truth, plain), recipe.task_f1(truth, per_person)

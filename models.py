@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,10 @@ class MultiHead(nn.Module):
         return torch.cat([self.heads[t](f) for t in TASKS], dim=1)
 
 
-def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0) -> nn.Module:
+def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretrained_file: Path | None = None
+           ) -> nn.Module:
+    """timm's `name` with our head; ImageNet weights from `pretrained_file` (a state dict of that model, .pth or
+    .safetensors), else, with `pretrained`, from the hub or its local cache."""
     import timm
 
     if head not in HEADS:
@@ -37,14 +41,41 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0) -> nn
         hint = f" (closest: {', '.join(close)})" if close else ""
         raise UserError(f"--model {name}: not a timm model{hint}")
     num_classes = NUM_CLASSES if head == "single" else 0
+    kw = dict(num_classes=num_classes, drop_rate=drop_rate)
+    if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise UserError(f"--pretrained-file {pretrained_file}: no such file")
+        kw["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+    elif pretrained:
+        hub_or_cache_only()
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+        model = timm.create_model(name, pretrained=pretrained or pretrained_file is not None, **kw)
     except Exception as e:  # hub errors come in many types: offline, proxy, missing file
-        if not pretrained:
+        if not (pretrained or pretrained_file):
             raise
-        raise UserError(f"--model {name}: could not load pretrained weights ({type(e).__name__}); "
-                        "offline or no weights published? pass --no-pretrained to train from scratch") from None
+        source = f"--pretrained-file {pretrained_file}" if pretrained_file else "the hub (offline?) or its cache"
+        raise UserError(f"--model {name}: could not load pretrained weights from {source} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''}); pass --pretrained-file PATH (the "
+                        "weights fetched once where there is internet) or --no-pretrained to train from scratch"
+                        ) from None
     return model if head == "single" else MultiHead(model)
+
+
+def hub_or_cache_only() -> None:
+    """Where the hub cannot be reached within 3 s, load weights from its local cache only: without this the
+    hub's client retries for about a minute before it fails."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def norm_stats(model: nn.Module) -> tuple[list[float], list[float]]:

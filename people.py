@@ -56,6 +56,14 @@ def list_photos(o: PeopleOptions) -> list[str]:
                    if p.is_file() and is_image_name(p.name) and not is_crop_sheet(p)
                    and not any(part.startswith(".") for part in p.relative_to(o.images).parts))
     ids = [p.relative_to(o.images).as_posix() for p in files]
+    if not ids:
+        nested = not o.flatten and any(p.is_file() and is_image_name(p.name) for p in o.images.glob("*/*"))
+        raise UserError(f"{o.images}: no photos" + (" directly in it, but its folders hold some (a train tree of "
+                                                     "person folders?): pass --flatten" if nested else ""))
+    if (o.images / "crop_report.csv").is_file() or (o.images / "crop_summary.json").is_file():
+        print(f"warning: {o.images} holds crop.py's crops: people group better on the raw photos, which show the "
+              "setting and clothes one person's photos share (purity 0.90 on crops against 1.00 on the demo's raw "
+              "eval photos); pass the folder crop.py read", file=sys.stderr)
     if not o.info:
         return ids
     return match_ids(o.images, read_info(o.info).tolist(), ids, str(o.info))

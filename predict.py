@@ -22,10 +22,10 @@ import pandas as pd
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info
-from maskfold.images import is_hidden, match_ids
+from maskfold.images import describe_folder, is_hidden, kind_differs, match_ids
 from maskfold.labels import NUM_CLASSES, PROB_COLS
 from maskfold.probs import write_probs
-from maskfold.runs import run_folds
+from maskfold.runs import fold_configs, run_folds
 
 app = make_app()
 
@@ -40,6 +40,8 @@ class PredictOptions:
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA: bf16, or fp16 on GPUs without bf16 (off on a CPU, where it is slower)")
+    any_images: bool = opt(False, "predict even where the images are not of the kind the runs trained on (crops "
+                           "against whole photos, or another size)")
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -91,6 +93,23 @@ def image_files(images: Path, ids: list[str]) -> list[Path]:
     return [images / f for f in match_ids(images, ids, found, "info.csv")]
 
 
+def check_kind(images: Path, files: list[Path], runs: list[dict], any_images: bool) -> dict:
+    """Refuse eval images of another kind than each run trained on (recorded by train.py; runs from before that
+    are not checked): crops from whole photos make a model guess."""
+    given = describe_folder(images, files)
+    for r in runs:
+        trained = [c["images"] for c in fold_configs(Path(r["run"])).values() if c.get("images")]
+        why = kind_differs(trained[0], given) if trained else None
+        if why and not any_images:
+            hint = (f"pass the crop.py output of the eval photos (crop.py {images} CROPS, then --images CROPS)"
+                    if trained[0]["crops"] and not given["crops"] else "pass images made the way its train images were")
+            raise UserError(f"--images {images}: not the kind of images {r['run']} trained on ({why}); {hint}, "
+                            "or --any-images to predict anyway")
+        if why:
+            print(f"warning: {images}: {why} (--any-images)", file=sys.stderr)
+    return given
+
+
 def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bool, chunk: int = 2048):
     """Summed probabilities of every checkpoint. Images are decoded once per image size, a chunk at a
     time, the next chunk in the background while the checkpoints run on this one."""
@@ -137,6 +156,7 @@ def main(o: PredictOptions):
     ids = read_info(o.info).tolist()
     files = image_files(o.images, ids)
     paths, runs = checkpoints(o.sources)
+    kind = check_kind(o.images, files, runs, o.any_images)
     nets = [load_model(p, dev) for p in paths]
     amp = amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
@@ -149,6 +169,7 @@ def main(o: PredictOptions):
     df = pd.DataFrame(probs, columns=PROB_COLS)
     df.insert(0, "ImageID", ids)
     record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": o.tta,
+              "images_kind": kind,
               "runs": runs, "checkpoints": [{"path": str(p.resolve()), "model": ck["model"], "head": ck["head"],
                                              "img_size": ck["img_size"], "epoch": ck.get("epoch")}
                                             for p, (_, ck) in zip(paths, nets)]}

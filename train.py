@@ -10,6 +10,7 @@ curves.png and train.log per fold, config.json per run, and one row per finished
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -24,8 +25,9 @@ from maskfold.cli import Interrupted, UserError, choose, command, make_app, resu
 from maskfold.config import TrainConfig
 from maskfold.device import AMP_DTYPES, resolve_device
 from maskfold.files import append_csv, check_outside, write_csv, write_json
+from maskfold.images import describe_folder
 from maskfold.labels import PROB_COLS, TASKS
-from maskfold.runs import prepare_fold, read_folds, results_row, write_summaries
+from maskfold.runs import fold_lock, folds_digest, prepare_fold, read_folds, results_row, write_summaries
 from maskfold.signals import loader_worker
 from maskfold.tracking import Tracker, check_wandb
 
@@ -102,7 +104,7 @@ def create_model(cfg: TrainConfig, resume_from: Path | None):
     import models
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
-    net = models.create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate)
+    net = models.create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate, cfg.pretrained_file)
     source = resume_from or cfg.init_from
     if source is None:
         return net, None
@@ -122,7 +124,7 @@ def describe(model: str, head: str, size: list[int] | None) -> str:
     return f"{model} ({head} head" + (f", {size[0]}x{size[1]}" if size else "") + ")"
 
 
-def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
+def start_fold_dir(cfg: TrainConfig, folds_total: int, facts: dict) -> None:
     if cfg.overwrite and cfg.fold_dir.exists():
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
@@ -130,11 +132,12 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int) -> None:
 
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
-    write_json(cfg.fold_dir / "config.json", {**record, "folds_total": folds_total})
+    write_json(cfg.fold_dir / "config.json", {**record, **facts, "folds_total": folds_total})
 
 
 def make_loader(ds, cfg: TrainConfig, place, seed: int):
     """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed)."""
+    import torch
     from torch.utils.data import DataLoader
 
     from maskfold.datasets import EpochSampler
@@ -147,7 +150,11 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=place.device.startswith("cuda"), drop_last=len(sampler) > cfg.batch_size,
                         persistent_workers=cfg.workers > 0, multiprocessing_context="fork" if cfg.workers else None,
-                        worker_init_fn=loader_worker if cfg.workers else None)
+                        worker_init_fn=loader_worker if cfg.workers else None,
+                        # its own generator: the base seed a loader draws when its workers start would otherwise
+                        # come from the global one, once a session with persistent workers, so a resumed epoch
+                        # would run other dropout masks than the same epoch uninterrupted
+                        generator=torch.Generator().manual_seed(seed))
     return loader, sampler
 
 
@@ -160,7 +167,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
-        if cfg.patience and fold.best["epoch"] > 0 and epoch - fold.best["epoch"] >= cfg.patience:
+        if stop_early(fold, epoch):
             log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
             break
         t = time.time()
@@ -177,21 +184,41 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
                 winner, from_ema = (ve, pe), True
         row.update(v, seconds=round(time.time() - t, 2))
         fold.history.append(row)
+        best_v, best_p = winner
+        better = best_v["val_f1"] > fold.best["f1"]  # the same in every process: validation is gathered
+        if better:
+            fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
+            if cfg.oof_tta:  # out-of-fold answers made as predict.py makes the submission's
+                best_p = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=from_ema, tta=True)[1]
         if fold.place.rank0:
             log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
             tracker.epoch(row)
             if epoch == start and fold.shown is not None:
                 tracker.batch(fold.shown)
-            best_v, best_p = winner
-            if best_v["val_f1"] > fold.best["f1"]:
-                fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
+            if better:
                 checkpoint.save(checkpoint.make(fold, epoch + 1, best_v, full=False, ema=from_ema),
-                             cfg.fold_dir / "best.pt")
+                                cfg.fold_dir / "best.pt")
                 write_oof(cfg.fold_dir / "oof.csv", va, best_p)
             write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
             checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
         if fold.place.backend is not None:
             dist.barrier()
+
+
+def stop_early(fold, epoch: int) -> bool:
+    """--patience: rank 0 decides and every process under torchrun gets its answer, so that all leave the loop
+    together instead of some waiting in the next all-reduce (each keeps the best epoch, but a fold resumed from
+    an older checkpoint must not let one of them stop alone)."""
+    cfg, place = fold.cfg, fold.place
+    stop = bool(cfg.patience and fold.best["epoch"] > 0 and epoch - fold.best["epoch"] >= cfg.patience)
+    if place.backend is None:
+        return stop
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(stop)], device=place.device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def eta(rows: list[dict], left: int) -> str:
@@ -251,18 +278,8 @@ def finish(fold, t0: float, log: Log) -> dict:
     return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
 
 
-@command(app, TrainConfig)
-def main(cfg: TrainConfig):
-    """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
-    t0 = time.time()
-    check_options(cfg)
-    check_wandb(cfg.wandb)
-    df = read_folds(cfg.folds_csv, cfg.fold)
-    check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
-    state = prepare_fold(cfg)
-    if state.finished is not None:
-        print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
-        return result(state.finished)
+def train_fold(cfg: TrainConfig, df: pd.DataFrame, state, facts: dict, t0: float) -> None:
+    """Set up the fold's data, model and loop in this process, train it, and finish it on rank 0."""
     import torch.distributed as dist
 
     from maskfold import checkpoint, trainer
@@ -275,7 +292,7 @@ def main(cfg: TrainConfig):
     place = setup_place(cfg)
     net, ck = create_model(cfg, state.resume_from)
     if place.rank0:
-        start_fold_dir(cfg, df["fold"].nunique())
+        start_fold_dir(cfg, df["fold"].nunique(), facts)
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
     log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.head} loss={cfg.loss} opt={cfg.optimizer} "
         f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else ""))
@@ -301,16 +318,46 @@ def main(cfg: TrainConfig):
     try:
         fit(fold, loader, sampler, va, va_images, start, log, tracker)
     except KeyboardInterrupt:
-        done = len(fold.history)
-        raise Interrupted(f"interrupted in epoch {done + 1} of {cfg.fold_dir}; " + (
-            f"last.pt holds epoch {done}: the same command with --resume continues from there" if done else
-            "no epoch was finished: the same command with --overwrite starts again")) from None
+        raise Interrupted(interrupted_in(cfg, len(fold.history), resumed=ck is not None)) from None
     if place.rank0:
-        metrics = finish(fold, t0, log)
+        try:
+            metrics = finish(fold, t0, log)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted while finishing {cfg.fold_dir}: every epoch is saved in last.pt; the same "
+                              "command with --resume finishes it") from None
         tracker.close({k: v for k, v in metrics.items() if k != "files"})
         result(metrics)
     if place.backend is not None:
         dist.destroy_process_group()
+
+
+def interrupted_in(cfg: TrainConfig, done: int, resumed: bool) -> str:
+    """What a Ctrl-C in the epochs leaves, and the command that carries on."""
+    where = f"interrupted in epoch {done + 1} of {cfg.fold_dir}; "
+    if done or resumed:
+        return where + f"last.pt holds epoch {done or 'the last one finished'}: the same command with --resume " \
+                       "continues from there"
+    return where + "no epoch was finished: the same command starts it again"
+
+
+@command(app, TrainConfig)
+def main(cfg: TrainConfig):
+    """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
+    t0 = time.time()
+    check_options(cfg)
+    check_wandb(cfg.wandb)
+    df = read_folds(cfg.folds_csv, cfg.fold)
+    check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
+    facts = {"folds_digest": folds_digest(df), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+             "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist())}
+    # Rank 0 alone holds the fold's lock: the other processes of a torchrun start with it and end with it.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with fold_lock(cfg.run_dir, cfg.fold) if rank0 else contextlib.nullcontext():
+        state = prepare_fold(cfg, facts)
+        if state.finished is not None:
+            print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
+            return result(state.finished)
+        train_fold(cfg, df, state, facts, t0)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path}: not a safe checkpoint of this toolkit ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]})") from None
+        with open(path, "rb") as f:
+            head = f.read(512)
+        text = head and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+        what = "a text file, not a checkpoint" if text else \
+            f"not a safe checkpoint of this toolkit ({type(e).__name__})"
+        raise UserError(f"{path}: {what}; predict.py takes run folders (runs/<run>) or their fold*/best.pt") from None
 
 
 CKPT_KEYS = ("model", "head", "img_size", "mean", "std", "num_classes", "state_dict")

@@ -8,6 +8,7 @@ import difflib
 import functools
 import inspect
 import json
+import signal
 import sys
 import typing
 from dataclasses import MISSING, field, fields
@@ -32,9 +33,28 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def make_app() -> typer.Typer:
+class Script(typer.Typer):
+    """A script's app: before the command line is parsed, an option of several numbers given with commas
+    (`--img-size 96,72`, as `<int,int>` in the help suggests) is one line that shows the right form."""
+
+    pairs: tuple[str, ...] = ()  # the options that take several numbers, as --kebab-case
+
+    def __call__(self, *args, **kwargs):
+        check_pairs(sys.argv[1:], self.pairs)
+        return super().__call__(*args, **kwargs)
+
+
+def check_pairs(argv: list[str], pairs: tuple[str, ...]) -> None:
+    for flag, value in zip(argv, argv[1:] + [""]):
+        name, _, inline = flag.partition("=")
+        given = inline or value
+        if name in pairs and "," in given:
+            fail(f"{name} {given}: give the numbers separated by a space, e.g. {name} {' '.join(given.split(','))}")
+
+
+def make_app() -> Script:
     """One command per script; plain help (no boxes) that reads at 80 columns and in a log."""
-    return typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    return Script(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 def one_line_errors(main):
@@ -47,13 +67,15 @@ def one_line_errors(main):
         except UserError as e:
             fail(str(e))
         except (Interrupted, KeyboardInterrupt) as e:
+            # a second Ctrl-C while the line is printed or threads wind down must not end in a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             fail(str(e) if isinstance(e, Interrupted) else "interrupted", code=130)
     return wrapper
 
 
 def result(summary: dict) -> None:
     """The script's result: one JSON object, the last line on stdout."""
-    print(json.dumps(summary))
+    print(json.dumps(summary, ensure_ascii=False))  # paths as they are named, not as \uXXXX escapes
 
 
 def choose(value: str, valid, option: str) -> str:
@@ -95,6 +117,9 @@ def command(app: typer.Typer, options: type):
         main.__signature__ = inspect.Signature(params)
         main.__doc__ = body.__doc__
         app.command()(one_line_errors(main))
+        if isinstance(app, Script):
+            app.pairs = tuple("--" + f.name.replace("_", "-") for f in fields(options)
+                              if typing.get_origin(hints[f.name]) is tuple)
         return body
 
     return register

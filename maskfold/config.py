@@ -20,7 +20,10 @@ class TrainConfig:
     run: Optional[str] = opt(None, "run name, the folder under --out (default: the model name); named so that "
                              "torchrun does not take it for its own --run-path", "--run-name")
     out: Path = opt(Path("runs"), "folder of runs")
-    pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub)", run=True)
+    pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub, then from its cache)",
+                           run=True)
+    pretrained_file: Optional[Path] = opt(None, "start from the ImageNet weights in this file (a state dict of "
+                                          "--model, .pth or .safetensors): a machine without internet", run=True)
     head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
     task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
     loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
@@ -39,7 +42,8 @@ class TrainConfig:
     accum_steps: int = opt(1, "batches per optimizer step (gradient accumulation: an effective batch of "
                            "batch-size x this)", run=True)
     clip_grad: float = opt(0.0, "clip the gradient norm to this (0: off)", run=True)
-    img_size: tuple[int, int] = opt((256, 192), "training size: height width", run=True)
+    img_size: tuple[int, int] = opt((256, 192), "training size: height width, two numbers (--img-size 256 192)",
+                                     run=True)
     aug: str = opt("light", "augmentation preset: none, light, or seed (the team baseline's ColorJitter "
                    "and flip)", run=True)
     cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
@@ -56,6 +60,8 @@ class TrainConfig:
                         "finished fold is still written", run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
                                     "size): fine-tuning, or a second round", run=True)
+    oof_tta: bool = opt(True, "write oof.csv with the flip TTA that predict.py applies by default, so that the CV "
+                        "scores what is submitted (the best epoch is chosen without it)")
     device: Device = opt(Device.auto, "where to train")
     workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",

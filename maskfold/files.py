@@ -39,7 +39,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=1))
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def write_csv(df: pd.DataFrame, path: Path, **kw) -> None:

@@ -129,3 +129,33 @@ def read_ahead(pool: Executor, jobs: Iterable[T], load: Callable[[T], R]) -> Ite
         pending = (job, future)
     if pending is not None:
         yield pending[0], pending[1].result()
+
+
+def describe_folder(tree: Path, files: list[Path], sample: int = 24) -> dict:
+    """What kind of images a folder holds, as a model sees them: crop.py's face crops (its report sits at the
+    folder's root) or whole photos, and their median size (height, width) over a sample."""
+    crops = (Path(tree) / "crop_report.csv").is_file() or (Path(tree) / "crop_summary.json").is_file()
+    pick = files[::max(1, len(files) // sample)][:sample]
+    sizes = []
+    for f in pick:
+        try:
+            with Image.open(f) as im:
+                sizes.append(im.size)
+        except OSError:
+            continue
+    w, h = (int(v) for v in np.median(sizes, axis=0)) if sizes else (0, 0)
+    return {"folder": str(Path(tree).resolve()), "crops": crops, "size": [h, w]}
+
+
+def kind_differs(trained: dict, given: dict) -> str | None:
+    """Why `given` images are not of the kind a model `trained` on (None if they are): crops against whole
+    photos, or a size or shape off by half."""
+    def name(d):
+        return "crop.py's face crops" if d["crops"] else "whole photos (no crop report beside them)"
+
+    if trained["crops"] != given["crops"]:
+        return f"it trained on {name(trained)} of {trained['folder']}, these are {name(given)}"
+    (th, tw), (gh, gw) = trained["size"], given["size"]
+    if min(th, tw, gh, gw) > 0 and (max(gw / tw, tw / gw) > 1.5 or abs(gh / gw - th / tw) > 0.2):
+        return f"it trained on images of about {tw}x{th} px, these are about {gw}x{gh}"
+    return None

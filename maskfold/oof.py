@@ -28,6 +28,13 @@ class OOF:
     folds: np.ndarray
     paths: list[str]  # resolved photo paths
     groups: np.ndarray | None = None  # person number per photo, from a people.csv of the train photos
+    of: int | None = None  # the folds the runs were split into (the CV covers np.unique(folds) of them)
+
+    @property
+    def coverage(self) -> str:
+        """' (over 1 of 2 folds)' for a CV that covers some folds only, else ''."""
+        k = len(np.unique(self.folds))
+        return f" (over {k} of {self.of} folds)" if self.of and k < self.of else ""
 
     @property
     def keys(self) -> list[str]:
@@ -54,11 +61,49 @@ def read_run_oof(run: Path) -> pd.DataFrame:
     return pd.concat(frames).set_index("path")
 
 
-def runs_of(record: dict | None) -> list[tuple[Path, int]]:
-    """(run folder, number of its checkpoints in the input) of each run an input's record names."""
+@dataclass(frozen=True)
+class Source:
+    """A run behind an input: its folder, the folds the input's checkpoints came from (None: all finished
+    folds, for an input without a record of them), and its weight in the input (its number of checkpoints)."""
+    run: Path
+    folds: tuple[int, ...] | None
+    weight: int
+
+
+def runs_of(record: dict | None) -> list[Source]:
+    """Each run an input's record names, with the folds it used."""
     if not record:
         return []
-    return [(Path(r["run"]), max(1, len(r.get("folds") or []))) for r in record.get("runs", [])]
+    return [Source(Path(r["run"]), tuple(r["folds"]) if r.get("folds") else None, max(1, len(r.get("folds") or [])))
+            for r in record.get("runs", [])]
+
+
+def check_current(f: Path, s: Source, finished: list[int], of: int | None) -> None:
+    """Say when an input was predicted from fewer folds than its run has finished now (a prediction made
+    after a crash and never redone): its CV is then scored on those folds only."""
+    if s.folds is not None and set(finished) - set(s.folds):
+        print(f"warning: {f} was predicted from fold(s) {', '.join(map(str, s.folds))} of {s.run}, which has "
+              f"{', '.join(map(str, finished))} finished now: predict again with --overwrite to use them all; "
+              f"its CV is over those {len(s.folds)} of {of or len(finished)} folds", file=sys.stderr)
+
+
+def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list[str]) -> None:
+    """Runs split from different folds.csv files: each out-of-fold answer is honest, but a bias or rule fitted
+    with one run's folds held out would be fitted on another run's answers for photos its models trained on."""
+    runs = list(frames)
+    folds = frames[runs[0]].loc[common, "fold"].to_numpy()
+    for r in runs[1:]:
+        other = frames[r].loc[common, "fold"].to_numpy()
+        if (other != folds).any():
+            i = int(np.argmax(other != folds))
+            what = (f"{runs[0]} and {r} were split differently (photo {common[i]} is in fold {folds[i]} of one and "
+                    f"{other[i]} of the other)")
+            fitted = [n for n in needs if n in ("--bias", "--oof-people")]
+            if fitted:
+                raise UserError(f"{what}: {', '.join(fitted)} would be fitted on answers of models that saw the "
+                                "held-out labels; blend runs of one folds.csv")
+            print(f"warning: {what}: the CV of their blend mixes two splits", file=sys.stderr)
+            return
 
 
 def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],
@@ -73,11 +118,11 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
         recorded = runs_of(rec)
         if oof_runs:
             given = oof_runs[i].resolve()
-            if recorded and given not in {r.resolve() for r, _ in recorded}:
-                raise UserError(f"input {i + 1} ({f}) was predicted by {', '.join(str(r) for r, _ in recorded)}, but "
-                                f"is paired with --oof {oof_runs[i]}: list --oof in the inputs' order")
-            recorded = [(oof_runs[i], 1)]
-        missing = [r for r, _ in recorded if not r.is_dir()]
+            if recorded and given not in {s.run.resolve() for s in recorded}:
+                raise UserError(f"input {i + 1} ({f}) was predicted by {', '.join(str(s.run) for s in recorded)}, "
+                                f"but is paired with --oof {oof_runs[i]}: list --oof in the inputs' order")
+            recorded = [s for s in recorded if s.run.resolve() == given] or [Source(oof_runs[i], None, 1)]
+        missing = [s.run for s in recorded if not s.run.is_dir()]
         if missing:
             unpaired.append(f"{f}: its run {missing[0]} is gone")
         elif not recorded:
@@ -89,23 +134,36 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                             "with --oof RUN")
         print(f"note: no CV score: {unpaired[0]}", file=sys.stderr)
         return None
-    cache: dict[Path, pd.DataFrame] = {}
-    for r, _ in (p for runs in pairs for p in runs):
-        if r.resolve() not in cache:
-            cache[r.resolve()] = read_run_oof(r)
+    frames: dict[tuple[Path, tuple | None], pd.DataFrame] = {}
+    whole: dict[Path, pd.DataFrame] = {}
+    for f, runs in zip(inputs, pairs):
+        for s in runs:
+            key = s.run.resolve()
+            if key not in whole:
+                whole[key] = read_run_oof(s.run)
+            finished = sorted(int(k) for k in whole[key]["fold"].unique())
+            check_current(f, s, finished, run_folds(s.run).expected)
+            used = whole[key] if s.folds is None else whole[key][whole[key]["fold"].isin(s.folds)]
+            frames[(key, s.folds)] = used
     common = None
-    for df in cache.values():
+    for df in frames.values():
         common = df.index if common is None else common.intersection(df.index)
     if common is None or not len(common):
-        raise UserError("the --oof runs share no images")
-    first = cache[pairs[0][0][0].resolve()].loc[common]
+        raise UserError("the inputs' runs share no out-of-fold photos (predicted from folds that do not overlap?)")
+    largest = max(len(df) for df in frames.values())
+    if len(common) < largest:
+        print(f"note: CV over the {len(common)} photos that every input's runs scored out of fold ({largest} in the "
+              "largest): runs with other finished folds, or inputs predicted from some folds only", file=sys.stderr)
+    check_splits(whole, common, needs)
+    first = frames[(pairs[0][0].run.resolve(), pairs[0][0].folds)].loc[common]
     arrays = []
     for runs in pairs:
-        w = np.array([n for _, n in runs], float)
-        arrays.append(sum(wi * cache[r.resolve()].loc[common, PROB_COLS].to_numpy() for wi, (r, _) in zip(w, runs))
-                      / w.sum())
-    names = [" + ".join(str(r) for r, _ in runs) for runs in pairs]
-    return OOF(names, arrays, first["label"].to_numpy(int), first["fold"].to_numpy(int), list(common))
+        w = np.array([s.weight for s in runs], float)
+        arrays.append(sum(wi * frames[(s.run.resolve(), s.folds)].loc[common, PROB_COLS].to_numpy()
+                          for wi, s in zip(w, runs)) / w.sum())
+    names = [" + ".join(str(s.run) for s in runs) for runs in pairs]
+    of = max((run_folds(s.run).expected or 0 for runs in pairs for s in runs), default=0) or None
+    return OOF(names, arrays, first["label"].to_numpy(int), first["fold"].to_numpy(int), list(common), of=of)
 
 
 def suspects(cv: OOF, p: np.ndarray, n: int) -> pd.DataFrame:

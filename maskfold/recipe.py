@@ -48,22 +48,40 @@ def log_scores(p: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-12, None)) + bias
 
 
+# How a person's photos pool their gender and age, each a sum over the photos of a score per answer:
+# "log" sums log-probabilities (a product of the photos' beliefs: one photo at 1e-6 outvotes six at 0.9),
+# "mean" sums probabilities, "clipped" sums log-probabilities floored at 0.05 (no photo can say "never"),
+# "vote" counts each photo's best answer (ties broken by the mean).
+VOTES = ("mean", "log", "clipped", "vote")
+
+
+def pooled(m: np.ndarray, vote: str) -> np.ndarray:
+    """Each photo's score per answer of one task (from its marginal probabilities `m`) under `vote`."""
+    if vote == "log":
+        return np.log(np.clip(m, 1e-12, None))
+    if vote == "clipped":
+        return np.log(np.clip(m, 0.05, None))
+    if vote == "vote":
+        return np.eye(m.shape[1])[m.argmax(1)] + 1e-3 * m
+    return m
+
+
 def answers(p: np.ndarray, bias: np.ndarray | float = 0.0, groups: np.ndarray | None = None,
-            size: int = 7) -> np.ndarray:
+            size: int = 7, vote: str = "mean") -> np.ndarray:
     """The class of each photo: the best biased score alone, or per person when `groups` says which photos
     are one person (-1: alone)."""
     s = log_scores(p, bias)
-    return s.argmax(1) if groups is None else per_person(s, groups, size)
+    return s.argmax(1) if groups is None else per_person(s, groups, size, vote)
 
 
-def per_person(s: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
-    """One gender and one age per person, from all its photos (sum of their log-probabilities); the mask
-    of a complete person (`size` photos) as the best assignment of one worn wrongly, one not worn and
-    the rest worn; the mask of the photos of an incomplete person, each on its own."""
+def per_person(s: np.ndarray, groups: np.ndarray, size: int, vote: str = "mean") -> np.ndarray:
+    """One gender and one age per person, pooled from all its photos as `vote` says; the mask of a complete
+    person (`size` photos) as the best assignment of one worn wrongly, one not worn and the rest worn; the mask
+    of the photos of an incomplete person, each on its own."""
     out = s.argmax(1)
     q = np.exp(s - s.max(1, keepdims=True))
     q /= q.sum(1, keepdims=True)
-    logm = {t: np.log(np.clip(v, 1e-12, None)) for t, v in marginals(q).items()}
+    m = marginals(q)
     grouped = groups >= 0
     ids, inv = np.unique(groups[grouped], return_inverse=True)
     if not len(ids):
@@ -71,8 +89,8 @@ def per_person(s: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
     rows = np.flatnonzero(grouped)
     gender = np.zeros((len(ids), 2))
     age = np.zeros((len(ids), 3))
-    np.add.at(gender, inv, logm["gender"][rows])
-    np.add.at(age, inv, logm["age"][rows])
+    np.add.at(gender, inv, pooled(m["gender"][rows], vote))
+    np.add.at(age, inv, pooled(m["age"][rows], vote))
     g, a = gender.argmax(1)[inv], age.argmax(1)[inv]
     cond = s.reshape(-1, 3, 2, 3)[rows, :, g, a]  # each photo's mask scores given its person's gender and age
     mask = cond.argmax(1)

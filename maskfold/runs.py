@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,8 +46,30 @@ def fold_configs(run_dir: Path) -> dict[int, dict]:
     return out
 
 
+# What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
+# of folds.csv's content, which a rewrite of the same path changes) and the processes it trained in (the
+# effective batch is --batch-size x processes). Folds written before these were recorded are not compared.
+FACT_KEYS = ("folds_digest", "processes")
+
+
 def differences(a: dict, b: dict) -> list[str]:
-    return [k for k in RUN_KEYS if a.get(k) != b.get(k)]
+    return [k for k in RUN_KEYS if a.get(k) != b.get(k)] + \
+        [k for k in FACT_KEYS if k in a and k in b and a[k] != b[k]]
+
+
+def folds_digest(df) -> str:
+    """A digest of the person-to-fold map of a folds.csv (its order and other columns aside)."""
+    import hashlib
+
+    pairs = sorted(set(zip(df["person"].astype(str), df["fold"].astype(int))))
+    return hashlib.sha256("\n".join(f"{p},{k}" for p, k in pairs).encode()).hexdigest()[:16]
+
+
+def explain(keys: list[str]) -> str:
+    """The options that differ, with what the recorded facts mean."""
+    words = {"folds_digest": "folds_digest: folds.csv was rewritten since, with another person-to-fold map",
+             "processes": "processes: the effective batch is --batch-size x the processes of torchrun"}
+    return ", ".join(words.get(k, k) for k in keys)
 
 
 def disagreeing(reference: dict, configs: dict[int, dict]) -> tuple[list[int], list[str]]:
@@ -62,7 +86,7 @@ def check_folds_agree(run_dir: Path, configs: dict[int, dict]) -> None:
     odd, keys = disagreeing(configs[first], configs)
     if odd:
         raise UserError(f"{run_dir}: fold(s) {', '.join(map(str, odd))} were trained with other options than fold "
-                        f"{first} ({', '.join(keys)}); a run's folds must agree: retrain them, or move them to a run "
+                        f"{first} ({explain(keys)}); a run's folds must agree: retrain them, or move them to a run "
                         "of their own")
 
 
@@ -73,20 +97,21 @@ class FoldState:
     resume_from: Optional[Path] = None
 
 
-def prepare_fold(cfg: TrainConfig) -> FoldState:
-    """Refuse a fold that would mix options into its run, and say what to do with an existing fold."""
-    mine = cfg.record()
+def prepare_fold(cfg: TrainConfig, facts: dict) -> FoldState:
+    """Refuse a fold that would mix options (or another split, or another number of processes: `facts`) into its
+    run, and say what to do with an existing fold."""
+    mine = {**cfg.record(), **facts}
     configs = fold_configs(cfg.run_dir)
     odd, keys = disagreeing(mine, {k: c for k, c in configs.items() if k != cfg.fold})
     if odd:
-        raise UserError(f"run {cfg.run_dir} was made with other options ({', '.join(keys)}) in fold(s) "
+        raise UserError(f"run {cfg.run_dir} was made with other options ({explain(keys)}) in fold(s) "
                         f"{', '.join(map(str, odd))}; pass --run-name NAME for a new run")
     d = cfg.fold_dir
     own = configs.get(cfg.fold)
     changed = differences(own, mine) if own else []
     if (d / "metrics.json").is_file() and not cfg.overwrite:
         if changed:
-            raise UserError(f"{d} is finished with other options ({', '.join(changed)}); pass --run-name NAME for a "
+            raise UserError(f"{d} is finished with other options ({explain(changed)}); pass --run-name NAME for a "
                             "new run, or --overwrite to redo this fold")
         if cfg.skip_done:
             return FoldState(finished=read_json(d / "metrics.json"))
@@ -96,9 +121,47 @@ def prepare_fold(cfg: TrainConfig) -> FoldState:
         if not cfg.resume:
             raise UserError(f"{d} has an unfinished run (pass --resume to continue it, --overwrite to restart)")
         if changed:
-            raise UserError(f"{d} was started with other options ({', '.join(changed)}); --overwrite restarts it")
+            raise UserError(f"{d} was started with other options ({explain(changed)}); --overwrite restarts it")
         return FoldState(resume_from=last)
     return FoldState()
+
+
+@contextmanager
+def fold_lock(run_dir: Path, fold: int):
+    """Only one process trains a fold at a time. The lock is the kernel's (flock), so a killed process's lock
+    goes with it; the holder's pid, left in the file by a process that never released it, is named when the
+    next one takes over."""
+    import fcntl
+    import socket
+
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # removed again if nothing is trained
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / f".fold{fold}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{run_dir / f'fold{fold}'} is being trained now ({holder}): wait for it, or stop it "
+                            "first") from None
+        left = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if left:
+            print(f"note: {run_dir / f'fold{fold}'} was held by {left}, which ended without releasing it (killed?); "
+                  "taken over", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            if made and not (run_dir / f"fold{fold}").exists():  # refused before it began: leave no folder
+                lock.unlink(missing_ok=True)
+                for d in made:
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+    finally:
+        os.close(fd)
 
 
 @dataclass

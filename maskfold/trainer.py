@@ -131,13 +131,14 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
     # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
     total = torch.zeros((), dtype=torch.float64, device=dev)
-    n, preds, ys, seen, t_steady, batches, shown = 0, [], [], 0, None, len(loader), 0.0
+    n, preds, ys, seen, batches, shown = 0, [], [], 0, len(loader), 0.0
+    t_steady = time.time()
     # A bar on a terminal only (tmux): a log that captures stderr gets the one line per epoch, not carriage returns.
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
                disable=None if fold.place.rank0 else True, mininterval=1, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar):
         stop_if_interrupted()
-        if step == 2:  # steady state: after the first batches have warmed up workers and kernels
+        if step == 2 and batches > 4:  # steady state: after the first batches have warmed up workers and kernels
             t_steady, seen = time.time(), 0
         x = to_input(x, fold.mean, fold.std, dev, cfg.channels_last)
         y = y.to(dev)
@@ -166,7 +167,8 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
             bar.set_postfix(loss=f"{total.item() / n:.4f}", refresh=False)
             shown = time.time()
     s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
-    rate = seen / (time.time() - t_steady) if t_steady and seen else None
+    # images per second of all processes together (each trains its share of every batch under torchrun)
+    rate = seen * fold.place.world / (time.time() - t_steady) if seen else None
     return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
 
 
@@ -178,14 +180,15 @@ def sync_grads(fold: Fold, stepping: bool):
     return no_sync() if no_sync is not None and not stepping else contextlib.nullcontext()
 
 
-def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False) -> tuple[dict, np.ndarray]:
+def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False,
+             tta: bool = False) -> tuple[dict, np.ndarray]:
     """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights
-    or of their EMA."""
+    or of their EMA, with or without the flip TTA."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
     net = fold.ema.module if ema else fold.model
     probs = predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
-                                 fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last)
+                          fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last, tta=tta)
     if place.world > 1:
         parts = [None] * place.world
         dist.all_gather_object(parts, (mine, probs))

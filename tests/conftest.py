@@ -12,13 +12,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 @pytest.fixture(scope="session")
 def demo_tree(tmp_path_factory) -> Path:
-    """12 train people (every gender x age stratum) and 3 eval people in the competition's layout."""
+    """12 train people (every gender x age stratum) and 3 eval people in the competition's layout, with the
+    easy demo's clear cues: tests need small, fast data, not the calibrated one."""
     from typer.testing import CliRunner
 
     import demo
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    result = CliRunner().invoke(demo.app, [str(out), "--people", "12", "--eval-people", "3", "--seed", "3"])
+    result = CliRunner().invoke(demo.app, [str(out), "--people", "12", "--eval-people", "3", "--seed", "3",
+                                           "--kind", "easy"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -67,3 +69,14 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         for item in gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device; this machine has none"))
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_handler_restored():
+    """A script run in-process that was interrupted leaves Ctrl-C ignored (its process is about to exit); the
+    next test gets Python's handler back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -53,6 +53,21 @@ def test_per_person_rule_corrects_gender_age_and_masks():
     assert recipe.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
 
 
+def test_one_confident_photo_does_not_outvote_six():
+    """Six photos at p(female) = 0.9 and one at 1e-6: the person is female, except under the product of the
+    photos' beliefs ("log"), which one photo can veto."""
+    p = np.zeros((7, 18))
+    for i in range(7):
+        female = 1e-6 if i == 6 else 0.9
+        mask = [0, 0, 0, 0, 0, 1, 2][i]
+        p[i, encode(mask, 1, 1)] = female
+        p[i, encode(mask, 0, 1)] = 1 - female
+    groups = np.zeros(7, int)
+    for vote in ("mean", "clipped", "vote"):
+        assert (recipe.answers(p, 0.0, groups, 7, vote) // 3 % 2 == 1).all(), vote
+    assert (recipe.answers(p, 0.0, groups, 7, "log") // 3 % 2 == 0).all()
+
+
 def test_incomplete_people_keep_their_masks_per_photo():
     """Five photos of a person: gender and age decided together, masks left to each photo (two 'not worn'
     stay two)."""

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -137,7 +138,9 @@ def _cli(folds, out, *extra):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
-    args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2", "--aug", "seed"]
+    """With dropout, loader workers and an EMA: each draws randomness that a resumed session must replay."""
+    args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2", "--aug", "seed",
+            "--drop-rate", "0.5", "--ema", "0.9"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(_cli(folds, tmp_path / "a", *args), capture_output=True, text=True, env=env)
     assert full.returncode == 0, full.stderr
@@ -159,6 +162,8 @@ def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     ma, mb = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (full, resumed))
     for k in ("f1", "acc", "best_epoch", "val_loss"):
         assert ma[k] == mb[k], k
+    ha, hb = (pd.read_csv(tmp_path / d / "test_resnet" / "fold0" / "history.csv") for d in "ab")
+    assert ha["train_loss"].tolist() == hb["train_loss"].tolist()  # the same dropout masks in every epoch
     oa, ob = (pd.read_csv(tmp_path / d / "test_resnet" / "fold0" / "oof.csv") for d in "ab")
     pd.testing.assert_frame_equal(oa, ob)
 
@@ -174,6 +179,23 @@ def test_torchrun_two_processes_gloo(folds, tmp_path):
     assert m["fold"] == 0 and 0 <= m["f1"] <= 1
     assert "x2" in (fold / "train.log").read_text()
     assert len(pd.read_csv(fold / "oof.csv")) == len(pd.read_csv(folds).query("fold == 0"))
+    # the effective batch is 2 x 16 there: a single process cannot add fold 1 with 16 to the same run
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--fold", "1")
+    assert r.exit_code == 2 and "processes" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_torchrun_early_stop_ends_every_process_together(folds, tmp_path):
+    """--patience under torchrun: rank 0 alone knows the best epoch; every rank must stop with it. With a
+    learning rate of 0 the val F1 never improves on epoch 1, so the fold stops after epoch 2."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534"]
+    r = subprocess.run(torchrun + [str(ROOT / "train.py"), str(folds), *TINY, "--out", str(tmp_path / "runs"),
+                                   "--epochs", "5", "--patience", "1", "--lr", "0", "--aug", "none"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fold = tmp_path / "runs" / "test_resnet" / "fold0"
+    assert "early stop" in (fold / "train.log").read_text()
+    assert json.loads((fold / "metrics.json").read_text())["epochs_run"] == 2
 
 
 def _metrics(folds, out, *extra):
@@ -459,3 +481,62 @@ def test_pretrained_weights_out_of_reach_end_in_one_line(folds, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         "error: --model resnet18: could not load pretrained weights"), r.stderr
     assert "--no-pretrained" in r.stderr and not list((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_pretrained_out_of_reach_without_offline_mode_fails_at_once(folds, tmp_path):
+    """The hub unreachable and HF_HUB_OFFLINE unset (a new user's machine without internet): one line naming
+    --pretrained-file, without the hub client's minute of retries."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), NO_ALBUMENTATIONS_UPDATE="1")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), str(folds), "--model", "resnet18", "--epochs", "1",
+                        "--img-size", "32", "24", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "runs")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode == 0:
+        pytest.skip("the hub is reachable from this machine")
+    assert r.returncode == 2 and "--pretrained-file" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert "retry" not in r.stderr.lower() and len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_pretrained_file_gives_the_backbone_its_weights(folds, tmp_path, monkeypatch):
+    import timm
+    import torch
+
+    import models
+
+    source = timm.create_model("test_resnet", pretrained=False)
+    with torch.no_grad():
+        for w in source.parameters():
+            w.fill_(0.0125)
+    weights = tmp_path / "test_resnet_in1k.pth"
+    torch.save(source.state_dict(), weights)
+    net = models.create("test_resnet", "multi", pretrained=False, pretrained_file=weights)
+    stem = net.backbone.conv1[0].weight if isinstance(net.backbone.conv1, torch.nn.Sequential) else \
+        net.backbone.conv1.weight
+    assert torch.all(stem == 0.0125)
+    seen = []
+    real = models.create
+    monkeypatch.setattr(models, "create", lambda *a, **kw: seen.append(a) or real(*a, **kw))
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--pretrained-file", weights)
+    assert r.exit_code == 0, r.output
+    assert seen[0][-1] == weights
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs2", "--pretrained-file", tmp_path / "none.pth")
+    assert r.exit_code == 2 and "--pretrained-file" in r.output
+
+
+@pytest.mark.parametrize("flag,tta", [("--oof-tta", True), ("--no-oof-tta", False)])
+def test_oof_is_written_with_the_tta_the_submission_gets(folds, tmp_path, flag, tta):
+    from maskfold import inference
+    from maskfold.images import load_cache
+
+    import predict
+
+    r = run_train(folds, tmp_path / "runs", flag)
+    assert r.exit_code == 0, r.output
+    fold = tmp_path / "runs" / "test_resnet" / "fold0"
+    oof = pd.read_csv(fold / "oof.csv")
+    net, ck = predict.load_model(fold / "best.pt", "cpu")
+    images = load_cache([str(folds.parent / p) for p in oof["path"]], tuple(ck["img_size"]))
+    p = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 8, None, tta=tta)
+    assert np.allclose(oof[[f"p{i}" for i in range(18)]].to_numpy(), p, atol=1e-5)
+    other = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 8, None, tta=not tta)
+    assert not np.allclose(oof[[f"p{i}" for i in range(18)]].to_numpy(), other, atol=1e-5)
