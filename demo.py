@@ -2,13 +2,17 @@
 
     python demo.py demo_data
     python demo.py demo_data --people 300 --eval-people 100 --seed 1
+    python demo.py demo_data --kind easy --people 12 --eval-people 3   # clear cues: fast tests
 
 Photos are built from two real portraits that installed packages ship
 (matplotlib's grace_hopper.jpg, scikit-image's astronaut), moved, scaled,
 tinted and set on varied backgrounds per person, with masks drawn from the
-face's landmarks. Gender and age are a synthetic cue a model can learn: a
-striped band across the forehead, vertical stripes for male and horizontal for
-female, red / green / blue for the age bands <30 / 30-59 / >=60.
+face's landmarks. Gender and age are a synthetic cue: a striped band across the
+forehead, vertical stripes for male and horizontal for female, its colour the age.
+--kind hard (the default) makes them as ambiguous as faces and adds the real
+data's make-up, shared rooms and label noise (maskfold/hard_demo.py says how);
+--kind easy draws one clear colour per age band. train/label_noise.csv records
+the wrong labels, for scoring only: no script reads it.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold import hard_demo
+from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import write_csv
 from maskfold.labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
@@ -111,14 +117,21 @@ def draw_photo(p: dict, stem: str, base: np.ndarray, layers, rng: np.random.Gene
     nose = place(info["nose"], s, dx, dy, fw)[0]
     mouth = place(info["mouth"], s, dx, dy, fw)
     draw = ImageDraw.Draw(canvas)
-    draw_cue(draw, p, bx1, bx2, by1, eyes[:, 1].min())
+    hard = p.get("hard", False)
+    if hard:
+        hard_demo.draw_shirt(draw, p, bx1, bx2, by2, W, H)
+        hard_demo.draw_cue(draw, p, bx1, bx2, by1, eyes[:, 1].min(), rng)
+    else:
+        draw_cue(draw, p, bx1, bx2, by1, eyes[:, 1].min())
     m = mask_label(stem)
     if m < 2:
-        colour = MASK_COLOURS[PHOTO_STEMS.index(stem) if m == 0 else int(rng.integers(len(MASK_COLOURS)))]
-        eye_y = eyes[:, 1].mean()
+        index = PHOTO_STEMS.index(stem) if m == 0 else int(rng.integers(len(MASK_COLOURS)))
+        colour = hard_demo.mask_colour(p, index) if hard else MASK_COLOURS[index]
+        eye_y, mouth_y = eyes[:, 1].mean(), mouth[:, 1].mean()
         # worn: up to the bridge of the nose; worn wrongly: pulled down to the mouth, the nose bare
-        top_y = eye_y + 0.45 * (nose[1] - eye_y) if m == 0 else nose[1] + 0.75 * (mouth[:, 1].mean() - nose[1])
-        draw_mask(draw, bx1, bx2, top_y, by2 + 0.08 * (by2 - by1), colour)
+        top_y = hard_demo.mask_top(p, m, eye_y, nose[1], mouth_y) if hard else \
+            eye_y + 0.45 * (nose[1] - eye_y) if m == 0 else nose[1] + 0.75 * (mouth_y - nose[1])
+        draw_mask(draw, bx1, bx2, top_y, by2 + 0.08 * (by2 - by1), colour, p.get("mask_pattern", 0))
     return canvas
 
 
@@ -137,7 +150,8 @@ def draw_cue(draw: ImageDraw.ImageDraw, p: dict, x1: float, x2: float, face_top:
             draw.rectangle([x1, y, x2, y + (y2 - y1) / 6], fill=colour)
 
 
-def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, bottom: float, colour) -> None:
+def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, bottom: float, colour,
+              pattern: int = 0) -> None:
     w = x2 - x1
     poly = [(x1 + 0.02 * w, top + 0.1 * (bottom - top)), (x1 + 0.3 * w, top), (x2 - 0.3 * w, top),
             (x2 - 0.02 * w, top + 0.1 * (bottom - top)), (x2 - 0.12 * w, bottom), (x1 + 0.12 * w, bottom)]
@@ -146,9 +160,17 @@ def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, botto
     for x_face, x_mask in ((x1 - 0.04 * w, x1 + 0.02 * w), (x2 + 0.04 * w, x2 - 0.02 * w)):
         draw.line([(x_mask, top + 0.1 * (bottom - top)), (x_face, top - 0.25 * (bottom - top))], fill=edge, width=4)
     draw.polygon(poly, fill=colour, outline=edge, width=3)
-    for f in (0.35, 0.6):
+    pleat = tuple(max(0, c - 40) for c in colour)
+    for f in (0.35, 0.6):  # pleats; pattern 1 adds dots, pattern 2 a darker lower half (a two-tone mask)
         y = top + f * (bottom - top)
-        draw.line([(x1 + 0.1 * w, y), (x2 - 0.1 * w, y)], fill=tuple(max(0, c - 40) for c in colour), width=2)
+        draw.line([(x1 + 0.1 * w, y), (x2 - 0.1 * w, y)], fill=pleat, width=2)
+    if pattern == 1:
+        for x in np.linspace(x1 + 0.2 * w, x2 - 0.2 * w, 5):
+            draw.ellipse([x - 3, top + 0.45 * (bottom - top) - 3, x + 3, top + 0.45 * (bottom - top) + 3], fill=edge)
+    elif pattern == 2:
+        half = top + 0.62 * (bottom - top)
+        draw.polygon([(x1 + 0.05 * w, half), (x2 - 0.05 * w, half), (x2 - 0.12 * w, bottom), (x1 + 0.12 * w, bottom)],
+                     fill=pleat)
 
 
 def save(img: Image.Image, path: Path, mode: str) -> None:
@@ -177,9 +199,10 @@ def draw_train_person(i: int, p: dict, folder: Path, bases: dict) -> None:
     prng = np.random.default_rng(p["rng_seed"])
     base = bases[p["portrait"]]
     layers = person_layers(p, base)
+    swapped = {"incorrect_mask": "normal", "normal": "incorrect_mask"} if p.get("swap_files") else {}
     for j, stem in enumerate(PHOTO_STEMS):
         ext, mode = photo_format(i, j, prng)
-        save(draw_photo(p, stem, base, layers, prng), folder / f"{stem}{ext}", mode)
+        save(draw_photo(p, stem, base, layers, prng), folder / f"{swapped.get(stem, stem)}{ext}", mode)
     if i % 10 == 0:
         (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
 
@@ -223,9 +246,10 @@ def write_train(out: Path, people: list[dict], bases: dict, workers: int = 1) ->
     for i, p in enumerate(people):
         if i == 3:
             p["id"] = p["id"] + "-1"  # ids are not always 6 digits
-        folder = out / "images" / f"{p['id']}_{p['gender']}_Asian_{p['age']}"
+        gender, age = p.get("label_gender", p["gender"]), p.get("label_age", p["age"])  # as labelled, noise and all
+        folder = out / "images" / f"{p['id']}_{gender}_Asian_{age}"
         tasks.append(("train", (i, p, folder)))
-        rows.append({"id": p["id"], "gender": p["gender"], "race": "Asian", "age": p["age"], "path": folder.name})
+        rows.append({"id": p["id"], "gender": gender, "race": "Asian", "age": age, "path": folder.name})
     draw_all(tasks, bases, workers)
     return pd.DataFrame(rows)
 
@@ -245,6 +269,11 @@ class DemoOptions:
     people: int = opt(80, "train people (7 photos each)")
     eval_people: int = opt(20, "eval people (7 photos each)")
     seed: int = opt(0, "random seed; the same seed gives the same files")
+    kind: str = opt("hard", "hard: the real data's make-up, cues as ambiguous as faces, shared rooms, label noise; "
+                    "easy: a clear cue per gender and age band (fast tests)")
+    label_noise: Optional[float] = opt(None, "share of train people whose labels are wrong (a gender flip, "
+                                       "incorrect_mask and normal swapped, an age moved across 30 or 60); default "
+                                       "0.014 with --kind hard (about 1% of images, as in the real data), else 0")
     overwrite: bool = opt(False, "replace an existing demo folder")
     workers: int = opt(min(8, os.cpu_count() or 1), "processes drawing people (the files do not depend on it)")
 
@@ -252,27 +281,36 @@ class DemoOptions:
 @command(app, DemoOptions)
 def main(o: DemoOptions):
     """Synthetic demo data in the competition's layout."""
+    choose(o.kind, ("hard", "easy"), "--kind")
     if o.people < 6 or o.eval_people < 1:
         raise UserError("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
+    noise = o.label_noise if o.label_noise is not None else (0.014 if o.kind == "hard" else 0.0)
+    if not 0 <= noise <= 1:
+        raise UserError(f"--label-noise {noise}: a share of the train people, from 0 to 1")
     if o.out.exists() and any(o.out.iterdir()):
         if not o.overwrite:
             raise UserError(f"{o.out} exists and is not empty (pass --overwrite to replace it)")
         shutil.rmtree(o.out)
     rng = np.random.default_rng(o.seed)
     bases = load_portraits()
-    train_people = make_people(o.people, rng, 0)
-    eval_people = make_people(o.eval_people, rng, o.people)
+    make = make_people if o.kind == "easy" else \
+        (lambda n, r, offset: hard_demo.make_people(n, r, offset, list(PORTRAITS)))
+    train_people = make(o.people, rng, 0)
+    eval_people = make(o.eval_people, rng, o.people)
+    noisy = hard_demo.add_noise(train_people, noise, rng)
     print(f"drawing {o.people} train and {o.eval_people} eval people", file=sys.stderr)
     train = write_train(o.out / "train", train_people, bases, o.workers)
     write_csv(train, o.out / "train" / "train.csv")
+    write_csv(pd.DataFrame(noisy, columns=["id", "kind", "field", "true", "recorded"]),
+              o.out / "train" / "label_noise.csv")  # for scoring only
     truth = write_eval(o.out / "eval", eval_people, bases, o.seed, rng, o.workers)
     write_csv(truth[["ImageID", "ans"]], o.out / "eval" / "truth.csv")
     write_csv(truth[["ImageID", "person"]], o.out / "eval" / "people_truth.csv")  # which photos are one person
     write_csv(truth[["ImageID"]].assign(ans=0), o.out / "eval" / "info.csv")
-    result({"out": str(o.out), "train_people": o.people, "train_images": 7 * o.people,
-            "eval_people": o.eval_people, "eval_images": len(truth),
+    result({"out": str(o.out), "kind": o.kind, "train_people": o.people, "train_images": 7 * o.people,
+            "eval_people": o.eval_people, "eval_images": len(truth), "noisy_people": len(noisy),
             "files": [str(o.out / f) for f in ("train/train.csv", "train/images", "eval/info.csv", "eval/images",
-                                               "eval/truth.csv", "eval/people_truth.csv")]})
+                                               "eval/truth.csv", "eval/people_truth.csv", "train/label_noise.csv")]})
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_demo_files_do_not_depend_on_the_number_of_workers(tmp_path):
         r = invoke(demo.app, out, "--people", "6", "--eval-people", "2", "--seed", "5", "--workers", workers)
         assert r.exit_code == 0, r.output
         trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
-    assert len(trees[0]) == 6 * 7 + 1 + 2 * 7 + 1 + 4  # photos, ._ junk, eval photos, ._ junk, four CSVs
+    assert len(trees[0]) == 6 * 7 + 1 + 2 * 7 + 1 + 5  # photos, ._ junk, eval photos, ._ junk, five CSVs
     assert trees[0] == trees[1]
 
 
