@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from maskfold.cli import Interrupted, UserError, choose, command, make_app, result
 from maskfold.config import TrainConfig
@@ -27,6 +26,8 @@ from maskfold.device import AMP_DTYPES, resolve_device
 from maskfold.files import append_csv, check_outside, write_csv, write_json
 from maskfold.images import describe_folder
 from maskfold.labels import PROB_COLS, TASKS
+from maskfold.oof import write_oof
+from maskfold.progress import Log, epoch_line, eta
 from maskfold.runs import fold_lock, folds_digest, prepare_fold, read_folds, results_row, write_summaries
 from maskfold.signals import loader_worker
 from maskfold.tracking import Tracker, check_wandb
@@ -60,20 +61,6 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError("--ema must be in [0, 1), --clip-grad and --patience non-negative")
     if cfg.init_from is not None and not cfg.init_from.is_file():
         raise UserError(f"--init-from {cfg.init_from}: no such checkpoint")
-
-
-class Log:
-    """Lines to stderr and to train.log (jobs left in tmux); rank 0 only."""
-
-    def __init__(self, path: Path | None):
-        self.file = open(path, "a") if path else None
-
-    def __call__(self, msg: str) -> None:
-        if self.file is None:
-            return
-        tqdm.write(msg, file=sys.stderr)
-        self.file.write(msg + "\n")
-        self.file.flush()
 
 
 def setup_place(cfg: TrainConfig):
@@ -167,7 +154,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
-        if stop_early(fold, epoch):
+        if trainer.stop_early(fold, epoch):
             log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
             break
         t = time.time()
@@ -203,47 +190,6 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
             checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
         if fold.place.backend is not None:
             dist.barrier()
-
-
-def stop_early(fold, epoch: int) -> bool:
-    """--patience: rank 0 decides and every process under torchrun gets its answer, so that all leave the loop
-    together instead of some waiting in the next all-reduce (each keeps the best epoch, but a fold resumed from
-    an older checkpoint must not let one of them stop alone)."""
-    cfg, place = fold.cfg, fold.place
-    stop = bool(cfg.patience and fold.best["epoch"] > 0 and epoch - fold.best["epoch"] >= cfg.patience)
-    if place.backend is None:
-        return stop
-    import torch
-    import torch.distributed as dist
-
-    flag = torch.tensor([int(stop)], device=place.device)
-    dist.broadcast(flag, 0)
-    return bool(flag.item())
-
-
-def eta(rows: list[dict], left: int) -> str:
-    """The fold's time to go, from this session's epochs so far."""
-    sec = left * float(np.mean([r["seconds"] for r in rows])) if rows else 0.0
-    hours, minutes, seconds = int(sec // 3600), int(sec % 3600 // 60), int(sec % 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def epoch_line(row: dict, epochs: int, to_go: str) -> str:
-    """One short line per epoch, for tmux and logs."""
-    ema = f" ema {row['val_f1_ema']:.4f}" if "val_f1_ema" in row else ""
-    rate = f" {row['img_per_s']:.0f} img/s" if row.get("img_per_s") else ""
-    return (f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f}/{row['val_loss']:.4f} "
-            f"F1 {row['train_f1']:.4f}/{row['val_f1']:.4f}{ema} (mask {row['val_f1_mask']:.3f} gender "
-            f"{row['val_f1_gender']:.3f} age {row['val_f1_age']:.3f}) lr {row['lr']:.2e}{rate} {row['seconds']:.0f}s, "
-            f"eta {to_go}")
-
-
-def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
-    oof = pd.DataFrame(probs, columns=PROB_COLS)
-    oof.insert(0, "fold", val["fold"].to_numpy())
-    oof.insert(0, "label", val["label"].to_numpy())
-    oof.insert(0, "path", val["path"].to_numpy())
-    write_csv(oof, path, float_format="%.6g")
 
 
 def gpu_peak_gib(device: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Out-of-fold probabilities: a run's oof.csv files, paired with the ensemble inputs they stand for.
+"""Out-of-fold probabilities: a fold's oof.csv written, a run's read, paired with the ensemble inputs they stand for.
 
 An input's record (written by predict.py) names the runs that made it; their finished folds'
 oof.csv files are that input's out-of-fold probabilities. Photos are matched by their resolved
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError
+from maskfold.files import write_csv
 from maskfold.labels import PROB_COLS
 from maskfold.probs import read_probs
 from maskfold.runs import fold_configs, run_folds
@@ -174,3 +175,11 @@ def suspects(cv: OOF, p: np.ndarray, n: int) -> pd.DataFrame:
     agg = df.groupby("person").agg(images=("label", "size"), mean_p_label=("p_label", "mean"),
                                    wrong=("wrong", "sum"))
     return agg.sort_values("mean_p_label").head(n).reset_index()
+
+
+def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
+    oof = pd.DataFrame(probs, columns=PROB_COLS)
+    oof.insert(0, "fold", val["fold"].to_numpy())
+    oof.insert(0, "label", val["label"].to_numpy())
+    oof.insert(0, "path", val["path"].to_numpy())
+    write_csv(oof, path, float_format="%.6g")

@@ -211,3 +211,16 @@ def note_precision(cfg: TrainConfig, device: str, dtype, log) -> None:
         name = "bf16" if "bfloat16" in str(dtype) else "fp16"
         where = "" if device.startswith("cuda") else ", forced on a CPU: expect it to be slower than float32"
         log(f"mixed precision: {name} autocast" + (" with a gradient scaler" if name == "fp16" else "") + where)
+
+
+def stop_early(fold, epoch: int) -> bool:
+    """--patience: rank 0 decides and every process under torchrun gets its answer, so that all leave the loop
+    together instead of some waiting in the next all-reduce (each keeps the best epoch, but a fold resumed from
+    an older checkpoint must not let one of them stop alone)."""
+    cfg, place = fold.cfg, fold.place
+    stop = bool(cfg.patience and fold.best["epoch"] > 0 and epoch - fold.best["epoch"] >= cfg.patience)
+    if place.backend is None:
+        return stop
+    flag = torch.tensor([int(stop)], device=place.device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
