@@ -43,8 +43,9 @@ class OOF:
         return [f"{Path(p).parent.name}/{Path(p).stem}" for p in self.paths]
 
 
-def read_run_oof(run: Path) -> pd.DataFrame:
-    """The finished folds' out-of-fold rows of a run, indexed by resolved photo path."""
+def read_run_oof(run: Path, resolve: bool = True) -> pd.DataFrame:
+    """The finished folds' out-of-fold rows of a run, indexed by resolved photo path (or, `resolve` off, by the
+    path as folds.csv gives it, relative to its folder)."""
     folds = run_folds(run)
     configs = fold_configs(run)
     frames = []
@@ -56,7 +57,7 @@ def read_run_oof(run: Path) -> pd.DataFrame:
         for col in ("label", "fold"):
             if col not in df.columns:
                 raise UserError(f"{f}: not an oof.csv of train.py (no {col} column; it has path,label,fold,p0..p17)")
-        base = Path(configs[k]["folds_csv"]).parent if k in configs and configs[k].get("folds_csv") else None
+        base = Path(configs[k]["folds_csv"]).parent if resolve and configs.get(k, {}).get("folds_csv") else None
         df["path"] = [os.path.abspath(base / p) if base else p for p in df["path"]]  # links stay links
         frames.append(df)
     return pd.concat(frames).set_index("path")

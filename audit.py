@@ -1,0 +1,113 @@
+"""Train labels the out-of-fold answers doubt, ranked per person: label_issues.csv.
+
+    python audit.py runs/efficientnet_b2 runs/resnet50 --folds work/folds.csv -o work/label_issues.csv
+    python audit.py work/runs/mobilenetv3_small_100 --folds work/folds.csv -o work/label_issues.csv \
+        --truth demo_data/train/label_noise.csv        # the demo: how many of the injected errors it finds
+
+Each row: the person (and the photo, for a single photo), the field (gender, age, swap of the
+incorrect_mask and normal files, photo), the label, the suggested value and how sure the held-out
+answers are, the surest person-level rows first. The runs' out-of-fold probabilities are averaged
+over the photos they share; every photo was scored by a model that never trained on it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.files import check_new, read_table, write_csv
+from maskfold.label_audit import audit
+from maskfold.labels import PROB_COLS
+from maskfold.oof import read_run_oof
+from maskfold.runs import FOLD_COLUMNS
+
+app = make_app()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditOptions:
+    runs: list[Path] = arg("run folders whose out-of-fold files score the train photos")
+    folds: Path = opt(..., "folds.csv the runs were trained from (split.py)")
+    out: Path = opt(..., "label issues CSV to write", "--out", "-o")
+    photo_floor: float = opt(0.02, "also list single photos whose label gets less than this held-out probability")
+    truth: Optional[Path] = opt(None, "the demo's train/label_noise.csv: print what share of its errors the "
+                                "person-level rows find, and how many of those rows are right")
+    overwrite: bool = opt(False, "replace an existing output file")
+
+
+def held_out(o: AuditOptions) -> pd.DataFrame:
+    """folds.csv's rows with the runs' mean out-of-fold probabilities (photos some run did not score: left out,
+    said)."""
+    if not o.folds.is_file():
+        raise UserError(f"{o.folds}: no such file")
+    df = read_table(o.folds, dtype={"id": str, "person": str})
+    missing = [c for c in (*FOLD_COLUMNS, "age_label") if c not in df.columns]
+    if missing:
+        raise UserError(f"{o.folds}: missing column(s) {', '.join(missing)} (make it with split.py)")
+    df.index = df["path"]  # out-of-fold files name photos as folds.csv does
+    oofs = []
+    for run in o.runs:
+        if not run.is_dir():
+            raise UserError(f"{run}: no such run folder")
+        oofs.append(read_run_oof(run, resolve=False)[PROB_COLS])
+    common = df.index
+    for x in oofs:
+        common = common.intersection(x.index)
+    if not len(common):
+        raise UserError(f"{o.folds}: none of its photos is in the runs' out-of-fold files (another folds.csv?)")
+    if len(common) < len(df):
+        print(f"note: {len(common)} of {len(df)} photos were scored out of fold by every run (unfinished folds?); "
+              "the others are not audited", file=sys.stderr)
+    probs = sum(x.loc[common].to_numpy() for x in oofs) / len(oofs)
+    out = df.loc[common].copy()
+    out[PROB_COLS] = probs
+    out["stem"] = [Path(p).stem for p in out["path"]]
+    return out.reset_index(drop=True)
+
+
+def score_against(issues: pd.DataFrame, df: pd.DataFrame, truth: Path) -> dict:
+    """Recall of the injected person-level errors and precision of the person-level rows, by kind."""
+    noise = read_table(truth, dtype={"id": str})
+    person_of = dict(zip(df["id"], df["person"]))
+    injected = {(person_of.get(r.id), {"gender": "gender", "swap": "swap", "age": "age"}[r.kind])
+                for r in noise.itertuples() if r.id in person_of}
+    found = {(r.person, r.field) for r in issues.itertuples() if r.field != "photo"}
+    hits = injected & found
+    out = {"injected": len(injected), "person_rows": len(found), "found": len(hits),
+           "recall": round(len(hits) / len(injected), 4) if injected else None,
+           "precision": round(len(hits) / len(found), 4) if found else None}
+    for kind in ("gender", "swap", "age"):
+        k_inj = {x for x in injected if x[1] == kind}
+        k_found = {x for x in found if x[1] == kind}
+        out[kind] = {"injected": len(k_inj), "rows": len(k_found), "found": len(k_inj & k_found)}
+    return out
+
+
+@command(app, AuditOptions)
+def main(o: AuditOptions):
+    """Rank the train labels the out-of-fold answers doubt, per person."""
+    check_new(o.out, overwrite=o.overwrite)
+    df = held_out(o)
+    issues = audit(df, o.photo_floor)
+    write_csv(issues, o.out)
+    counts = issues["field"].value_counts().to_dict()
+    print(f"audit: {len(issues)} suspect labels in {df['person'].nunique()} people ("
+          + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); surest first in {o.out}", file=sys.stderr)
+    summary = {"out": str(o.out), "photos": len(df), "people": int(df["person"].nunique()), "rows": len(issues),
+               "by_field": {k: int(v) for k, v in counts.items()}}
+    if o.truth:
+        summary["against_truth"] = score_against(issues, df, o.truth)
+        s = summary["against_truth"]
+        print(f"audit against {o.truth}: found {s['found']} of {s['injected']} injected person-level errors "
+              f"(recall {s['recall']}), {s['person_rows']} person-level rows (precision {s['precision']})",
+              file=sys.stderr)
+    summary["files"] = [str(o.out)]
+    result(summary)
+
+
+if __name__ == "__main__":
+    app()

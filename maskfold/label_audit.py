@@ -1,0 +1,75 @@
+"""Train labels that the out-of-fold answers doubt, at the level they go wrong: the person.
+
+A person's gender and age are one label on 7 photos, and their incorrect_mask and normal files are
+named by hand: a mistake there is 7 (or 2) wrong photos at once. Each photo's held-out probabilities
+(from a model that never trained on it) are pooled per person: the mean probability of the other
+gender, of the age band the photos favour, and how much better the person's two photos fit with their
+incorrect_mask and normal names swapped. A single photo whose label no model believes comes last.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from maskfold.labels import PROB_COLS, marginals
+
+COLUMNS = ["person", "path", "field", "label", "suggested", "sure"]
+GENDER_NAMES = ("male", "female")
+
+
+def suggest_age(age: int, band: int) -> int:
+    """The age nearest to `age` in `band` (<30, 30-59, 60): the smallest change that moves it across."""
+    return {0: min(age, 29), 1: min(max(age, 30), 59), 2: 60}[band]
+
+
+def person_rows(person: str, rows: pd.DataFrame, m: dict[str, np.ndarray]) -> list[dict]:
+    """What looks wrong with one person, from the marginals `m` of their photos' held-out probabilities."""
+    out = []
+    g = int(rows["gender_label"].iloc[0])
+    other = float(m["gender"][:, 1 - g].mean())
+    if other > 0.5:
+        out.append({"person": person, "path": "", "field": "gender", "label": GENDER_NAMES[g],
+                    "suggested": GENDER_NAMES[1 - g], "sure": other})
+    band, age = int(rows["age_label"].iloc[0]), int(rows["age"].iloc[0])
+    mean_age = m["age"].mean(0)
+    best = int(mean_age.argmax())
+    if best != band:
+        out.append({"person": person, "path": "", "field": "age", "label": str(age),
+                    "suggested": str(suggest_age(age, best)), "sure": float(mean_age[best])})
+    stems = rows["stem"].tolist()
+    if "incorrect_mask" in stems and "normal" in stems:
+        i, n = stems.index("incorrect_mask"), stems.index("normal")
+        lm = np.log(np.clip(m["mask"], 1e-6, None))
+        gain = lm[i, 2] + lm[n, 1] - lm[i, 1] - lm[n, 2]
+        if gain > 0:
+            out.append({"person": person, "path": "", "field": "swap", "label": "incorrect_mask/normal as named",
+                        "suggested": "swapped", "sure": float(1 / (1 + np.exp(-gain)))})
+    return out
+
+
+def photo_rows(rows: pd.DataFrame, p: np.ndarray, floor: float) -> list[dict]:
+    """Single photos whose label the held-out probabilities give less than `floor`."""
+    y = rows["label"].to_numpy()
+    p_label = p[np.arange(len(y)), y]
+    return [{"person": r.person, "path": r.path, "field": "photo", "label": str(int(r.label)),
+             "suggested": str(int(p[k].argmax())), "sure": float(1 - p_label[k])}
+            for k, r in enumerate(rows.itertuples()) if p_label[k] < floor]
+
+
+def audit(df: pd.DataFrame, photo_floor: float = 0.02) -> pd.DataFrame:
+    """Rows of suspect labels, surest first. `df`: folds.csv's rows joined with their out-of-fold p0..p17 and
+    a `stem` column (mask1 .. normal)."""
+    p = df[PROB_COLS].to_numpy(np.float64)
+    m_all = marginals(p)
+    rows = []
+    for person, idx in df.groupby("person", sort=False).indices.items():
+        sub = df.iloc[idx]
+        found = person_rows(person, sub, {t: v[idx] for t, v in m_all.items()})
+        rows += found
+        if not found:  # a person-level mistake explains its photos already
+            rows += photo_rows(sub, p[idx], photo_floor)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out["sure"] = out["sure"].round(4)
+    person_first = out["field"] != "photo"
+    return pd.concat([out[person_first].sort_values("sure", ascending=False),
+                      out[~person_first].sort_values("sure", ascending=False)], ignore_index=True)
