@@ -165,3 +165,24 @@ def test_results_name_non_ascii_paths_as_they_are(demo_tree, tmp_path):
                         str(demo_tree / "train" / "images"), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "plis_été.csv" in r.stdout.strip().splitlines()[-1]
+
+
+def test_ctrl_c_lines_name_the_command_that_carries_on(demo_tree, tmp_path, monkeypatch):
+    """Before any epoch ends the plain command starts the fold again (not --overwrite); crop.py interrupted
+    before its first batch says the same command starts it."""
+    from maskfold import detector
+    from maskfold.config import TrainConfig
+
+    import crop
+
+    cfg = TrainConfig(folds_csv=tmp_path / "folds.csv", model="test_resnet")
+    assert "the same command starts it again" in train.interrupted_in(cfg, 0, resumed=False)
+    assert "--overwrite" not in train.interrupted_in(cfg, 0, resumed=False)
+    assert "--resume" in train.interrupted_in(cfg, 2, resumed=False)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detector, "check_facenet", ctrl_c)
+    r = invoke(crop.app, demo_tree / "train" / "images", tmp_path / "crops")
+    assert r.exit_code == 130 and "the same command starts it" in r.output, r.output
