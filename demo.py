@@ -141,13 +141,7 @@ def draw_cue(draw: ImageDraw.ImageDraw, p: dict, x1: float, x2: float, face_top:
     y1, y2 = face_top + 0.05 * h, face_top + 0.55 * h
     colour = AGE_COLOURS[age_label(p["age"])]
     draw.rectangle([x1, y1, x2, y2], fill=(250, 250, 250))
-    step = max(4.0, (x2 - x1) / 10)
-    if p["gender"] == "male":
-        for x in np.arange(x1, x2, step):
-            draw.rectangle([x, y1, x + step / 2, y2], fill=colour)
-    else:
-        for y in np.arange(y1, y2, (y2 - y1) / 3):
-            draw.rectangle([x1, y, x2, y + (y2 - y1) / 6], fill=colour)
+    hard_demo.stripes(draw, p["gender"] == "male", x1, y1, x2, y2, colour)
 
 
 def draw_mask(draw: ImageDraw.ImageDraw, x1: float, x2: float, top: float, bottom: float, colour,

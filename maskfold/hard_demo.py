@@ -89,13 +89,18 @@ def draw_cue(draw, p: dict, x1: float, x2: float, face_top: float, eye_y: float,
     draw.rectangle([x1, y1, x2, y2], fill=tuple(int(v) for v in np.clip(colour * light, 0, 255)))
     strength = p["gender_strength"] * (0.6 if rng.random() < 0.15 else 1.0)  # a turned head, a shadow
     stripe = tuple(int(v) for v in np.clip((colour * (1 - strength) + 250 * strength) * light, 0, 255))
+    stripes(draw, p["gender"] == "male", x1, y1, x2, y2, stripe)
+
+
+def stripes(draw, male: bool, x1: float, y1: float, x2: float, y2: float, fill) -> None:
+    """The gender cue of both demos: vertical stripes across the band for male, horizontal for female."""
     step = max(4.0, (x2 - x1) / 10)
-    if p["gender"] == "male":
+    if male:
         for x in np.arange(x1, x2, step):
-            draw.rectangle([x, y1, x + step / 2, y2], fill=stripe)
+            draw.rectangle([x, y1, x + step / 2, y2], fill=fill)
     else:
         for y in np.arange(y1, y2, (y2 - y1) / 3):
-            draw.rectangle([x1, y, x2, y + (y2 - y1) / 6], fill=stripe)
+            draw.rectangle([x1, y, x2, y + (y2 - y1) / 6], fill=fill)
 
 
 def draw_shirt(draw, p: dict, x1: float, x2: float, chin: float, width: int, height: int) -> None:
