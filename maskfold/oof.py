@@ -138,13 +138,14 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
         return None
     frames: dict[tuple[Path, tuple | None], pd.DataFrame] = {}
     whole: dict[Path, pd.DataFrame] = {}
+    expected: dict[Path, int | None] = {}  # the folds each run was split into
     for f, runs in zip(inputs, pairs):
         for s in runs:
             key = s.run.resolve()
             if key not in whole:
-                whole[key] = read_run_oof(s.run)
+                whole[key], expected[key] = read_run_oof(s.run), run_folds(s.run).expected
             finished = sorted(int(k) for k in whole[key]["fold"].unique())
-            check_current(f, s, finished, run_folds(s.run).expected)
+            check_current(f, s, finished, expected[key])
             used = whole[key] if s.folds is None else whole[key][whole[key]["fold"].isin(s.folds)]
             frames[(key, s.folds)] = used
     common = None
@@ -164,7 +165,7 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
         arrays.append(sum(wi * frames[(s.run.resolve(), s.folds)].loc[common, PROB_COLS].to_numpy()
                           for wi, s in zip(w, runs)) / w.sum())
     names = [" + ".join(str(s.run) for s in runs) for runs in pairs]
-    of = max((run_folds(s.run).expected or 0 for runs in pairs for s in runs), default=0) or None
+    of = max((n or 0 for n in expected.values()), default=0) or None
     return OOF(names, arrays, first["label"].to_numpy(int), first["fold"].to_numpy(int), list(common), of=of)
 
 
