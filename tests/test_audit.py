@@ -1,4 +1,6 @@
 """audit.py: the planted mistakes come first; the inputs are never changed."""
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -63,3 +65,24 @@ def test_audit_script_writes_ranked_rows_and_leaves_its_inputs(tiny_run, tmp_pat
     assert before == {p: p.read_bytes() for p in before}
     r = invoke(audit.app, run, "--folds", tmp_path / "none.csv", "-o", tmp_path / "x.csv")
     assert r.exit_code == 2 and "none.csv" in r.output
+
+
+def test_photo_floor_and_truth_reach_the_audit(tiny_run, tmp_path):
+    """--photo-floor 0 lists no single photo, 1 lists those of every person without a person-level row;
+    --truth counts the injected error as found exactly when a row names that person and field."""
+    folds, run = tiny_run
+    low, high = tmp_path / "low.csv", tmp_path / "high.csv"
+    assert invoke(audit.app, run, "--folds", folds, "-o", low, "--photo-floor", "0").exit_code == 0
+    assert invoke(audit.app, run, "--folds", folds, "-o", high, "--photo-floor", "1").exit_code == 0
+    a, b = pd.read_csv(low), pd.read_csv(high)
+    assert (a["field"] == "photo").sum() == 0 and (b["field"] == "photo").sum() > 0
+    people = pd.read_csv(folds, dtype={"id": str})[["id", "person"]].drop_duplicates()
+    noise = tmp_path / "noise.csv"
+    pd.DataFrame({"id": people["id"].head(1), "kind": "gender", "field": "gender", "true": "male",
+                  "recorded": "female"}).to_csv(noise, index=False)
+    r = invoke(audit.app, run, "--folds", folds, "-o", tmp_path / "t.csv", "--truth", noise)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])["against_truth"]
+    rows = pd.read_csv(tmp_path / "t.csv")
+    hit = ((rows["person"] == people["person"].iloc[0]) & (rows["field"] == "gender")).any()
+    assert s["injected"] == 1 and s["found"] == int(hit) and s["person_rows"] == (rows["field"] != "photo").sum()

@@ -329,3 +329,26 @@ def test_groups_people_py_is_not_sure_of_are_answered_photo_by_photo(two_runs):
     assert s["people_changed"] == 1 and "7 of 14 photos in groups sure enough" in r.stderr  # person 0 only
     r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--min-sure", "-1", "--overwrite")
     assert s["people_changed"] == 2
+
+
+def test_person_vote_option_reaches_the_rule(two_runs):
+    """One photo at p(female) = 1e-6 among six at 0.9: --person-vote mean answers female, log male."""
+    tmp = two_runs[0]
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
+    p = np.zeros((14, 18))
+    for i in range(14):
+        mask = [0, 0, 0, 0, 0, 1, 2][i % 7]
+        female = 1e-6 if i == 6 else 0.9
+        p[i, encode(mask, 1, 1)], p[i, encode(mask, 0, 1)] = female, 1 - female
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    df.to_csv(tmp / "V.csv", index=False)
+    pd.DataFrame({"ImageID": ids, "group": np.repeat([0, 1], 7), "sure": 0.5}).to_csv(tmp / "pv.csv", index=False)
+    genders = {}
+    for vote in ("mean", "log"):
+        r, _ = run_ensemble(tmp, [tmp / "V.csv"], "--people", tmp / "pv.csv", "--person-vote", vote, "--overwrite")
+        assert r.exit_code == 0, r.output
+        genders[vote] = pd.read_csv(tmp / "sub.csv")["ans"].to_numpy()[:7] // 3 % 2
+    assert (genders["mean"] == 1).all() and (genders["log"] == 0).all()
+    r, _ = run_ensemble(tmp, [tmp / "V.csv"], "--person-vote", "median", "--overwrite")
+    assert r.exit_code == 2 and "--person-vote median" in r.output
