@@ -23,7 +23,7 @@ from maskfold.files import check_new, read_table, write_csv
 from maskfold.label_audit import audit
 from maskfold.labels import PROB_COLS
 from maskfold.oof import read_run_oof
-from maskfold.runs import FOLD_COLUMNS
+from maskfold.runs import FOLD_COLUMNS, read_fold_table
 
 app = make_app()
 
@@ -42,12 +42,7 @@ class AuditOptions:
 def held_out(o: AuditOptions) -> pd.DataFrame:
     """folds.csv's rows with the runs' mean out-of-fold probabilities (photos some run did not score: left out,
     said)."""
-    if not o.folds.is_file():
-        raise UserError(f"{o.folds}: no such file")
-    df = read_table(o.folds, dtype={"id": str, "person": str})
-    missing = [c for c in (*FOLD_COLUMNS, "age_label") if c not in df.columns]
-    if missing:
-        raise UserError(f"{o.folds}: missing column(s) {', '.join(missing)} (make it with split.py)")
+    df = read_fold_table(o.folds, (*FOLD_COLUMNS, "id", "age_label"))
     df.index = df["path"]  # out-of-fold files name photos as folds.csv does
     oofs = []
     for run in o.runs:

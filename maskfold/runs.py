@@ -245,20 +245,26 @@ def write_summaries(out: Path) -> Path:
     return Path(out) / "summary.csv"
 
 
-def read_folds(path: Path, fold: int):
-    """folds.csv, checked: its columns, no person in two folds, the fold asked for, every photo there."""
+def read_fold_table(path: Path, columns: tuple[str, ...] = FOLD_COLUMNS):
+    """folds.csv's rows, checked: the file, its `columns`, no person in two folds."""
     from maskfold.files import read_table
 
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     df = read_table(path, dtype={"id": str})
-    missing = [c for c in FOLD_COLUMNS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (make it with split.py)")
     spans = df.groupby("person")["fold"].nunique()
     if (spans > 1).any():
         raise UserError(f"{path}: person {spans[spans > 1].index[0]} is in more than one fold, a leak; "
                         "re-split with split.py")
+    return df
+
+
+def read_folds(path: Path, fold: int):
+    """folds.csv, checked (read_fold_table), with the fold asked for and every photo there."""
+    df = read_fold_table(path)
     folds = sorted(df["fold"].unique())
     if fold not in folds:
         raise UserError(f"--fold {fold}: {path} has folds {', '.join(map(str, folds))}")
