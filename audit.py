@@ -36,6 +36,12 @@ class AuditOptions:
     photo_floor: float = opt(0.02, "also list single photos whose label gets less than this held-out probability")
     truth: Optional[Path] = opt(None, "the demo's train/label_noise.csv: print what share of its errors the "
                                 "person-level rows find, and how many of those rows are right")
+    accepted: Optional[Path] = opt(None, "also write the person-level rows at least --accept sure here, a fixes file "
+                                   "for split.py --fixes (look at their photos first)")
+    accept: float = opt(0.9, "how sure a person-level row must be to go into --accepted")
+    preview: Optional[Path] = opt(None, "a JPEG sheet: each suspect person's photos in a row with label and "
+                                  "held-out vote, surest first")
+    preview_rows: int = opt(40, "people on the preview sheet")
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -85,10 +91,22 @@ def score_against(issues: pd.DataFrame, df: pd.DataFrame, truth: Path) -> dict:
 @command(app, AuditOptions)
 def main(o: AuditOptions):
     """Rank the train labels the out-of-fold answers doubt, per person."""
-    check_new(o.out, overwrite=o.overwrite)
+    for path in (o.out, o.accepted, o.preview):
+        if path:
+            check_new(path, overwrite=o.overwrite)
+    if not 0 <= o.accept <= 1:
+        raise UserError(f"--accept {o.accept}: a sureness from 0 to 1")
     df = held_out(o)
     issues = audit(df, o.photo_floor)
     write_csv(issues, o.out)
+    if o.accepted:
+        sure = issues[(issues["field"] != "photo") & (issues["sure"] >= o.accept)]
+        write_csv(sure, o.accepted)
+        print(f"audit: {len(sure)} person-level rows at least {o.accept} sure in {o.accepted}", file=sys.stderr)
+    if o.preview:
+        from maskfold.contact_sheet import audit_sheet
+
+        audit_sheet(issues, df, o.folds.parent, o.preview_rows, o.preview)
     counts = issues["field"].value_counts().to_dict()
     print(f"audit: {len(issues)} suspect labels in {df['person'].nunique()} people ("
           + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); surest first in {o.out}", file=sys.stderr)
@@ -100,7 +118,7 @@ def main(o: AuditOptions):
         print(f"audit against {o.truth}: found {s['found']} of {s['injected']} injected person-level errors "
               f"(recall {s['recall']}), {s['person_rows']} person-level rows (precision {s['precision']})",
               file=sys.stderr)
-    summary["files"] = [str(o.out)]
+    summary["files"] = [str(p) for p in (o.out, o.accepted, o.preview) if p]
     result(summary)
 
 

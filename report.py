@@ -40,6 +40,8 @@ class ReportOptions:
     crops: Optional[list[Path]] = opt(None, "crop.py output folder (repeat): its status counts and preview sheet")
     worst: int = opt(24, "out-of-fold photos per run to show, those it gets most wrong first")
     suspects: int = opt(8, "people per run whose labels its out-of-fold predictions doubt most")
+    audit: Optional[Path] = opt(None, "audit.py's label_issues.csv: its suspect people's photos, surest first, "
+                                "with label and held-out vote")
     title: str = opt("Runs compared", "the page's title")
     overwrite: bool = opt(False, "replace an existing page")
 
@@ -195,6 +197,39 @@ def suspect_people(r: Run, n: int) -> str:
     return f"<h3>{html.esc(r.path.name)}</h3>{''.join(rows)}"
 
 
+def audit_section(path: Path, runs: list[Run], n: int, problems: list[str]) -> str:
+    """The audit's person-level rows, surest first: each person's photos with label and the held-out vote of the
+    runs on the page (mean over those that scored the photo)."""
+    try:
+        issues = read_table(path, dtype=str, keep_default_na=False)
+        if not {"person", "field", "label", "suggested", "sure"} <= set(issues.columns):
+            raise UserError(f"{path}: not audit.py's label_issues.csv (its columns differ)")
+    except UserError as e:
+        problems.append(str(e))
+        return ""
+    oof = pd.concat([r.oof for r in runs if r.oof is not None])
+    oof = oof.groupby("path", sort=False).agg({**{c: "mean" for c in PROB_COLS}, "label": "first"}).reset_index()
+    oof["person"] = [Path(x).parent.name for x in oof["path"]]
+    rows = []
+    asks = issues[issues["field"] != "photo"]
+    for person in asks["person"].drop_duplicates().head(n):
+        photos = oof[oof["person"] == person]
+        said = "<br>".join(f"{html.esc(a.field)}: {html.esc(a.label)} &rarr; <b>{html.esc(a.suggested)}</b> "
+                           f"(sure {float(a.sure):.2f})" for a in asks[asks["person"] == person].itertuples())
+        tiles = []
+        for x in photos.itertuples():
+            p = photos.loc[x.Index, PROB_COLS].to_numpy(float)
+            vote = int(p.argmax())
+            tiles.append(html.thumb(html.thumb_uri(Path(x.path)), [f"label {class_name(x.label)}",
+                                                                     f"vote {class_name(vote)} {p[vote]:.2f}"],
+                                    bad=vote != x.label))
+        who = f"<div class='who'><b>{html.esc(person)}</b><br>{said}</div>"
+        rows.append(f"<div class='row'>{who}{''.join(tiles)}</div>")
+    head = (f"<div class='sub'>{html.esc(path)}: {len(asks)} person-level rows of {len(issues)}; the first "
+            f"{min(n, asks['person'].nunique())} people</div>")
+    return head + "".join(rows)
+
+
 def crop_section(folder: Path, problems: list[str]) -> str:
     report = folder / "crop_report.csv"
     if not report.is_file():
@@ -232,6 +267,10 @@ def main(o: ReportOptions):
                          *(worst_photos(r, o.worst) for r in with_oof),
                          "<h2>People whose labels the out-of-fold predictions doubt</h2>",
                          *(suspect_people(r, o.suspects) for r in with_oof)]
+    if o.audit and any(r.oof is not None for r in runs):
+        sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspects * 3, problems)]
+    elif o.audit:
+        problems.append(f"{o.audit}: no run with out-of-fold files to show its photos")
     crops = [crop_section(f, problems) for f in o.crops or []]
     if any(crops):
         sections += ["<h2>Crops</h2>", *crops]

@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,8 @@ class SplitOptions:
     folds: int = opt(5, "number of folds K")
     seed: int = opt(42, "random seed of the split")
     allow_duplicate_ids: bool = opt(False, "keep rows sharing an id (kept in one fold)")
+    fixes: Optional[Path] = opt(None, "label fixes to apply (rows of audit.py's label_issues.csv that you accept); "
+                                "train.csv and the images stay as they are, folds.csv's `fix` column says what changed")
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -125,11 +128,20 @@ def main(o: SplitOptions):
         print(f"warning: not a photo of the layout, ignored: {f}", file=sys.stderr)
     out_dir = o.out.resolve().parent
     df.insert(0, "path", [os.path.relpath(f.resolve(), out_dir) for f in df.pop("file")])
+    applied = []
+    if o.fixes:
+        from maskfold.fixes import apply_fixes
+
+        df, applied = apply_fixes(df, o.fixes)  # after the folds: the same folds as without the fixes
     cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]
+    cols += ["fix"] if o.fixes else []
+    for line in applied:
+        print(f"fixed: {line}", file=sys.stderr)
     print(pd.crosstab(df["label"], df["fold"]).to_string(), file=sys.stderr)
     write_csv(df[cols], o.out)
     result({"out": str(o.out), "images": len(df), "people": int(df["person"].nunique()), "folds": o.folds,
             "images_per_fold": df["fold"].value_counts().sort_index().tolist(), "extra_files": len(extra),
+            **({"fixes_applied": len(applied), "photos_changed": int((df["fix"] != "").sum())} if o.fixes else {}),
             "files": [str(o.out)]})
 
 

@@ -140,3 +140,32 @@ def people_sheet(df: pd.DataFrame, folder: Path, person: np.ndarray | None, grou
         tiles += [Tile(np.zeros((8, 6, 3), np.uint8), ["", "", ""], (32, 32, 32))] * (size - len(rows))
     title = f"{df['group'].nunique()} groups of {len(df)} photos; the {len(worst)} least sure, one per row"
     save_jpeg(sheet(tiles, cols=size, w=120, h=180, title=title), out)
+
+
+def audit_sheet(issues: pd.DataFrame, df: pd.DataFrame, base: Path, rows: int, out: Path) -> None:
+    """audit.py's preview: each suspect person's photos in a row, surest first, each captioned with its label
+    and the held-out vote (red where they differ), so that a person accepts or rejects a row in seconds.
+    `df`: folds.csv's rows (paths relative to `base`) with their held-out p0..p17."""
+    from maskfold.images import read_image
+    from maskfold.labels import PROB_COLS, class_name
+
+    suspects = issues[issues["field"] != "photo"].drop_duplicates("person").head(rows)
+    tiles, size = [], 7
+    for s in suspects.itertuples():
+        photos = df[df["person"] == s.person]
+        asks = [f"{a.field} {a.label} -> {a.suggested}, {a.sure:.2f}" for a in issues[
+            (issues["person"] == s.person) & (issues["field"] != "photo")].itertuples()]
+        for k, r in enumerate(photos.itertuples()):
+            p = photos.loc[r.Index, PROB_COLS].to_numpy(float)
+            vote = int(p.argmax())
+            try:
+                image = read_image(base / r.path, reduce=2)
+            except UserError:
+                image = np.zeros((8, 6, 3), np.uint8)
+            lines = [asks[k] if k < len(asks) else "", f"label {class_name(int(r.label))}",
+                     f"vote {class_name(vote)} {p[vote]:.2f}", str(s.person) if k == 0 else Path(r.path).stem]
+            tiles.append(Tile(image, lines, COLOURS["bad" if vote != r.label else "good"]))
+        tiles += [Tile(np.zeros((8, 6, 3), np.uint8), [""] * 4, (32, 32, 32))] * (size - len(photos))
+    title = (f"{len(suspects)} suspect people of {df['person'].nunique()}, surest first; a row: the person's photos "
+             "with their label and held-out vote (red: they differ)")
+    save_jpeg(sheet(tiles, cols=size, w=170, h=250, title=title), out)

@@ -86,3 +86,40 @@ def test_photo_floor_and_truth_reach_the_audit(tiny_run, tmp_path):
     rows = pd.read_csv(tmp_path / "t.csv")
     hit = ((rows["person"] == people["person"].iloc[0]) & (rows["field"] == "gender")).any()
     assert s["injected"] == 1 and s["found"] == int(hit) and s["person_rows"] == (rows["field"] != "photo").sum()
+
+
+def test_accepted_holds_the_sure_person_rows_and_preview_shows_them(tiny_run, tmp_path):
+    from PIL import Image
+
+    folds, run = tiny_run
+    out, acc, jpg = tmp_path / "i.csv", tmp_path / "fixes.csv", tmp_path / "i.jpg"
+    r = invoke(audit.app, run, "--folds", folds, "-o", out, "--accepted", acc, "--accept", "0.3", "--preview", jpg,
+               "--preview-rows", "3")
+    assert r.exit_code == 0, r.output
+    rows, fixes = pd.read_csv(out), pd.read_csv(acc)
+    person = rows[rows["field"] != "photo"]
+    assert len(fixes) == (person["sure"] >= 0.3).sum() and (fixes["field"] != "photo").all()
+    shown = min(3, person["person"].nunique())
+    assert Image.open(jpg).size[1] > 250 * shown  # a row per suspect person under the title
+    r = invoke(audit.app, run, "--folds", folds, "-o", tmp_path / "j.csv", "--accept", "2")
+    assert r.exit_code == 2 and "--accept 2" in r.output and not (tmp_path / "j.csv").exists()
+
+
+def test_report_shows_the_audit_rows(tiny_run, tmp_path):
+    import report
+
+    folds, run = tiny_run
+    issues = tmp_path / "i.csv"
+    assert invoke(audit.app, run, "--folds", folds, "-o", issues, "--photo-floor", "1").exit_code == 0
+    rows = pd.read_csv(issues)
+    first = rows.loc[rows["field"] != "photo", "person"]
+    page = tmp_path / "r.html"
+    r = invoke(report.app, run, "-o", page, "--audit", issues)
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert "Labels the audit doubts" in text
+    assert len(first) and f"<b>{first.iloc[0]}</b>" in text  # a one-epoch model doubts some people
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    r = invoke(report.app, run, "-o", tmp_path / "r2.html", "--audit", bad)
+    assert r.exit_code == 1 and "not audit.py's label_issues.csv" in r.output
