@@ -22,7 +22,7 @@ import pandas as pd
 
 from maskfold import recipe
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
-from maskfold.files import check_new, read_info, read_table, write_csv
+from maskfold.files import check_new, read_info, read_table, write_csv, write_json
 from maskfold.grouping import read_people
 from maskfold.images import stem_key
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS
@@ -39,6 +39,9 @@ class EnsembleOptions:
     info: Path = opt(..., "info.csv: the ImageIDs and their order")
     out: Path = opt(..., "submission CSV to write (ImageID,ans)", "--out", "-o")
     weights: Optional[str] = opt(None, "comma-separated weight per input")
+    fit_weights: str = opt("none", "choose the weights for out-of-fold macro F1 by greedy ensemble selection: blend "
+                           "(one set), task (one set per task: mask, gender and age each from their own blend) or "
+                           "none; fitted with each fold held out, applied only if that beats equal weights")
     mean: Mean = opt(Mean.arithmetic, "arithmetic or geometric mean of probabilities")
     mask_from: Optional[int] = opt(None, "take the mask answer from input N (1-based)")
     gender_from: Optional[int] = opt(None, "take the gender answer from input N")
@@ -69,6 +72,12 @@ class EnsembleOptions:
             if len(w) != len(self.inputs) or (w < 0).any() or w.sum() <= 0:
                 raise UserError(f"--weights: {len(w)} non-negative weights for {len(self.inputs)} inputs")
         choose(self.person_vote, recipe.VOTES, "--person-vote")
+        choose(self.fit_weights, recipe.FITS, "--fit-weights")
+        if self.fit_weights != "none" and self.weights:
+            raise UserError("--fit-weights chooses the weights: drop --weights, or --fit-weights none")
+        if self.fit_weights == "task" and any((self.mask_from, self.gender_from, self.age_from)):
+            raise UserError("--fit-weights task gives each task its own blend: drop --mask-from/--gender-from/"
+                            "--age-from, or use --fit-weights blend")
         if self.group_size < 2:
             raise UserError(f"--group-size {self.group_size}: a person has at least 2 photos (1 worn wrongly, "
                             "1 not worn); without --people every photo is answered alone")
@@ -118,6 +127,27 @@ def groups_of(path: Path, keys: list[str], size: int, min_sure: float, what: str
     return groups
 
 
+def choose_weights(o: EnsembleOptions, cv: OOF, base: Recipe, summary: dict) -> Recipe:
+    """The recipe with fitted weights if, fitted on the other folds, they beat equal weights on each held-out
+    fold; else `base`."""
+    held = recipe.held_out_recipes(base, cv.inputs, cv.y, cv.folds, o.fit_weights)
+    fitted = recipe.fit_recipe(base, cv.inputs, cv.y, o.fit_weights)
+    f_held = recipe.task_f1(cv.y, held.argmax(1))["f1"]
+    f_equal = recipe.task_f1(cv.y, base.combine(cv.inputs).argmax(1))["f1"]
+    singles = [recipe.task_f1(cv.y, q.argmax(1))["f1"] for q in cv.inputs]
+    best = int(np.argmax(singles))
+    gain = f_held - f_equal
+    summary["fit_weights"] = {"how": o.fit_weights, "held_out_f1": round(f_held, 5), "equal_f1": round(f_equal, 5),
+                              "best_input_f1": round(singles[best], 5), "best_input": cv.names[best],
+                              "gain_over_equal": round(gain, 5),
+                              "gain_over_best_input": round(f_held - singles[best], 5),
+                              "applied": bool(gain > 0), "fitted": fitted.describe()}
+    print(f"fit weights ({o.fit_weights}): held-out CV macro F1 {f_held:.4f}, equal weights {f_equal:.4f} "
+          f"({gain:+.4f}), best input {singles[best]:.4f} ({cv.names[best]}); fitted on every fold: "
+          f"{fitted.describe()}; {'applied' if gain > 0 else 'not applied'}", file=sys.stderr)
+    return fitted if gain > 0 else base
+
+
 def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> tuple[np.ndarray, bool]:
     """Score the recipe's out-of-fold probabilities `p`; decide whether the bias and the per-person rule are
     applied (each only if it gains on held-out folds). Returns (bias, people rule applied)."""
@@ -139,19 +169,34 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
               f"{'applied' if gain > 0 else 'not applied'}", file=sys.stderr)
         if gain > 0:
             rows, b = held, recipe.fit_bias(p, cv.y)
+    steps = summary["cv_steps"] = [{"step": "blend", "f1": round(plain["f1"], 5), "applied": True}]
+    if o.bias:
+        steps.append({"step": "bias (held out)", "f1": round(plain["f1"] + summary["bias_cv_gain"], 5),
+                      "applied": summary["bias_applied"]})
+    final = recipe.answers(p, rows)
     if cv.groups is None:
         if o.people:
             print("per person: applied unchecked (--oof-people scores it out of fold first)", file=sys.stderr)
+        summary["cv_per_class"] = per_class(cv.y, final)
         return b, o.people is not None
-    before = recipe.task_f1(cv.y, recipe.answers(p, rows))
-    after = recipe.task_f1(cv.y, recipe.answers(p, rows, cv.groups, o.group_size, o.person_vote))
+    before = recipe.task_f1(cv.y, final)
+    grouped = recipe.answers(p, rows, cv.groups, o.group_size, o.person_vote)
+    after = recipe.task_f1(cv.y, grouped)
     gain = after["f1"] - before["f1"]
+    steps.append({"step": "per person", "f1": round(after["f1"], 5), "applied": bool(gain >= 0)})
+    summary["cv_per_class"] = per_class(cv.y, grouped if gain >= 0 else final)
     summary["people_cv"] = {"f1": round(before["f1"], 5), "f1_people": round(after["f1"], 5),
                             **{f"{t}_change": round(after[t] - before[t], 5) for t in TASKS}}
     print(f"per person: CV macro F1 {before['f1']:.4f} -> {after['f1']:.4f} ("
           + ", ".join(f"{t} {after[t] - before[t]:+.4f}" for t in TASKS)
           + f"); {'applied' if gain >= 0 else 'not applied: it loses out of fold'}", file=sys.stderr)
     return b, gain >= 0
+
+
+def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
+    from sklearn.metrics import f1_score
+
+    return [round(float(f), 4) for f in f1_score(y, pred, labels=range(NUM_CLASSES), average=None, zero_division=0)]
 
 
 @command(app, EnsembleOptions)
@@ -161,8 +206,8 @@ def main(o: EnsembleOptions):
     blend = o.recipe()
     ids = read_info(o.info)
     probs, records = read_inputs(o.inputs, ids)
-    needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people))
-             if on]
+    needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people),
+                                   ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
     groups = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, o.min_sure, "info.csv") \
         if o.people else None
@@ -170,6 +215,9 @@ def main(o: EnsembleOptions):
         cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, o.min_sure, "the out-of-fold photos")
     truth = read_truth(o.truth, ids) if o.truth else None
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
+    if cv is not None and o.fit_weights != "none":
+        blend = choose_weights(o, cv, blend, summary)
+    summary["recipe"] = blend.describe()
     p_oof = blend.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets
     if cv is not None:
         b, use_people = cv_and_rules(o, cv, p_oof, summary)
@@ -177,11 +225,13 @@ def main(o: EnsembleOptions):
         b, use_people = np.zeros(NUM_CLASSES), o.people is not None
     p = blend.combine(probs)
     plain = recipe.answers(p, b)
+    summary["changed"] = {"bias": int((plain != p.argmax(1)).sum())}
     ans = plain
     if groups is not None:
         per_person = recipe.answers(p, b, groups, o.group_size, o.person_vote)
         ans = per_person if use_people else plain
         summary.update(people_applied=bool(use_people), people_changed=int((per_person != plain).sum()))
+        summary["changed"]["people"] = summary["people_changed"]
         print(f"per person: {summary['people_changed']} of {len(ans)} answers change"
               f"{'' if use_people else ' (not applied)'}", file=sys.stderr)
     if o.suspects:
@@ -192,7 +242,10 @@ def main(o: EnsembleOptions):
     write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), o.out)
     if truth is not None:
         report_test(summary, truth, plain, per_person if groups is not None else None, ans)
-    summary["files"] = [str(f) for f in (o.out, o.probs_out, o.suspects) if f]
+    write_json(Path(f"{o.out}.json"), {"kind": "submission", "inputs": [str(f.resolve()) for f in o.inputs],
+                                       "names": cv.names if cv is not None else [f.name for f in o.inputs],
+                                       **{k: v for k, v in summary.items() if k != "out"}})
+    summary["files"] = [str(f) for f in (o.out, f"{o.out}.json", o.probs_out, o.suspects) if f]
     result(summary)
 
 

@@ -2,7 +2,7 @@
 
     python predict.py runs/efficientnet_b2 --images work/crops/eval --info data/eval/info.csv -o work/probs_b2.csv
     python predict.py runs/resnet50/fold0/best.pt runs/resnet50/fold3/best.pt --images work/crops/eval \
-        --info data/eval/info.csv -o work/probs_r50.csv --no-tta
+        --info data/eval/info.csv -o work/probs_r50.csv --tta flip,shift
 
 A run folder means the best.pt of every finished fold in it (its folds must have been trained
 alike; a run with folds still missing is named as partial). Each checkpoint brings its own
@@ -26,6 +26,8 @@ from maskfold.images import describe_folder, is_hidden, kind_differs, match_ids
 from maskfold.labels import NUM_CLASSES, PROB_COLS
 from maskfold.probs import write_probs
 from maskfold.runs import fold_configs, run_folds
+from maskfold.tta import parse as parse_tta
+from maskfold.tta import passes as tta_passes
 
 app = make_app()
 
@@ -36,7 +38,9 @@ class PredictOptions:
     images: Path = opt(..., "folder of eval images (raw photos or crops)")
     info: Path = opt(..., "info.csv giving ImageID and the row order")
     out: Path = opt(..., "probability CSV to write", "--out", "-o")
-    tta: bool = opt(True, "average with the horizontally flipped image")
+    tta: str = opt("flip", "test-time augmentation: views averaged with each image, comma-separated: flip "
+                   "(mirrored), shift (6% to each side), scale (zoomed 1.1 and 0.9); none: the image alone")
+    no_tta: bool = opt(False, "the same as --tta none")
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA: bf16, or fp16 on GPUs without bf16 (off on a CPU, where it is slower)")
@@ -110,7 +114,7 @@ def check_kind(images: Path, files: list[Path], runs: list[dict], any_images: bo
     return given
 
 
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: bool, chunk: int = 2048):
+def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048):
     """Summed probabilities of every checkpoint. Images are decoded once per image size, a chunk at a
     time, the next chunk in the background while the checkpoints run on this one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +154,7 @@ def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
 def main(o: PredictOptions):
     """Average the class probabilities of checkpoints over the eval images."""
     t0 = time.time()
+    tta = () if o.no_tta else parse_tta(o.tta)
     check_outside(o.out, o.images)
     check_new(o.out, overwrite=o.overwrite)
     dev = resolve_device(o.device)
@@ -161,22 +166,22 @@ def main(o: PredictOptions):
     amp = amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
     t1 = time.time()  # from here on: decoding and inference, the rate the benchmark compares
-    probs = predict_all(nets, files, o.batch_size, dev, amp, o.tta)
+    probs = predict_all(nets, files, o.batch_size, dev, amp, tta)
     for (_, ck), path in zip(nets, paths):
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
     probs /= len(nets)
     probs /= probs.sum(axis=1, keepdims=True)
     df = pd.DataFrame(probs, columns=PROB_COLS)
     df.insert(0, "ImageID", ids)
-    record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": o.tta,
+    record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": list(tta),
               "images_kind": kind,
               "runs": runs, "checkpoints": [{"path": str(p.resolve()), "model": ck["model"], "head": ck["head"],
                                              "img_size": ck["img_size"], "epoch": ck.get("epoch")}
                                             for p, (_, ck) in zip(paths, nets)]}
     write_probs(df, o.out, record)
-    passes = len(ids) * len(nets) * (2 if o.tta else 1)
+    passes = len(ids) * len(nets) * tta_passes(tta)
     result({"out": str(o.out), "images": len(ids), "checkpoints": len(nets),
-            "runs": [{k: r[k] for k in ("run", "folds", "of", "partial")} for r in runs], "tta": o.tta,
+            "runs": [{k: r[k] for k in ("run", "folds", "of", "partial")} for r in runs], "tta": list(tta),
             "device": dev, "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1),
             "files": [str(o.out), f"{o.out}.json"]})
 

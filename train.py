@@ -31,21 +31,26 @@ from maskfold.progress import Log, epoch_line, eta
 from maskfold.runs import fold_lock, folds_digest, prepare_fold, read_folds, results_row, write_summaries
 from maskfold.signals import loader_worker
 from maskfold.tracking import Tracker, check_wandb
+from maskfold.tta import parse as parse_tta
 
 app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
-    from maskfold.datasets import AUGS, CUTMIX_MODES
+    from maskfold.datasets import AUGS, CUTMIX_MODES, build_aug, is_aug_file
     from maskfold.optim import OPTIMIZERS, SCHEDULERS
 
     import models
     from losses import LOSSES
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
-                                 (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.aug, AUGS, "--aug"),
+                                 (cfg.scheduler, SCHEDULERS, "--scheduler"),
                                  (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
+    if is_aug_file(cfg.aug):
+        build_aug(cfg.aug)  # loads, or one line
+    else:
+        choose(cfg.aug, AUGS, "--aug")
     try:
         weights = [float(w) for w in cfg.task_weights.split(",")]
     except ValueError:
@@ -53,6 +58,7 @@ def check_options(cfg: TrainConfig) -> None:
     if len(weights) != 3:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
     choose(cfg.amp_dtype, AMP_DTYPES, "--amp-dtype")
+    parse_tta(cfg.oof_tta, "--oof-tta")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
         raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
     if not (0 <= cfg.cutmix and 0 <= cfg.mixup and cfg.cutmix + cfg.mixup <= 1):
@@ -175,8 +181,8 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
         better = best_v["val_f1"] > fold.best["f1"]  # the same in every process: validation is gathered
         if better:
             fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
-            if cfg.oof_tta:  # out-of-fold answers made as predict.py makes the submission's
-                best_p = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=from_ema, tta=True)[1]
+            if parse_tta(cfg.oof_tta, "--oof-tta"):  # out-of-fold answers made as predict.py makes the submission's
+                best_p = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=from_ema, tta=cfg.oof_tta)[1]
         if fold.place.rank0:
             log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
             tracker.epoch(row)
@@ -296,6 +302,9 @@ def main(cfg: TrainConfig):
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
     facts = {"folds_digest": folds_digest(df), "processes": int(os.environ.get("WORLD_SIZE", "1")),
              "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist())}
+    from maskfold.datasets import aug_record
+
+    facts.update(aug_record(cfg.aug))  # an --aug file's pipeline itself: a run's folds must share it
     # Rank 0 alone holds the fold's lock: the other processes of a torchrun start with it and end with it.
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with fold_lock(cfg.run_dir, cfg.fold) if rank0 else contextlib.nullcontext():

@@ -3,18 +3,54 @@ marks the options that change what a model learns (those a run's folds must shar
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+import typer
+
 from maskfold.cli import arg, opt
 from maskfold.device import Device
+
+# Options a --config file does not set: which fold, which run and what to do with it are the command line's.
+PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
+RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total")
+
+
+def read_config(ctx: typer.Context, param, value: Optional[Path]):
+    """--config FILE: a run's config.json or a YAML/JSON of option names (as in config.json) sets the defaults
+    of this command line; flags given on it win. Runs eagerly, before the other options are read."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    import json
+
+    if not value.is_file():
+        raise typer.BadParameter(f"{value}: no such file")
+    try:
+        text = value.read_text()
+        data = json.loads(text) if value.suffix.lower() == ".json" else __import__("yaml").safe_load(text)
+    except Exception as e:  # JSON and YAML raise their own kinds on a broken file
+        raise typer.BadParameter(f"{value}: not JSON or YAML ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value}: not a mapping of option names to values")
+    data = {k.replace("-", "_").lstrip("_"): v for k, v in data.items()}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(k for k in data if k not in known and k not in RECORD_ONLY)
+    if unknown:
+        raise typer.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
+    skipped = sorted(k for k in data if k in PER_CALL and data[k] not in (None, False))
+    if skipped:
+        print(f"note: {value}: {', '.join(skipped)} not taken from the file (give them on the command line)",
+              file=__import__("sys").stderr)
+    ctx.default_map = {**(ctx.default_map or {}),
+                       **{k: v for k, v in data.items() if k in known and k not in PER_CALL}}
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """train.py's options; `run=True` marks those that change what the model learns."""
-    folds_csv: Path = arg("folds.csv from split.py")
+    folds_csv: Path = arg("folds.csv from split.py (or the --config file's)")
     model: str = opt(..., "any timm model name, e.g. resnet18, efficientnet_b2_pruned", run=True)
     fold: int = opt(0, "validation fold; the others train")
     run: Optional[str] = opt(None, "run name, the folder under --out (default: the model name); named so that "
@@ -44,8 +80,9 @@ class TrainConfig:
     clip_grad: float = opt(0.0, "clip the gradient norm to this (0: off)", run=True)
     img_size: tuple[int, int] = opt((256, 192), "training size: height width, two numbers (--img-size 256 192)",
                                      run=True)
-    aug: str = opt("light", "augmentation preset: none, light, or seed (the team baseline's ColorJitter "
-                   "and flip)", run=True)
+    aug: str = opt("light", "augmentation: a preset (none; light; seed: the team baseline's ColorJitter and flip; "
+                   "ssr, dropout, noise, colour: the flip and shift-scale-rotate, coarse dropout, noise or colour; "
+                   "strong: all four), or an albumentations pipeline saved as .json or .yaml (A.save)", run=True)
     cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
     cutmix_mode: str = opt("box", "CutMix region: box, vertical (a full-height strip) or half", run=True)
     cutmix_alpha: float = opt(1.0, "CutMix: the pasted share is drawn from Beta(a, a)", run=True)
@@ -60,8 +97,9 @@ class TrainConfig:
                         "finished fold is still written", run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
                                     "size): fine-tuning, or a second round", run=True)
-    oof_tta: bool = opt(True, "write oof.csv with the flip TTA that predict.py applies by default, so that the CV "
-                        "scores what is submitted (the best epoch is chosen without it)")
+    oof_tta: str = opt("flip", "the test-time augmentation of oof.csv's answers, as predict.py --tta takes it "
+                       "(flip, shift, scale, comma-separated; none): the same as the submission's, so that the CV "
+                       "scores what is submitted (the best epoch is chosen without it)")
     device: Device = opt(Device.auto, "where to train")
     workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
@@ -74,6 +112,11 @@ class TrainConfig:
                                "either way); WANDB_MODE=offline works without a network")
     resume: bool = opt(False, "continue an unfinished fold from its last.pt")
     skip_done: bool = opt(False, "exit at once if the fold is finished")
+    config: Optional[Path] = field(default=None, metadata={"cli": typer.Option(
+        help="take the options from this file: a run's config.json, or a YAML or JSON of option names as "
+             "config.json writes them; flags on the command line override it; --fold, --run-name, --resume, "
+             "--skip-done and --overwrite come from the command line only",
+        is_eager=True, callback=read_config), "run": False})
     overwrite: bool = opt(False, "redo this fold, finished or not")
 
     @property

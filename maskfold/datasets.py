@@ -6,6 +6,7 @@ an epoch costs augmentation only, never JPEG decoding.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import asks the network for a newer version
 import albumentations as A  # noqa: E402
@@ -13,16 +14,66 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+FLIP = [A.HorizontalFlip(p=0.5)]
+# Presets; a name, or the path of a pipeline saved by albumentations (A.save, .json or .yaml) with --aug FILE.
+# The four face presets each add one family of what competitors use on faces to the flip.
 AUGS = {
     "none": lambda: [],
-    "light": lambda: [A.HorizontalFlip(p=0.5),
-                      A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8), p=0.7),
+    "light": lambda: [*FLIP, A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8), p=0.7),
                       A.RandomBrightnessContrast(0.15, 0.15, p=0.5)],
     # The team baseline of COMPETITION.md (Resize is the cache's, Normalize the device's).
     "seed": lambda: [A.ColorJitter(brightness=(0.2, 3), contrast=(0.2, 3), saturation=(0.2, 3), hue=(-0.3, 0.3),
-                                   p=1.0),
-                     A.HorizontalFlip(p=0.5)],
+                                   p=1.0), *FLIP],
+    "ssr": lambda: [*FLIP, A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-15, 15), p=0.8)],
+    "dropout": lambda: [*FLIP, A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.08, 0.2),
+                                               hole_width_range=(0.08, 0.2), p=0.5)],
+    "noise": lambda: [*FLIP, A.GaussNoise(std_range=(0.02, 0.08), p=0.5), A.GaussianBlur(blur_limit=(3, 5), p=0.2)],
+    "colour": lambda: [*FLIP, A.ColorJitter(0.25, 0.25, 0.25, 0.05, p=0.8), A.ToGray(p=0.1)],
+    "strong": lambda: [*FLIP, A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-15, 15), p=0.8),
+                       A.ColorJitter(0.25, 0.25, 0.25, 0.05, p=0.8),
+                       A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
+                       A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.08, 0.2),
+                                       hole_width_range=(0.08, 0.2), p=0.5)],
 }
+AUG_FILES = (".json", ".yaml", ".yml")
+
+
+def is_aug_file(aug: str) -> bool:
+    return aug.lower().endswith(AUG_FILES)
+
+
+def build_aug(aug: str):
+    """The training augmentation: a preset's Compose, or the pipeline saved in a file (None: nothing to do). A
+    file that does not load is one line naming it."""
+    if not is_aug_file(aug):
+        steps = AUGS[aug]()
+        return A.Compose(steps) if steps else None
+    from maskfold.cli import UserError
+
+    path = Path(aug)
+    if not path.is_file():
+        raise UserError(f"--aug {aug}: no such file")
+    try:
+        tf = A.load(str(path), data_format="json" if path.suffix.lower() == ".json" else "yaml")
+    except Exception as e:  # albumentations raises many kinds on a file it cannot read
+        raise UserError(f"--aug {aug}: not an albumentations pipeline ({type(e).__name__}: {e})") from None
+    if not isinstance(tf, A.BaseCompose):
+        tf = A.Compose([tf])
+    return tf
+
+
+def aug_record(aug: str) -> dict:
+    """What a run records of its augmentation: a file's pipeline itself, so that a changed file is seen."""
+    if not is_aug_file(aug):
+        return {}
+    import hashlib
+    import json
+
+    pipeline = A.to_dict(build_aug(aug))
+    return {"aug_pipeline": pipeline,
+            "aug_digest": hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode()).hexdigest()[:16]}
+
+
 CUTMIX_MODES = ("box", "vertical", "half")
 MIXES = ("cutmix", "mixup")
 
@@ -33,7 +84,7 @@ class CachedImages(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, aug: str = "none"):
         self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
-        self.tf = A.Compose(AUGS[aug]()) if AUGS[aug]() else None
+        self.tf = build_aug(aug)
         self.epoch_seed = 0
 
     def __len__(self):

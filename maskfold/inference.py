@@ -1,4 +1,4 @@
-"""The inference loop: 18-class probabilities of cached images, a batch at a time, with flip TTA."""
+"""The inference loop: 18-class probabilities of cached images, a batch at a time, with TTA views."""
 from __future__ import annotations
 
 import sys
@@ -11,21 +11,23 @@ from maskfold.datasets import to_input
 from maskfold.device import autocast
 from maskfold.labels import NUM_CLASSES, probs18
 from maskfold.signals import stop_if_interrupted
+from maskfold.tta import parse, views
 
 
 @torch.no_grad()
 def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, batch_size: int,
-                  amp: torch.dtype | None, channels_last: bool = True, tta: bool = False,
+                  amp: torch.dtype | None, channels_last: bool = True, tta: bool | str | tuple = (),
                   desc: str | None = None) -> np.ndarray:
-    """18-class probabilities of cached uint8 images; with tta, averaged with the mirrored image."""
+    """18-class probabilities of cached uint8 images, averaged over the image and its `tta` views (names of
+    maskfold.tta.VIEWS; True: the flip)."""
+    names = parse(tta)
     net.eval()
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, leave=False, disable=desc is None):
         stop_if_interrupted()
         x = to_input(torch.from_numpy(images[i:i + batch_size]), mean, std, device, channels_last)
         with autocast(device, amp):
-            p = probs18(net(x), head)
-            if tta:  # horizontal flip: faces are left-right symmetric, labels are not
-                p = (p + probs18(net(torch.flip(x, dims=[3])), head)) / 2
+            vs = views(x, names)
+            p = sum(probs18(net(v), head) for v in vs) / len(vs)
         out.append(p.float().cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, NUM_CLASSES))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from maskfold.labels import NUM_CLASSES, TASKS, joint, macro_f1, marginals, scores
+from maskfold.labels import NUM_CLASSES, TASKS, decode, joint, macro_f1, marginals, scores
 
 MASK_COUNTS = {0: -2, 1: 1, 2: 1}  # of a complete group: 1 worn wrongly, 1 not worn, the rest (5 of 7) worn
 
@@ -23,24 +23,76 @@ class Mean(str, Enum):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the inputs' probabilities become one set: weights, mean, and per-task sources (1-based)."""
+    """How the inputs' probabilities become one set: weights, mean, and per-task sources: None (the blend),
+    an input (1-based) or weights of a task's own blend."""
     weights: np.ndarray
     mean: Mean = Mean.arithmetic
-    sources: tuple[tuple[str, Optional[int]], ...] = (("mask", None), ("gender", None), ("age", None))
+    sources: tuple[tuple[str, Optional[int] | np.ndarray], ...] = (("mask", None), ("gender", None), ("age", None))
+
+    def blend(self, probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+        w = weights / weights.sum()
+        if self.mean == Mean.geometric:
+            p = np.exp(sum(wi * np.log(np.clip(pi, 1e-12, None)) for wi, pi in zip(w, probs) if wi))
+        else:
+            p = sum(wi * pi for wi, pi in zip(w, probs) if wi)
+        return p / p.sum(axis=1, keepdims=True)
 
     def combine(self, probs: list[np.ndarray]) -> np.ndarray:
-        """The blend, with each task's marginal taken from the blend or from its chosen input."""
-        w = self.weights / self.weights.sum()
-        if self.mean == Mean.geometric:
-            p = np.exp(sum(wi * np.log(np.clip(pi, 1e-12, None)) for wi, pi in zip(w, probs)))
-        else:
-            p = sum(wi * pi for wi, pi in zip(w, probs))
-        p = p / p.sum(axis=1, keepdims=True)
-        sources = dict(self.sources)
-        if not any(sources.values()):
+        """The blend, with each task's marginal taken from the blend, from its chosen input or from its own
+        blend."""
+        p = self.blend(probs, self.weights)
+        if all(i is None for _, i in self.sources):
             return p
-        m = {t: marginals(probs[i - 1] if i else p)[t] for t, i in sources.items()}
+        m = {t: marginals(p if i is None else self.blend(probs, i) if isinstance(i, np.ndarray) else
+                          probs[i - 1])[t] for t, i in self.sources}
         return joint(m["mask"], m["gender"], m["age"])
+
+    def describe(self) -> dict:
+        """Weights and sources as JSON values."""
+        return {"weights": [round(float(w), 4) for w in self.weights / self.weights.sum()], "mean": self.mean.value,
+                **{f"{t}_from": ([round(float(w), 4) for w in i / i.sum()] if isinstance(i, np.ndarray) else i)
+                   for t, i in self.sources if i is not None}}
+
+
+FITS = ("none", "blend", "task")
+
+
+def greedy_weights(n: int, score, steps: int = 20) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al. 2004) over `n` inputs: start from the best input, add
+    at each step the input whose addition scores best, stop when none betters the score. `score(counts)` rates
+    the blend of those weights; the weights are the counts."""
+    counts, best = np.zeros(n), -np.inf
+    for _ in range(steps):
+        trials = [score(counts + np.eye(n)[k]) for k in range(n)]
+        k = int(np.argmax(trials))
+        if trials[k] <= best + 1e-9:
+            break
+        best, counts = trials[k], counts + np.eye(n)[k]
+    return counts
+
+
+def fit_recipe(base: Recipe, probs: list[np.ndarray], y: np.ndarray, how: str) -> Recipe:
+    """`base` with weights chosen for macro F1 on (probs, y): one set for the blend (`blend`; chosen per-task
+    inputs kept), or one set per task, each for that task's macro F1 (`task`)."""
+    n = len(probs)
+    if how == "blend":
+        return Recipe(greedy_weights(n, lambda w: macro_f1(y, Recipe(w, base.mean, base.sources).combine(probs)
+                                                           .argmax(1))), base.mean, base.sources)
+    truth = dict(zip(TASKS, decode(y)))
+    sources = tuple((t, greedy_weights(n, lambda w, t=t: macro_f1(truth[t], marginals(base.blend(probs, w))[t]
+                                                                  .argmax(1)))) for t in TASKS)
+    return Recipe(np.ones(n), base.mean, sources)
+
+
+def held_out_recipes(base: Recipe, probs: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
+                     how: str) -> np.ndarray:
+    """Each photo's probabilities under weights fitted on the other folds only: an honest estimate."""
+    out = np.zeros_like(probs[0])
+    for k in np.unique(folds):
+        fit_on = folds != k
+        r = fit_recipe(base, [p[fit_on] for p in probs], y[fit_on], how)
+        out[~fit_on] = r.combine([p[~fit_on] for p in probs])
+    return out
 
 
 def log_scores(p: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ def fold_configs(run_dir: Path) -> dict[int, dict]:
 # What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
 # of folds.csv's content, which a rewrite of the same path changes) and the processes it trained in (the
 # effective batch is --batch-size x processes). Folds written before these were recorded are not compared.
-FACT_KEYS = ("folds_digest", "processes")
+FACT_KEYS = ("folds_digest", "processes", "aug_digest")
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -68,7 +68,8 @@ def folds_digest(df) -> str:
 def explain(keys: list[str]) -> str:
     """The options that differ, with what the recorded facts mean."""
     words = {"folds_digest": "folds_digest: folds.csv was rewritten since, with another person-to-fold map",
-             "processes": "processes: the effective batch is --batch-size x the processes of torchrun"}
+             "processes": "processes: the effective batch is --batch-size x the processes of torchrun",
+             "aug_digest": "aug_digest: the --aug file's pipeline changed"}
     return ", ".join(words.get(k, k) for k in keys)
 
 

@@ -181,9 +181,9 @@ def sync_grads(fold: Fold, stepping: bool):
 
 
 def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False,
-             tta: bool = False) -> tuple[dict, np.ndarray]:
+             tta: bool | str = False) -> tuple[dict, np.ndarray]:
     """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights
-    or of their EMA, with or without the flip TTA."""
+    or of their EMA, with the TTA views `tta` names (maskfold.tta) or without."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
     net = fold.ema.module if ema else fold.model

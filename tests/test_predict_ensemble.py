@@ -26,7 +26,7 @@ def test_predict_writes_info_order_and_averages_folds(run, demo_tree, tmp_path):
     r = run_predict(run, demo_tree, tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert s["checkpoints"] == 2 and s["tta"] is True
+    assert s["checkpoints"] == 2 and s["tta"] == ["flip"]
     df = pd.read_csv(tmp_path / "p.csv")
     info = pd.read_csv(demo_tree / "eval" / "info.csv")
     assert df["ImageID"].tolist() == info["ImageID"].tolist()
@@ -39,6 +39,42 @@ def test_predict_writes_info_order_and_averages_folds(run, demo_tree, tmp_path):
     assert np.allclose((singles[0] + singles[1]) / 2, df[PROB_COLS].to_numpy(), atol=1e-4)
     assert run_predict(run, demo_tree, tmp_path / "n.csv", "--no-tta").exit_code == 0
     assert not np.allclose(pd.read_csv(tmp_path / "n.csv")[PROB_COLS], df[PROB_COLS], atol=1e-4)
+
+
+def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_path, monkeypatch):
+    from maskfold import tta
+
+    seen = []
+    real = tta.views
+    monkeypatch.setattr(tta, "views", lambda x, names: seen.append(names) or real(x, names))
+    monkeypatch.setattr("maskfold.inference.views", tta.views)
+    out = {}
+    for spec in ("none", "flip", "flip,shift,scale"):
+        r = run_predict(run, demo_tree, tmp_path / f"{spec}.csv", "--tta", spec)
+        assert r.exit_code == 0, r.output
+        record = json.loads((tmp_path / f"{spec}.csv.json").read_text())
+        assert record["tta"] == ([] if spec == "none" else spec.split(","))
+        out[spec] = pd.read_csv(tmp_path / f"{spec}.csv")[PROB_COLS].to_numpy()
+    assert ("flip", "shift", "scale") in seen and () in seen
+    assert not np.allclose(out["flip"], out["flip,shift,scale"], atol=1e-5)
+    r = run_predict(run, demo_tree, tmp_path / "x.csv", "--tta", "flip,rotate")
+    assert r.exit_code == 2 and "--tta rotate: unknown" in r.output and not (tmp_path / "x.csv").exists()
+
+
+def test_tta_views_move_the_image_as_named():
+    import torch
+
+    from maskfold.tta import affine, parse, passes, views
+
+    x = torch.zeros(1, 1, 20, 20)
+    x[..., 8:12, 8:12] = 1.0
+    assert torch.allclose(affine(x), x, atol=1e-6)
+    right = affine(x, tx=0.1)  # 2 pixels to the right
+    assert right[0, 0, 10, 11] > 0.9 and right[0, 0, 10, 8] < 0.1
+    near = affine(x, scale=1.5)
+    assert near.sum() > x.sum() * 1.5  # closer: the square grows
+    assert len(views(x, parse("flip,shift,scale"))) == passes(parse("flip,shift,scale")) == 6
+    assert parse("none") == () and parse(True) == ("flip",)
 
 
 def test_predict_missing_image_refused(run, demo_tree, tmp_path):
@@ -246,3 +282,78 @@ def test_probabilities_on_cuda_match_the_cpu(run):
     cpu = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 4, None, tta=True)
     gpu = inference.predict_probs(net.to("cuda"), ck["head"], images, ck["mean"], ck["std"], "cuda", 4, None, tta=True)
     assert np.allclose(cpu, gpu, atol=1e-4)
+
+
+def planted(n=600, seed=0):
+    """Labels and three inputs: one mostly right, one right on mask only, one that answers the next class."""
+    from maskfold.labels import decode, joint
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 18, n)
+
+    def sure(cls, right=0.8):
+        p = rng.dirichlet(np.ones(18), n) * (1 - right)
+        p[np.arange(n), cls] += right
+        return p
+
+    good = sure(np.where(rng.random(n) < 0.85, y, rng.integers(0, 18, n)))
+    wrong = sure((y + 1) % 18)
+    m, g, a = decode(y)
+    mask_only = joint(np.eye(3)[m] * 0.9 + 0.1 / 3, np.full((n, 2), 0.5), np.full((n, 3), 1 / 3))
+    return y, [good, wrong, mask_only], np.arange(n) % 3
+
+
+def test_fitted_weights_drop_a_harmful_input_and_each_task_finds_its_input():
+    from maskfold import recipe
+
+    y, (good, wrong, mask_only), folds = planted()
+    base = recipe.Recipe(np.ones(2))
+    fitted = recipe.fit_recipe(base, [good, wrong], y, "blend")
+    assert fitted.weights[0] > 0 and fitted.weights[1] == 0
+    held = recipe.held_out_recipes(base, [good, wrong], y, folds, "blend")
+    assert scores(y, held.argmax(1))["f1"] > scores(y, base.combine([good, wrong]).argmax(1))["f1"] + 0.1
+    # mask_only answers the mask better than `good` does; gender and age only `good` knows
+    noisy_mask = good.copy()
+    flip = np.random.default_rng(1).random(len(y)) < 0.3
+    noisy_mask = noisy_mask.reshape(-1, 3, 6)
+    noisy_mask[flip] = np.roll(noisy_mask[flip], 1, axis=1)
+    noisy_mask = noisy_mask.reshape(-1, 18)
+    per_task = dict(recipe.fit_recipe(base, [noisy_mask, mask_only], y, "task").sources)
+    assert per_task["mask"][1] > 0 and per_task["gender"][1] == 0 and per_task["age"][1] == 0
+
+
+def test_fit_weights_option_applies_what_wins_held_out(run, demo_tree, tmp_path):
+    """Two runs with the same checkpoints; the second's out-of-fold answers are planted wrong (the next class).
+    Fitted weights must drop it, beat equal weights held out, and make the submission the first input's."""
+    import shutil
+
+    assert run_predict(run, demo_tree, tmp_path / "a.csv").exit_code == 0
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for copy, shift in ((good, 0), (bad, 1)):
+        shutil.copytree(run, copy)
+        for f in copy.glob("fold*/oof.csv"):
+            df = pd.read_csv(f)
+            p = np.full((len(df), 18), 0.01)
+            p[np.arange(len(df)), (df["label"].to_numpy() + shift) % 18] = 0.83
+            df[PROB_COLS] = p
+            df.to_csv(f, index=False)
+    for name, copy in (("g.csv", good), ("b.csv", bad)):
+        assert run_predict(copy, demo_tree, tmp_path / name).exit_code == 0
+    info = demo_tree / "eval" / "info.csv"
+    r = invoke(ensemble.app, tmp_path / "g.csv", tmp_path / "b.csv", "--info", info, "-o", tmp_path / "s.csv",
+               "--fit-weights", "blend", "--probs-out", tmp_path / "sp.csv")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    fw = s["fit_weights"]
+    assert fw["applied"] and fw["gain_over_equal"] > 0 and fw["fitted"]["weights"] == [1.0, 0.0]
+    assert s["recipe"]["weights"] == [1.0, 0.0]
+    alone = pd.read_csv(tmp_path / "g.csv")[PROB_COLS].to_numpy()
+    assert np.allclose(pd.read_csv(tmp_path / "sp.csv")[PROB_COLS].to_numpy(), alone, atol=1e-5)
+    record = json.loads((tmp_path / "s.csv.json").read_text())
+    assert record["kind"] == "submission" and record["recipe"]["weights"] == [1.0, 0.0]
+    assert len(record["cv_per_class"]) == 18 and record["cv_steps"][0]["step"] == "blend"
+    for extra, needle in ((["--weights", "1,1"], "drop --weights"), (["--mask-from", "1"], "gives each task")):
+        how = "task" if "--mask-from" in extra else "blend"
+        r = invoke(ensemble.app, tmp_path / "g.csv", tmp_path / "b.csv", "--info", info, "-o", tmp_path / "x.csv",
+                   "--fit-weights", how, *extra)
+        assert r.exit_code == 2 and needle in r.output and not (tmp_path / "x.csv").exists(), r.output

@@ -524,14 +524,14 @@ def test_pretrained_file_gives_the_backbone_its_weights(folds, tmp_path, monkeyp
     assert r.exit_code == 2 and "--pretrained-file" in r.output
 
 
-@pytest.mark.parametrize("flag,tta", [("--oof-tta", True), ("--no-oof-tta", False)])
+@pytest.mark.parametrize("flag,tta", [("flip", "flip"), ("none", "none"), ("flip,scale", "flip,scale")])
 def test_oof_is_written_with_the_tta_the_submission_gets(folds, tmp_path, flag, tta):
     from maskfold import inference
     from maskfold.images import load_cache
 
     import predict
 
-    r = run_train(folds, tmp_path / "runs", flag)
+    r = run_train(folds, tmp_path / "runs", "--oof-tta", flag)
     assert r.exit_code == 0, r.output
     fold = tmp_path / "runs" / "test_resnet" / "fold0"
     oof = pd.read_csv(fold / "oof.csv")
@@ -539,5 +539,6 @@ def test_oof_is_written_with_the_tta_the_submission_gets(folds, tmp_path, flag, 
     images = load_cache([str(folds.parent / p) for p in oof["path"]], tuple(ck["img_size"]))
     p = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 8, None, tta=tta)
     assert np.allclose(oof[[f"p{i}" for i in range(18)]].to_numpy(), p, atol=1e-5)
-    other = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 8, None, tta=not tta)
+    other = inference.predict_probs(net, ck["head"], images, ck["mean"], ck["std"], "cpu", 8, None,
+                                    tta="flip,shift" if tta == "none" else "none")
     assert not np.allclose(oof[[f"p{i}" for i in range(18)]].to_numpy(), other, atol=1e-5)
