@@ -157,6 +157,7 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
               file=sys.stderr)
         summary.setdefault("cv", {})[name] = round(s["f1"], 5)
     summary["cv_f1"] = summary["cv"]["blend"]
+    summary["cv_inputs"] = [round(recipe.task_f1(cv.y, q.argmax(1))["f1"], 5) for q in cv.inputs]
     summary["cv_folds"] = [int(k) for k in np.unique(cv.folds)]
     summary["cv_f1_tasks"] = {t: round(v, 5) for t, v in recipe.task_f1(cv.y, p.argmax(1)).items() if t != "f1"}
     plain = recipe.task_f1(cv.y, p.argmax(1))
@@ -242,9 +243,9 @@ def main(o: EnsembleOptions):
     write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), o.out)
     if truth is not None:
         report_test(summary, truth, plain, per_person if groups is not None else None, ans)
-    write_json(Path(f"{o.out}.json"), {"kind": "submission", "inputs": [str(f.resolve()) for f in o.inputs],
-                                       "names": cv.names if cv is not None else [f.name for f in o.inputs],
-                                       **{k: v for k, v in summary.items() if k != "out"}})
+    write_json(Path(f"{o.out}.json"), {"kind": "submission", **{k: v for k, v in summary.items() if k != "out"},
+                                       "input_files": [str(f.resolve()) for f in o.inputs],
+                                       "input_runs": cv.names if cv is not None else None})
     summary["files"] = [str(f) for f in (o.out, f"{o.out}.json", o.probs_out, o.suspects) if f]
     result(summary)
 

@@ -40,6 +40,8 @@ class ReportOptions:
     crops: Optional[list[Path]] = opt(None, "crop.py output folder (repeat): its status counts and preview sheet")
     worst: int = opt(24, "out-of-fold photos per run to show, those it gets most wrong first")
     suspects: int = opt(8, "people per run whose labels its out-of-fold predictions doubt most")
+    blend: Optional[Path] = opt(None, "ensemble.py's record of a submission (<submission>.csv.json): its inputs and "
+                                "weights, the CV of each step, per-class F1 and the answers each step changed")
     audit: Optional[Path] = opt(None, "audit.py's label_issues.csv: its suspect people's photos, surest first, "
                                 "with label and held-out vote")
     title: str = opt("Runs compared", "the page's title")
@@ -103,16 +105,17 @@ def runs_table(runs: list[Run]) -> str:
     cvs = [scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
            for r in runs]
     best = max((cv for cv in cvs if cv is not None), default=None)
-    for r, cv in zip(runs, cvs):
+    order = sorted(range(len(runs)), key=lambda i: -1 if cvs[i] is None else -cvs[i])  # best CV first
+    for r, cv in ((runs[i], cvs[i]) for i in order):
         m = r.metrics
-        spread = [html.cell(f"{m[c].mean():.3f}±{m[c].std(ddof=0):.3f}") for c in ("f1", "f1_mask", "f1_gender",
-                                                                                  "f1_age")]
-        rows.append([html.cell(r.path.name), html.cell(r.label, cls="wrap"), html.cell(r.config.get("model", "?")),
-                     html.cell(f"{len(m)}/{r.of or '?'}"), html.cell(cv, cls="best" if cv == best else "")]
-                    + spread + [html.cell(m["best_epoch"].mean(), "{:.1f}"),
+        spread = [html.cell(f"{m['f1'].mean():.3f}±{m['f1'].std(ddof=0):.3f}")] + \
+            [html.cell(m[f"f1_{t}"].mean(), "{:.3f}") for t in TASKS]
+        rows.append([html.cell(r.path.name, cls="l"), html.cell(r.label, cls="wrap")]
+                    + [html.cell(f"{len(m)}/{r.of or '?'}"), html.cell(cv, cls="best" if cv == best else "")]
+                    + spread + [html.cell(m["best_epoch"].median(), "{:.0f}"),
                                 html.cell(m["img_per_s"].mean(), "{:.0f}"), html.cell(m["minutes"].sum(), "{:.1f}")])
-    return html.table(["run", "label (options that differ)", "model", "folds", "CV macro F1", "fold F1 ± sd",
-                        "mask", "gender", "age", "best ep.", "img/s", "min"], rows, table_id="runs")
+    return html.table(["run", "label (options that differ)", "folds", "CV F1", "fold F1 ± sd", "mask", "gender",
+                       "age", "best epoch", "img/s", "min"], rows, table_id="runs")
 
 
 def folds_table(runs: list[Run]) -> str:
@@ -197,6 +200,49 @@ def suspect_people(r: Run, n: int) -> str:
     return f"<h3>{html.esc(r.path.name)}</h3>{''.join(rows)}"
 
 
+def blend_section(path: Path, problems: list[str]) -> str:
+    """What ensemble.py submitted: its inputs and weights, the out-of-fold CV after each step, the per-class
+    F1 of the submitted recipe out of fold, and how many eval answers each step changed."""
+    try:
+        rec = read_json(path)
+        if rec.get("kind") != "submission":
+            raise UserError(f"{path}: not ensemble.py's record of a submission (<submission>.csv.json)")
+    except UserError as e:
+        problems.append(str(e))
+        return ""
+    r = rec.get("recipe", {})
+    files = rec.get("input_files", [])
+    weights = r.get("weights") or [None] * len(files)
+    cv = rec.get("cv_inputs") or [None] * len(files)
+    runs = rec.get("input_runs") or [""] * len(files)
+    inputs = [[html.cell(Path(f).name, cls="l"), html.cell(str(run), cls="wrap"), html.cell(w, "{:.3f}"),
+               html.cell(c)] for f, run, w, c in zip(files, runs, weights, cv)]
+    out = [f"<div class='sub'>{html.esc(path)}: {rec.get('images', '?')} eval photos, mean "
+           f"{html.esc(r.get('mean', '?'))}"
+           + "".join(f"; {t} from {html.esc(json.dumps(r[f'{t}_from']))}" for t in TASKS if f"{t}_from" in r)
+           + "</div>", html.table(["input", "runs", "weight", "CV macro F1"], inputs, sortable=False)]
+    fw = rec.get("fit_weights")
+    if fw:
+        out.append(f"<div class='sub'>fitted weights ({html.esc(fw['how'])}): held-out CV {fw['held_out_f1']:.4f} "
+                   f"against {fw['equal_f1']:.4f} with equal weights and {fw['best_input_f1']:.4f} for the best "
+                   f"input; {'applied' if fw['applied'] else 'not applied'}</div>")
+    changed = rec.get("changed", {})
+    steps = [[html.cell(st["step"], cls="l"), html.cell(st["f1"]), html.cell("yes" if st["applied"] else "no"),
+              html.cell(changed.get({"bias (held out)": "bias", "per person": "people"}.get(st["step"], ""), ""),
+                        "{}")] for st in rec.get("cv_steps", [])]
+    if steps:
+        out.append(html.table(["step", "CV macro F1", "applied", "eval answers it changed"], steps, sortable=False))
+    if rec.get("test_f1") is not None:
+        out.append(f"<div class='sub'>test macro F1 (the demo's hidden truth): {rec['test_f1']:.4f}</div>")
+    per = rec.get("cv_per_class")
+    if per:  # 6 rows of mask x gender, 3 columns of age: the 18 classes at a glance
+        grid = [[html.cell(f"{mask} / {gender}", cls="l")] + [html.heat(per[m * 6 + g * 3 + a]) for a in range(3)]
+                for m, mask in enumerate(("worn", "wrong", "none")) for g, gender in enumerate(("male", "female"))]
+        out.append("<div class='sub'>out-of-fold F1 of each class, as submitted (bias and per-person rule where "
+                   "applied)</div>" + html.table(["mask / gender", "<30", "30-59", "60+"], grid, sortable=False))
+    return "".join(out)
+
+
 def audit_section(path: Path, runs: list[Run], n: int, problems: list[str]) -> str:
     """The audit's person-level rows, surest first: each person's photos with label and the held-out vote of the
     runs on the page (mean over those that scored the photo)."""
@@ -271,13 +317,17 @@ def main(o: ReportOptions):
         sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspects * 3, problems)]
     elif o.audit:
         problems.append(f"{o.audit}: no run with out-of-fold files to show its photos")
+    if o.blend:  # the headline: what was submitted, first
+        sections[:0] = ["<h2>The submission</h2>", blend_section(o.blend, problems)]
     crops = [crop_section(f, problems) for f in o.crops or []]
     if any(crops):
         sections += ["<h2>Crops</h2>", *crops]
     if not sections:
         raise UserError("nothing to report: " + "; ".join(problems))
     warn = "".join(f"<div class='warn'>{html.esc(p)}</div>" for p in problems)
-    subtitle = f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M')}"
+    models = sorted({str(r.config.get("model")) for r in runs})
+    subtitle = (f"{len(runs)} run(s)" + (f" of {models[0]}" if len(models) == 1 else "")
+                + f", written {time.strftime('%Y-%m-%d %H:%M')}")
     write_text(o.out, html.page(o.title, subtitle, [warn, *sections]))
     size = o.out.stat().st_size
     result({"out": str(o.out), "runs": [str(r.path) for r in runs], "problems": len(problems),

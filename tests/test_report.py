@@ -85,18 +85,51 @@ def browser():
     opts = webdriver.ChromeOptions()
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1400,1800"):
+              "--window-size=1366,1800"):  # a laptop's width
         opts.add_argument(a)
     opts.binary_location = str(chromium)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(str(driver)), options=opts)
 
 
-def test_report_in_a_real_browser(two_runs, tmp_path):
+@pytest.fixture(scope="module")
+def blend_record(tiny_run, demo_tree, tmp_path_factory):
+    """ensemble.py's record of a submission made from the tiny run, with the bias step."""
+    import ensemble
+    import predict
+
+    _, run = tiny_run
+    tmp = tmp_path_factory.mktemp("blend")
+    info = demo_tree / "eval" / "info.csv"
+    assert invoke(predict.app, run, "--images", demo_tree / "eval" / "images", "--info", info, "-o", tmp / "p.csv",
+                  "--device", "cpu").exit_code == 0
+    r = invoke(ensemble.app, tmp / "p.csv", tmp / "p.csv", "--info", info, "-o", tmp / "sub.csv", "--bias",
+               "--weights", "2,1", "--truth", demo_tree / "eval" / "truth.csv")
+    assert r.exit_code == 0, r.output
+    return tmp / "sub.csv.json"
+
+
+def test_report_shows_the_submission(two_runs, blend_record, tmp_path):
+    rec = json.loads(blend_record.read_text())
+    out = tmp_path / "r.html"
+    r = invoke(report.app, two_runs, "-o", out, "--blend", blend_record)
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    section = page[page.index("The submission"):page.index("<h2>Runs")]  # first on the page
+    assert "0.667" in section and "0.333" in section  # the weights 2,1
+    assert f"{rec['cv_steps'][0]['f1']:.4f}" in section and "bias (held out)" in section
+    assert f"{rec['test_f1']:.4f}" in section and section.count("</tr>") >= 2 + 2 + 18
+    bad = tmp_path / "x.json"
+    bad.write_text('{"kind": "probabilities"}')
+    r = invoke(report.app, two_runs, "-o", tmp_path / "r2.html", "--blend", bad)
+    assert r.exit_code == 1 and "not ensemble.py's record" in r.output
+
+
+def test_report_in_a_real_browser(two_runs, blend_record, tmp_path):
     from selenium.webdriver.common.by import By
 
     out = tmp_path / "report.html"
-    assert invoke(report.app, two_runs, "-o", out).exit_code == 0
+    assert invoke(report.app, two_runs, "-o", out, "--blend", blend_record).exit_code == 0
     d = browser()
     try:
         d.get(out.as_uri())
@@ -107,13 +140,18 @@ def test_report_in_a_real_browser(two_runs, tmp_path):
         assert len(rows) == 2
         loaded = d.execute_script("return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
         assert loaded == len(d.find_elements(By.TAG_NAME, "img")) > 50  # every inlined picture decodes
-        header = next(th for th in d.find_elements(By.CSS_SELECTOR, "#runs th") if th.text.startswith("CV macro"))
+        header = next(th for th in d.find_elements(By.CSS_SELECTOR, "#runs th") if th.text.startswith("CV F1"))
         column = [th.text for th in d.find_elements(By.CSS_SELECTOR, "#runs th")].index(header.text)
 
         def values():
             return [float(r.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-v"))
                     for r in d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
 
+        assert values() == sorted(values(), reverse=True)  # best CV first as written
+        wide = d.execute_script("return [document.documentElement.scrollWidth, window.innerWidth, "
+                                "document.getElementById('runs').scrollWidth, "
+                                "document.getElementById('runs').parentElement.clientWidth]")
+        assert wide[0] <= wide[1] and wide[2] <= wide[3], wide  # no scrolling sideways on a laptop
         header.click()
         assert values() == sorted(values())
         header.click()
