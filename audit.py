@@ -6,8 +6,9 @@
 
 Each row: the person (and the photo, for a single photo), the field (gender, age, swap of the
 incorrect_mask and normal files, photo), the label, the suggested value and how sure the held-out
-answers are, the surest person-level rows first. The runs' out-of-fold probabilities are averaged
-over the photos they share; every photo was scored by a model that never trained on it.
+answers are: the gender and swap rows first (surest first), then ages, then single photos. The runs'
+out-of-fold probabilities are averaged over the photos they share; every photo was scored by a model that
+never trained on it.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from typing import Optional
 
 import pandas as pd
 
-from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_table, write_csv
-from maskfold.label_audit import audit
+from maskfold.label_audit import CLEAR_FIELDS, TIERS, audit
 from maskfold.labels import PROB_COLS
 from maskfold.oof import read_run_oof
 from maskfold.runs import FOLD_COLUMNS, read_fold_table
@@ -39,6 +40,9 @@ class AuditOptions:
     accepted: Optional[Path] = opt(None, "also write the person-level rows at least --accept sure here, a fixes file "
                                    "for split.py --fixes (look at their photos first)")
     accept: float = opt(0.9, "how sure a person-level row must be to go into --accepted")
+    accept_fields: str = opt(",".join(CLEAR_FIELDS), "the fields whose rows may go into --accepted (comma-separated: "
+                             "gender, swap, age); ages are left to a look by default: votes cannot tell a moved "
+                             "age from a person who looks the neighbouring band")
     preview: Optional[Path] = opt(None, "a JPEG sheet: each suspect person's photos in a row with label and "
                                   "held-out vote, surest first")
     preview_rows: int = opt(40, "people on the preview sheet")
@@ -70,21 +74,28 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def score_against(issues: pd.DataFrame, df: pd.DataFrame, truth: Path) -> dict:
-    """Recall of the injected person-level errors and precision of the person-level rows, by kind."""
+def score_against(issues: pd.DataFrame, accepted: pd.DataFrame, df: pd.DataFrame, truth: Path) -> dict:
+    """How the person-level rows find the injected errors: recall and precision of all of them, of the top n
+    (n: as many as were injected) and of the accepted ones, and per kind."""
     noise = read_table(truth, dtype={"id": str})
     person_of = dict(zip(df["id"], df["person"]))
-    injected = {(person_of.get(r.id), {"gender": "gender", "swap": "swap", "age": "age"}[r.kind])
-                for r in noise.itertuples() if r.id in person_of}
-    found = {(r.person, r.field) for r in issues.itertuples() if r.field != "photo"}
-    hits = injected & found
-    out = {"injected": len(injected), "person_rows": len(found), "found": len(hits),
-           "recall": round(len(hits) / len(injected), 4) if injected else None,
-           "precision": round(len(hits) / len(found), 4) if found else None}
+    injected = {(person_of.get(r.id), r.kind) for r in noise.itertuples() if r.id in person_of}
+    rows = [(r.person, r.field) for r in issues.itertuples() if r.field != "photo"]
+
+    def rate(found: list) -> dict:
+        hits = injected & set(found)
+        return {"rows": len(found), "found": len(hits),
+                "recall": round(len(hits) / len(injected), 4) if injected else None,
+                "precision": round(len(hits) / len(found), 4) if found else None}
+
+    out = {"injected": len(injected), **rate(rows), "top_n": rate(rows[:len(injected)]),
+           "accepted": rate([(r.person, r.field) for r in accepted.itertuples()])}
+    out["person_rows"] = out.pop("rows")
     for kind in ("gender", "swap", "age"):
         k_inj = {x for x in injected if x[1] == kind}
-        k_found = {x for x in found if x[1] == kind}
-        out[kind] = {"injected": len(k_inj), "rows": len(k_found), "found": len(k_inj & k_found)}
+        k_rows = [x for x in rows if x[1] == kind]
+        out[kind] = {"injected": len(k_inj), "rows": len(k_rows), "found": len(k_inj & set(k_rows)),
+                     "found_in_top_n": len(k_inj & set(rows[:len(injected)]))}
     return out
 
 
@@ -96,11 +107,14 @@ def main(o: AuditOptions):
             check_new(path, overwrite=o.overwrite)
     if not 0 <= o.accept <= 1:
         raise UserError(f"--accept {o.accept}: a sureness from 0 to 1")
+    fields = [f.strip() for f in o.accept_fields.split(",") if f.strip()]
+    for f in fields:
+        choose(f, [k for k in TIERS if k != "photo"], "--accept-fields")
     df = held_out(o)
     issues = audit(df, o.photo_floor)
     write_csv(issues, o.out)
+    sure = issues[issues["field"].isin(fields) & (issues["sure"] >= o.accept)]
     if o.accepted:
-        sure = issues[(issues["field"] != "photo") & (issues["sure"] >= o.accept)]
         write_csv(sure, o.accepted)
         print(f"audit: {len(sure)} person-level rows at least {o.accept} sure in {o.accepted}", file=sys.stderr)
     if o.preview:
@@ -113,11 +127,12 @@ def main(o: AuditOptions):
     summary = {"out": str(o.out), "photos": len(df), "people": int(df["person"].nunique()), "rows": len(issues),
                "by_field": {k: int(v) for k, v in counts.items()}}
     if o.truth:
-        summary["against_truth"] = score_against(issues, df, o.truth)
-        s = summary["against_truth"]
-        print(f"audit against {o.truth}: found {s['found']} of {s['injected']} injected person-level errors "
-              f"(recall {s['recall']}), {s['person_rows']} person-level rows (precision {s['precision']})",
-              file=sys.stderr)
+        summary["against_truth"] = s = score_against(issues, sure, df, o.truth)
+        print(f"audit against {o.truth}: {s['injected']} injected person-level errors; all {s['person_rows']} "
+              f"person-level rows find {s['found']} (recall {s['recall']}, precision {s['precision']}); the top "
+              f"{s['injected']} find {s['top_n']['found']}; the {s['accepted']['rows']} rows at least {o.accept} sure "
+              f"of {o.accept_fields} find {s['accepted']['found']} (recall {s['accepted']['recall']}, precision "
+              f"{s['accepted']['precision']})", file=sys.stderr)
     summary["files"] = [str(p) for p in (o.out, o.accepted, o.preview) if p]
     result(summary)
 

@@ -4,7 +4,8 @@ A person's gender and age are one label on 7 photos, and their incorrect_mask an
 named by hand: a mistake there is 7 (or 2) wrong photos at once. Each photo's held-out probabilities
 (from a model that never trained on it) are pooled per person: the mean probability of the other
 gender, of the age band the photos favour, and how much better the person's two photos fit with their
-incorrect_mask and normal names swapped. A single photo whose label no model believes comes last.
+incorrect_mask and normal names swapped. Gender and swap rows come first, then ages, then single photos
+whose label no model believes.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ import pandas as pd
 from maskfold.labels import PROB_COLS, marginals
 
 COLUMNS = ["person", "path", "field", "label", "suggested", "sure"]
+# The order of the rows: first what the held-out votes can tell (a person's gender, two swapped files), then
+# ages, which votes cannot tell from a person who looks the neighbouring band (a 58-year-old who looks 62 and
+# a 65-year-old filed as 58 get the same votes), then single photos.
+TIERS = {"gender": 0, "swap": 0, "age": 1, "photo": 2}
+CLEAR_FIELDS = ("gender", "swap")
 GENDER_NAMES = ("male", "female")
 
 
@@ -70,6 +76,6 @@ def audit(df: pd.DataFrame, photo_floor: float = 0.02) -> pd.DataFrame:
             rows += photo_rows(sub, p[idx], photo_floor)
     out = pd.DataFrame(rows, columns=COLUMNS)
     out["sure"] = out["sure"].round(4)
-    person_first = out["field"] != "photo"
-    return pd.concat([out[person_first].sort_values("sure", ascending=False),
-                      out[~person_first].sort_values("sure", ascending=False)], ignore_index=True)
+    order = out["field"].map(TIERS)
+    return out.assign(_tier=order).sort_values(["_tier", "sure"], ascending=[True, False], kind="stable") \
+        .drop(columns="_tier").reset_index(drop=True)

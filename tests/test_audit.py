@@ -61,7 +61,9 @@ def test_audit_script_writes_ranked_rows_and_leaves_its_inputs(tiny_run, tmp_pat
     assert r.exit_code == 0, r.output
     issues = pd.read_csv(out)
     assert list(issues.columns) == ["person", "path", "field", "label", "suggested", "sure"]
-    assert issues["sure"].is_monotonic_decreasing or (issues["field"] == "photo").any()
+    tier = issues["field"].map({"gender": 0, "swap": 0, "age": 1, "photo": 2})
+    assert tier.is_monotonic_increasing  # gender and swap rows, then ages, then photos
+    assert all(g["sure"].is_monotonic_decreasing for _, g in issues.groupby(tier))
     assert before == {p: p.read_bytes() for p in before}
     r = invoke(audit.app, run, "--folds", tmp_path / "none.csv", "-o", tmp_path / "x.csv")
     assert r.exit_code == 2 and "none.csv" in r.output
@@ -98,7 +100,12 @@ def test_accepted_holds_the_sure_person_rows_and_preview_shows_them(tiny_run, tm
     assert r.exit_code == 0, r.output
     rows, fixes = pd.read_csv(out), pd.read_csv(acc)
     person = rows[rows["field"] != "photo"]
-    assert len(fixes) == (person["sure"] >= 0.3).sum() and (fixes["field"] != "photo").all()
+    clear = person["field"].isin(["gender", "swap"])
+    assert len(fixes) == (clear & (person["sure"] >= 0.3)).sum() and fixes["field"].isin(["gender", "swap"]).all()
+    r = invoke(audit.app, run, "--folds", folds, "-o", tmp_path / "k.csv", "--accepted", tmp_path / "all.csv",
+               "--accept", "0.3", "--accept-fields", "gender,swap,age")
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "all.csv")) == (person["sure"] >= 0.3).sum()
     shown = min(3, person["person"].nunique())
     assert Image.open(jpg).size[1] > 250 * shown  # a row per suspect person under the title
     r = invoke(audit.app, run, "--folds", folds, "-o", tmp_path / "j.csv", "--accept", "2")
