@@ -56,6 +56,8 @@ class EnsembleOptions:
     group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
     person_vote: str = opt("mean", "how a person's photos pool gender and age: mean (of probabilities), log (their "
                            "product: one sure photo can veto six), clipped (log floored at 0.05) or vote")
+    fit_min_sure: bool = opt(False, "choose --min-sure out of fold (each fold's from the others): the sureness "
+                             "below which a group's photos keep their own answers")
     min_sure: float = opt(0.0, "use only people.py's groups surer than this (each photo looks more like its own group "
                           "than any other by this much); the rest are answered photo by photo")
     truth: Optional[Path] = opt(None, "ImageID,ans with true classes (demo): print test F1")
@@ -110,9 +112,9 @@ def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
     return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)
 
 
-def groups_of(path: Path, keys: list[str], size: int, min_sure: float, what: str) -> np.ndarray:
+def groups_of(path: Path, keys: list[str], size: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Group number per key (-1: answered alone), from a people.csv that must name exactly these photos; a
-    group people.py is not sure of (its `sure` at most min_sure) counts as none."""
+    and each photo's group's sureness (people.py's `sure`; infinite for a file without it)."""
     people = read_people(path, size)
     have = set(people.index)
     missing, extra = [k for k in keys if k not in have], sorted(have - set(keys))
@@ -120,11 +122,34 @@ def groups_of(path: Path, keys: list[str], size: int, min_sure: float, what: str
         raise UserError(f"{path}: its photos differ from {what} ({len(missing)} missing, {len(extra)} unknown, "
                         f"e.g. {(missing + extra)[0]})")
     groups = people.loc[keys, "group"].to_numpy()
-    if "sure" in people.columns:
-        groups = np.where(people.loc[keys, "sure"].to_numpy() > min_sure, groups, -1)
-    print(f"{path}: {int((groups >= 0).sum())} of {len(groups)} photos in groups sure enough (> {min_sure})",
-          file=sys.stderr)
-    return groups
+    sure = people.loc[keys, "sure"].to_numpy(float) if "sure" in people.columns else np.full(len(keys), np.inf)
+    return groups, sure
+
+
+def sure_enough(groups: np.ndarray, sure: np.ndarray, floor: float) -> np.ndarray:
+    """Groups surer than `floor`; the other photos answered alone (-1)."""
+    return np.where(sure > floor, groups, -1)
+
+
+def grouping_record(o: EnsembleOptions) -> None:
+    """Say how hard the out-of-fold check's groups are against the eval folder's, and the eval grouping's
+    estimated purity, from people.py's records."""
+    import json
+
+    def rec(p):
+        try:
+            return json.loads(Path(f"{p}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    train, ev = rec(o.oof_people), rec(o.people)
+    if train.get("grouped_with") and ev.get("images") and train["grouped_with"] == ev["images"]:
+        print(f"per person: the check's train photos were grouped with the eval photos (people.py --also); "
+              f"estimated purity of the eval grouping: {train.get('estimated_purity')}", file=sys.stderr)
+    else:
+        print("per person: the check's train photos were grouped on their own, with fewer look-alikes than the eval "
+              "photos have: it can overstate the gain (people.py --also groups them with the eval photos)",
+              file=sys.stderr)
 
 
 def choose_weights(o: EnsembleOptions, cv: OOF, base: Recipe, summary: dict) -> Recipe:
@@ -181,7 +206,11 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
         summary["cv_per_class"] = per_class(cv.y, final)
         return b, o.people is not None
     before = recipe.task_f1(cv.y, final)
-    grouped = recipe.answers(p, rows, cv.groups, o.group_size, o.person_vote)
+    floor = choose_floor(o, cv, p, rows, final, summary) if o.fit_min_sure else o.min_sure
+    summary["min_sure"] = floor
+    grouped = recipe.answers(p, rows, sure_enough(*cv.groups, floor), o.group_size, o.person_vote)
+    if o.fit_min_sure:
+        grouped = summary.pop("_held_out_answers")  # the estimate of the fitted floor: each fold's from the others
     after = recipe.task_f1(cv.y, grouped)
     gain = after["f1"] - before["f1"]
     steps.append({"step": "per person", "f1": round(after["f1"], 5), "applied": bool(gain >= 0)})
@@ -192,6 +221,31 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
           + ", ".join(f"{t} {after[t] - before[t]:+.4f}" for t in TASKS)
           + f"); {'applied' if gain >= 0 else 'not applied: it loses out of fold'}", file=sys.stderr)
     return b, gain >= 0
+
+
+def choose_floor(o: EnsembleOptions, cv: OOF, p: np.ndarray, rows: np.ndarray, alone: np.ndarray,
+                 summary: dict) -> float:
+    """The sureness floor for the per-person rule that scores best out of fold (candidates: none, and the
+    deciles of the groups' sureness); its estimate held out (each fold answered with the floor the other folds
+    chose), left in summary for cv_and_rules."""
+    groups, sure = cv.groups
+    candidates = [-np.inf, *np.unique(np.quantile(sure[np.isfinite(sure)], np.linspace(0.1, 0.9, 9)))] \
+        if np.isfinite(sure).any() else [-np.inf]
+    answers = [recipe.answers(p, rows, sure_enough(groups, sure, t), o.group_size, o.person_vote) for t in candidates]
+    answers.append(alone)  # no group at all: the rule off
+    floors = [*candidates, np.inf]
+    held = np.zeros_like(alone)
+    for k in np.unique(cv.folds):
+        other = cv.folds != k
+        best = int(np.argmax([recipe.task_f1(cv.y[other], a[other])["f1"] for a in answers]))
+        held[~other] = answers[best][~other]
+    best = int(np.argmax([recipe.task_f1(cv.y, a)["f1"] for a in answers]))
+    summary["_held_out_answers"] = held
+    floor = float(floors[best])
+    share = float((sure > floor).mean())
+    print(f"per person: groups surer than {floor:.4f} chosen out of fold ({share:.1%} of the train photos)",
+          file=sys.stderr)
+    return floor
 
 
 def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
@@ -210,10 +264,13 @@ def main(o: EnsembleOptions):
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people),
                                    ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
-    groups = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, o.min_sure, "info.csv") \
-        if o.people else None
+    people = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, "info.csv") if o.people else None
     if cv is not None and o.oof_people:
-        cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, o.min_sure, "the out-of-fold photos")
+        cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, "the out-of-fold photos")
+        if o.people:
+            grouping_record(o)
+    elif o.fit_min_sure:
+        raise UserError("--fit-min-sure chooses the floor out of fold: it needs --oof-people")
     truth = read_truth(o.truth, ids) if o.truth else None
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     if cv is not None and o.fit_weights != "none":
@@ -228,7 +285,11 @@ def main(o: EnsembleOptions):
     plain = recipe.answers(p, b)
     summary["changed"] = {"bias": int((plain != p.argmax(1)).sum())}
     ans = plain
-    if groups is not None:
+    if people is not None:
+        floor = summary.get("min_sure", o.min_sure)
+        groups = sure_enough(*people, floor)
+        print(f"{o.people}: {int((groups >= 0).sum())} of {len(groups)} photos in groups sure enough (> {floor:.4f})",
+              file=sys.stderr)
         per_person = recipe.answers(p, b, groups, o.group_size, o.person_vote)
         ans = per_person if use_people else plain
         summary.update(people_applied=bool(use_people), people_changed=int((per_person != plain).sum()))
@@ -242,7 +303,7 @@ def main(o: EnsembleOptions):
                   o.probs_out, float_format="%.6g")
     write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), o.out)
     if truth is not None:
-        report_test(summary, truth, plain, per_person if groups is not None else None, ans)
+        report_test(summary, truth, plain, per_person if people is not None else None, ans)
     write_json(Path(f"{o.out}.json"), {"kind": "submission", **{k: v for k, v in summary.items() if k != "out"},
                                        "input_files": [str(f.resolve()) for f in o.inputs],
                                        "input_runs": cv.names if cv is not None else None})

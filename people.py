@@ -37,6 +37,15 @@ class PeopleOptions:
     size: int = opt(7, "photos per person: no group is larger; a folder of whole people gets groups of exactly this")
     flatten: bool = opt(False, "group every photo below IMAGES as one flat folder (ImageID: the path below it)")
     truth: Optional[Path] = opt(None, "ImageID,person: print the grouping's purity against it")
+    probs: Optional[Path] = opt(None, "probability CSV of these photos (predict.py): the model's gender and age join "
+                                "the looks, and photos that cannot be one person (two sure 'no mask' or 'worn "
+                                "wrongly', a sure male and a sure female) are never grouped")
+    also: Optional[Path] = opt(None, "a train tree of person folders grouped together with these photos, so that its "
+                               "photos have as many look-alikes as these: their groups go to --also-out (for "
+                               "ensemble.py --oof-people) and their purity estimates this grouping's")
+    also_out: Optional[Path] = opt(None, "people CSV of the --also photos (ImageID: <person folder>/<file>)")
+    also_probs: Optional[list[Path]] = opt(None, "run folder(s) whose out-of-fold files score the --also photos "
+                                           "(repeat; averaged): their --probs")
     preview: Optional[Path] = opt(None, "sheet of a sample of groups, least sure first (JPEG)")
     preview_groups: int = opt(16, "groups on the preview sheet")
     workers: int = opt(os.cpu_count() or 1, "decoding threads")
@@ -83,6 +92,49 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
     return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
 
 
+def answers_of(keys: list[str], probs: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
+    """The marginals (mask, gender, age) of each photo's probabilities; `probs` indexed by stem_key."""
+    from maskfold.labels import PROB_COLS, marginals
+
+    missing = [k for k in keys if k not in probs.index]
+    if missing:
+        raise UserError(f"{what}: no probabilities for {len(missing)} of the photos, first {missing[0]} (made for "
+                        "another folder?)")
+    return marginals(probs.loc[keys, PROB_COLS].to_numpy(np.float64))
+
+
+def eval_answers(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    from maskfold.probs import read_probs
+
+    df = read_probs(path, "ImageID")
+    return answers_of([stem_key(i) for i in ids], df.set_index(df["ImageID"].map(stem_key)), str(path))
+
+
+def train_answers(runs: list[Path], ids: list[str]) -> dict[str, np.ndarray]:
+    """The runs' out-of-fold probabilities of the train photos, averaged, keyed '<person folder>/<stem>'."""
+    from maskfold.labels import PROB_COLS
+    from maskfold.oof import read_run_oof
+
+    frames = []
+    for run in runs:
+        if not run.is_dir():
+            raise UserError(f"--also-probs {run}: no such run folder")
+        df = read_run_oof(run, resolve=False)
+        frames.append(df.set_index(df.index.map(lambda p: f"{Path(p).parent.name}/{Path(p).stem}"))[PROB_COLS])
+    mean = pd.concat(frames).groupby(level=0).mean()
+    return answers_of([stem_key(i) for i in ids], mean, f"--also-probs {', '.join(map(str, runs))}")
+
+
+def joined(a: dict | None, b: dict | None, na: int, nb: int) -> dict[str, np.ndarray] | None:
+    """Answers of two photo lists, one after the other (a list without answers: uniform, so it constrains nothing)."""
+    if a is None and b is None:
+        return None
+    flat = {"mask": 3, "gender": 2, "age": 3}
+    a = a or {t: np.full((na, k), 1 / k) for t, k in flat.items()}
+    b = b or {t: np.full((nb, k), 1 / k) for t, k in flat.items()}
+    return {t: np.concatenate([a[t], b[t]]) for t in flat}
+
+
 def peak_rss_mib() -> float:
     import resource
 
@@ -96,26 +148,50 @@ def table(ids: list[str], label: np.ndarray, margin: np.ndarray) -> pd.DataFrame
     return df[["ImageID", "group", "size", "sure", "margin"]]
 
 
+def also_summary(o: PeopleOptions, also: list[str], label: np.ndarray, margin: np.ndarray, n: int) -> dict:
+    """Write the --also photos' groups; their purity (their person folders are the truth), which estimates the
+    purity of the main folder's grouping: in one grouping, they faced the same look-alikes."""
+    rows = table(also, label[n:], margin[n:])
+    # a group shared with main-folder photos counts its --also photos only: those the check can score
+    write_csv(rows, o.also_out)
+    truth = np.array([str(Path(i).parent) for i in also])
+    sure = (rows["sure"] > 0).to_numpy()
+    out = {"also_photos": len(also), "also_out": str(o.also_out),
+           "estimated_purity": round(grouping.purity(label[n:], truth), 4),
+           "estimated_purity_sure": round(grouping.purity(label[n:], truth, sure), 4),
+           "mixed_groups": int(len(set(label[:n]) & set(label[n:])))}
+    print(f"people: the {len(also)} photos of {o.also}, grouped with these: purity {out['estimated_purity']:.4f} "
+          f"(the estimate of this grouping's), {out['mixed_groups']} groups mix the two folders", file=sys.stderr)
+    return out
+
+
 @command(app, PeopleOptions)
 def main(o: PeopleOptions):
     """Group the photos of a flat folder into people."""
     t0 = time.time()
-    check_new(o.out, o.preview, overwrite=o.overwrite)
+    check_new(o.out, o.preview, o.also_out, overwrite=o.overwrite)
     check_outside(o.out, o.images)
     if o.size < 1:
         raise UserError("--size must be at least 1")
+    if bool(o.also) != bool(o.also_out) or (o.also_probs and not o.also):
+        raise UserError("--also and --also-out go together (and --also-probs needs them)")
     ids = list_photos(o)
     person = persons(o, ids)
-    F, bad = grouping.features([o.images / i for i in ids], o.workers)
+    also = list_photos(PeopleOptions(images=o.also, out=o.also_out, flatten=True)) if o.also else []
+    answers = joined(eval_answers(o.probs, ids) if o.probs else None,
+                     train_answers(o.also_probs, also) if o.also_probs else None, len(ids), len(also))
+    paths = [o.images / i for i in ids] + [o.also / i for i in also]
+    F, bad = grouping.features(paths, o.workers)
     for i in bad[:5]:
-        print(f"warning: unreadable, left in a group of its own: {ids[i]}", file=sys.stderr)
-    ok = np.setdiff1d(np.arange(len(ids)), bad)
-    label = np.full(len(ids), -1)
-    label[ok] = grouping.group(F[ok], o.size)
+        print(f"warning: unreadable, left in a group of its own: {paths[i]}", file=sys.stderr)
+    ok = np.setdiff1d(np.arange(len(paths)), bad)
+    label = np.full(len(paths), -1)
+    label[ok] = grouping.group(F[ok], o.size, answers=None if answers is None else
+                               {t: v[ok] for t, v in answers.items()})
     label[bad] = label.max() + 1 + np.arange(len(bad))
-    margin = np.full(len(ids), np.nan)
+    margin = np.full(len(paths), np.nan)
     margin[ok] = grouping.sureness(F[ok], label[ok])
-    df = table(ids, label, margin)
+    df = table(ids, label[:len(ids)], margin[:len(ids)])
     write_csv(df, o.out)
     sizes = df.groupby("group").size()
     summary = {"out": str(o.out), "photos": len(ids), "groups": int(len(sizes)),
@@ -127,6 +203,9 @@ def main(o: PeopleOptions):
           f"groups of {o.size}", file=sys.stderr)
     sure = (df["sure"] > 0).to_numpy()
     summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
+    summary["probs"] = bool(o.probs or o.also_probs)
+    if o.also:
+        summary.update(also_summary(o, also, label, margin, len(ids)))
     if person is not None:
         summary["purity"] = round(grouping.purity(label, person), 4)
         summary["purity_sure"] = round(grouping.purity(label, person, sure), 4)
@@ -135,11 +214,15 @@ def main(o: PeopleOptions):
               file=sys.stderr)
     write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
                                         **summary})
+    if o.also:
+        write_json(Path(f"{o.also_out}.json"), {"images": str(o.also.resolve()), "size": o.size, "flatten": True,
+                                                "grouped_with": str(o.images.resolve()), **summary})
     if o.preview:
         from maskfold.contact_sheet import people_sheet
 
         people_sheet(df, o.images, person, o.preview_groups, o.size, o.preview)
-    summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else [])
+    summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else []) \
+        + ([str(o.also_out), f"{o.also_out}.json"] if o.also else [])
     summary["seconds"] = round(time.time() - t0, 1)
     result(summary)
 

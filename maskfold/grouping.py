@@ -25,6 +25,34 @@ from maskfold.cli import UserError
 from maskfold.files import read_table
 from maskfold.images import read_image, stem_key
 
+SURE = 0.9  # an answer the model gives at least this probability counts as known
+
+
+def tokens(answers: dict[str, np.ndarray] | None, n: int) -> np.ndarray:
+    """(n, 4) counts a group must keep within bounds, from the model's answers per photo (marginals of its 18
+    class probabilities): a sure 'no mask', a sure 'worn wrongly' (a person has one of each), a sure male, a
+    sure female (a person has one gender). Zeros without answers."""
+    if answers is None:
+        return np.zeros((n, 4), np.int32)
+    m, g = answers["mask"], answers["gender"]
+    return np.stack([m[:, 2] >= SURE, m[:, 1] >= SURE, g[:, 0] >= SURE, g[:, 1] >= SURE], 1).astype(np.int32)
+
+
+def allowed(t: np.ndarray) -> np.ndarray:
+    """Whether group token counts (..., 4) can be one person: at most one sure 'no mask' and one sure 'worn
+    wrongly', not sure males and sure females together."""
+    return (t[..., 0] <= 1) & (t[..., 1] <= 1) & ~((t[..., 2] > 0) & (t[..., 3] > 0))
+
+
+def with_answers(F: np.ndarray, answers: dict[str, np.ndarray] | None, weight: float) -> np.ndarray:
+    """The looks with the model's gender and age beside them (square roots of the probabilities, scaled by
+    `weight`): two photos' similarity gains weight**2 times how much their answers overlap (Bhattacharyya)."""
+    if answers is None or weight <= 0:
+        return F
+    extra = np.concatenate([np.sqrt(answers["gender"]), np.sqrt(answers["age"])], 1) * weight / np.sqrt(2)
+    G = np.concatenate([F, extra.astype(np.float32)], 1)
+    return G / np.linalg.norm(G, axis=1, keepdims=True)
+
 
 def unit(v: np.ndarray) -> np.ndarray:
     v = v - v.mean()
@@ -109,13 +137,15 @@ def otsu(values: np.ndarray) -> float:
     return float(edges[1:-1][np.argmax(between)]) if len(between) else float(values.min(initial=0))
 
 
-def agglomerate(idx: np.ndarray, sims: np.ndarray, size: int, floor: float) -> np.ndarray:
+def agglomerate(idx: np.ndarray, sims: np.ndarray, size: int, floor: float,
+                tok: np.ndarray | None = None) -> np.ndarray:
     """Merge along the neighbour graph's edges, most similar first, whenever the two groups together hold at
     most `size` photos and the edge is at least `floor` similar (single linkage with a cap; on the demo's
     crops it grouped better than average linkage, 0.90 against 0.70 purity, and 10x faster). A label per
-    photo."""
+    photo. Groups whose `tok` counts would leave bounds (see `allowed`) never merge."""
     n = len(idx)
     parent, count = np.arange(n), np.ones(n, int)
+    tok = np.zeros((n, 4), np.int32) if tok is None else tok.copy()  # per root: the group's counts
 
     def root(a: int) -> int:
         while parent[a] != a:
@@ -128,19 +158,22 @@ def agglomerate(idx: np.ndarray, sims: np.ndarray, size: int, floor: float) -> n
         if s[e] < floor:
             break
         a, b = root(src[e]), root(dst[e])
-        if a != b and count[a] + count[b] <= size:
+        if a != b and count[a] + count[b] <= size and allowed(tok[a] + tok[b]):
             if count[a] < count[b]:
                 a, b = b, a
             parent[b] = a
             count[a] += count[b]
+            tok[a] += tok[b]
     return np.array([root(i) for i in range(n)])
 
 
-def complete(F: np.ndarray, label: np.ndarray, size: int) -> np.ndarray:
+def complete(F: np.ndarray, label: np.ndarray, size: int, tok: np.ndarray | None = None) -> np.ndarray:
     """Fragments of a folder of whole people made into groups of exactly `size`: the best-linked pairs of
     fragments that fit merge first; a fragment that fits nowhere is split up, its photos placed one by one
-    where they look most alike."""
+    where they look most alike. Fragments whose `tok` counts together leave bounds are not merged while others
+    can be; a photo goes where the counts allow if anywhere does."""
     label = label.copy()
+    tok = np.zeros((len(label), 4), np.int32) if tok is None else tok
     while True:
         groups = pd.Series(np.arange(len(label))).groupby(label).apply(list)
         short = [g for g in groups if len(g) < size]
@@ -149,6 +182,8 @@ def complete(F: np.ndarray, label: np.ndarray, size: int) -> np.ndarray:
         sums = np.stack([F[g].sum(0) for g in short])
         link = (sums @ sums.T) / np.outer([len(g) for g in short], [len(g) for g in short])
         fits = np.add.outer([len(g) for g in short], [len(g) for g in short]) <= size
+        counts = np.stack([tok[g].sum(0) for g in short])
+        fits &= allowed(counts[:, None, :] + counts[None, :, :])
         np.fill_diagonal(fits, False)
         if fits.any():
             a, b = np.unravel_index(np.argmax(np.where(fits, link, -np.inf)), link.shape)
@@ -159,17 +194,23 @@ def complete(F: np.ndarray, label: np.ndarray, size: int) -> np.ndarray:
         if sum(size - len(g) for g in room) < len(smallest):
             return label  # not a folder of whole people after all: the fragments stay
         for i in smallest:
-            best = max((g for g in room if len(g) < size), key=lambda g: float(F[i] @ F[g].sum(0)) / len(g))
+            open_ = [g for g in room if len(g) < size]
+            fine = [g for g in open_ if allowed(tok[g].sum(0) + tok[i])] or open_
+            best = max(fine, key=lambda g: float(F[i] @ F[g].sum(0)) / len(g))
             label[i] = label[best[0]]
             best.append(i)
 
 
-def refine(F: np.ndarray, label: np.ndarray, idx: np.ndarray, size: int, sweeps: int = 10) -> np.ndarray:
+def refine(F: np.ndarray, label: np.ndarray, idx: np.ndarray, size: int, sweeps: int = 10,
+           tok: np.ndarray | None = None) -> np.ndarray:
     """Move a photo to a neighbour's group with room, or swap it with one of that group's photos, whenever
-    that raises the summed similarity within groups; a few sweeps until nothing improves."""
+    that raises the summed similarity within groups and keeps both groups' `tok` counts in bounds; a few
+    sweeps until nothing improves."""
     label = label.copy()
     groups = {g: list(np.flatnonzero(label == g)) for g in np.unique(label)}
     sums = {g: F[m].sum(0) for g, m in groups.items()}
+    tok = np.zeros((len(label), 4), np.int32) if tok is None else tok
+    counts = {g: tok[m].sum(0) for g, m in groups.items()}
     for _ in range(sweeps):
         changed = 0
         for i in doubtful(F, label, idx):
@@ -178,18 +219,22 @@ def refine(F: np.ndarray, label: np.ndarray, idx: np.ndarray, size: int, sweeps:
             for y in {label[j] for j in idx[i]} - {x}:
                 ys = groups[y]
                 if len(ys) < size:
-                    gain = float(F[i] @ sums[y]) - own
+                    gain = float(F[i] @ sums[y]) - own if allowed(counts[y] + tok[i]) else -np.inf
                     j = None
                 else:
                     Fy = F[ys]
                     fij = Fy @ F[i]
                     gains = (float(F[i] @ sums[y]) - fij - own) + (Fy @ sums[x] - fij - (Fy @ sums[y] - 1.0))
+                    ok = allowed(counts[y] + tok[i] - tok[ys]) & allowed(counts[x] - tok[i] + tok[ys])
+                    gains = np.where(ok, gains, -np.inf)
                     j = ys[int(np.argmax(gains))]
                     gain = float(gains.max())
                 if gain > 1e-6:
                     move(groups, sums, label, F, i, x, y)
+                    counts[x], counts[y] = counts[x] - tok[i], counts[y] + tok[i]
                     if j is not None:
                         move(groups, sums, label, F, j, y, x)
+                        counts[y], counts[x] = counts[y] - tok[j], counts[x] + tok[j]
                     changed += 1
                     break
         if not changed:
@@ -218,21 +263,27 @@ def move(groups, sums, label, F, i, x, y) -> None:
     label[i] = y
 
 
-def group(F: np.ndarray, size: int = 7, whole_people: bool | None = None, k: int | None = None) -> np.ndarray:
+ANSWER_WEIGHT = 0.5
+
+
+def group(F: np.ndarray, size: int = 7, whole_people: bool | None = None, k: int | None = None,
+          answers: dict[str, np.ndarray] | None = None, weight: float = ANSWER_WEIGHT) -> np.ndarray:
     """Group number per photo (0, 1, ...). `whole_people` (default: the folder is a multiple of `size`)
     completes every group to `size` photos; otherwise a merge needs the similarity that separates one
-    person's photos from others' in this folder."""
+    person's photos from others' in this folder. `answers` (the model's marginals per photo: mask, gender,
+    age) add gender and age to the looks and keep apart photos that cannot be one person."""
     n = len(F)
     if n <= 1:
         return np.zeros(n, int)
     whole = n % size == 0 if whole_people is None else whole_people
-    F = project(F)
+    F = with_answers(project(F), answers, weight)
+    tok = tokens(answers, n)
     idx, sims = neighbours(F, k or 3 * size)
     floor = -np.inf if whole else otsu(sims.ravel())
-    label = agglomerate(idx, sims, size, floor)
+    label = agglomerate(idx, sims, size, floor, tok)
     if whole:
-        label = complete(F, label, size)
-    label = refine(F, label, idx, size, sweeps=3)  # most of what moves moves in the first sweeps
+        label = complete(F, label, size, tok)
+    label = refine(F, label, idx, size, sweeps=3, tok=tok)  # most of what moves moves in the first sweeps
     return pd.factorize(label)[0]
 
 

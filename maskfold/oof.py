@@ -28,7 +28,8 @@ class OOF:
     y: np.ndarray
     folds: np.ndarray
     paths: list[str]  # resolved photo paths
-    groups: np.ndarray | None = None  # person number per photo, from a people.csv of the train photos
+    groups: tuple[np.ndarray, np.ndarray] | None = None  # (group, its sureness) per photo, from a people.csv of the
+    # train photos
     of: int | None = None  # the folds the runs were split into (the CV covers np.unique(folds) of them)
 
     @property

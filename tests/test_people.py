@@ -352,3 +352,93 @@ def test_person_vote_option_reaches_the_rule(two_runs):
     assert (genders["mean"] == 1).all() and (genders["log"] == 0).all()
     r, _ = run_ensemble(tmp, [tmp / "V.csv"], "--person-vote", "median", "--overwrite")
     assert r.exit_code == 2 and "--person-vote median" in r.output
+
+
+def room_mates(rng, pairs=12):
+    """Pairs of people who share a room: their looks are one centre plus noise; in each pair one is a man, one a
+    woman, and each person has one photo without a mask and one worn wrongly, as the model answers surely."""
+    centres = rng.normal(size=(pairs, 64))
+    person = np.repeat(np.arange(2 * pairs), 7)
+    F = centres[person // 2] + rng.normal(scale=0.35, size=(len(person), 64))
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    masks = np.tile([0, 0, 0, 0, 0, 1, 2], 2 * pairs)
+    male = person % 2 == 0
+    answers = {"mask": np.eye(3)[masks] * 0.96 + 0.04 / 3,
+               "gender": np.where(male[:, None], [0.97, 0.03], [0.03, 0.97]),
+               "age": np.full((len(person), 3), 1 / 3)}
+    return F.astype(np.float32), person, masks, answers
+
+
+def test_the_models_answers_keep_apart_room_mates_the_looks_cannot():
+    rng = np.random.default_rng(5)
+    F, person, masks, answers = room_mates(rng)
+    order = rng.permutation(len(person))
+    F, person, masks = F[order], person[order], masks[order]
+    answers = {t: v[order] for t, v in answers.items()}
+    plain = grouping.group(F, 7)
+    assert grouping.purity(plain, person) < 0.5  # two people per room: the looks alone cannot tell them
+    told = grouping.group(F, 7, answers=answers)
+    assert grouping.purity(told, person) == 1.0
+    for g in np.unique(told):  # never two 'no mask' photos, never both genders in one group
+        assert (masks[told == g] == 2).sum() <= 1 and len(set(person[told == g] % 2)) == 1
+    # the hard rules alone (no answer features) already keep the genders apart
+    hard = grouping.group(F, 7, answers=answers, weight=0.0)
+    assert all(len(set(person[hard == g] % 2)) == 1 for g in np.unique(hard))
+
+
+def test_people_py_probs_and_also_group_both_folders_in_one_run(demo_tree, tmp_path, monkeypatch):
+    from maskfold.labels import NUM_CLASSES
+
+    ids = pd.read_csv(demo_tree / "eval" / "info.csv")["ImageID"]
+    probs = pd.DataFrame(np.full((len(ids), NUM_CLASSES), 1 / NUM_CLASSES), columns=PROB_COLS)
+    probs.insert(0, "ImageID", ids)
+    probs.to_csv(tmp_path / "probs.csv", index=False)
+    seen = []
+    real = grouping.group
+    monkeypatch.setattr(grouping, "group", lambda F, size, **kw: seen.append((len(F), kw)) or real(F, size, **kw))
+    r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "people.csv", "--info",
+               demo_tree / "eval" / "info.csv", "--probs", tmp_path / "probs.csv", "--also",
+               demo_tree / "train" / "images", "--also-out", tmp_path / "train.csv")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen[0][0] == 21 + 84 and seen[0][1]["answers"]["gender"].shape == (105, 2)  # one grouping of both
+    train = pd.read_csv(tmp_path / "train.csv")
+    assert len(train) == 84 and train["ImageID"].str.contains("/").all()
+    assert s["also_photos"] == 84 and s["estimated_purity"] >= 0.95 and "estimated_purity" in \
+        json.loads((tmp_path / "train.csv.json").read_text())
+    assert len(pd.read_csv(tmp_path / "people.csv")) == 21
+    r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "p2.csv", "--also",
+               demo_tree / "train" / "images")
+    assert r.exit_code == 2 and "--also-out" in r.output
+    probs.iloc[:5].to_csv(tmp_path / "few.csv", index=False)
+    r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "p3.csv", "--info",
+               demo_tree / "eval" / "info.csv", "--probs", tmp_path / "few.csv")
+    assert r.exit_code == 2 and "no probabilities for 16 of the photos" in r.output
+
+
+def test_min_sure_chosen_out_of_fold_needs_the_check_and_keeps_unsure_groups_apart(two_runs):
+    tmp, _, _, truth, paths = two_runs
+    masks = [0, 0, 0, 0, 0, 1, 2]
+    p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1), 4: encode(2, 1, 1)}),
+                   person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
+    oof = pd.DataFrame(p, columns=PROB_COLS)
+    oof.insert(0, "fold", [0] * 7 + [1] * 7)
+    oof.insert(0, "label", truth)
+    oof.insert(0, "path", paths)
+    run = fake_run(tmp / "runs", "C", oof, tmp / "work" / "folds.csv")
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, "ImageID", ids)
+    write_probs(df, tmp / "C.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+    keys = [x.split("/", 1)[1] for x in paths]
+    pd.DataFrame({"ImageID": ids, "group": np.repeat([0, 1], 7), "sure": 0.3}).to_csv(tmp / "people.csv", index=False)
+    r, _ = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--fit-min-sure")
+    assert r.exit_code == 2 and "needs --oof-people" in r.output
+    # train groups: both right, person 0's surer; the chosen floor must keep the rule where it is right
+    pd.DataFrame({"ImageID": keys, "group": np.repeat([0, 1], 7), "sure": np.repeat([0.4, 0.2], 7)}).to_csv(
+        tmp / "train_people.csv", index=False)
+    r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--oof-people",
+                        tmp / "train_people.csv", "--fit-min-sure", "--truth", tmp / "truth.csv", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert s["min_sure"] < 0.2 and s["people_applied"] and "chosen out of fold" in r.stderr
+    assert "grouped on their own" in r.stderr  # the check's groups were not made with the eval photos
