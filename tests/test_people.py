@@ -264,10 +264,10 @@ def write_people(path, keys, groups):
     return path
 
 
-def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs):
-    tmp, _, _, truth, paths = two_runs
+def erring_run(tmp, truth, paths) -> pd.Series:
+    """Run C, whose photos err here and there, as real ones do (each person's others outvote the error), with
+    its out-of-fold file and its eval probabilities C.csv; returns the eval ImageIDs."""
     masks = [0, 0, 0, 0, 0, 1, 2]
-    # a run whose photos err here and there, as real ones do: each person's others outvote the error
     p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1), 4: encode(2, 1, 1)}),
                    person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
     oof = pd.DataFrame(p, columns=PROB_COLS)
@@ -279,6 +279,12 @@ def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs
     df = pd.DataFrame(p, columns=PROB_COLS)
     df.insert(0, "ImageID", ids)
     write_probs(df, tmp / "C.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+    return ids
+
+
+def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs):
+    tmp, _, _, truth, paths = two_runs
+    ids = erring_run(tmp, truth, paths)
     keys = [p.split("/", 1)[1] for p in paths]  # person folder / file, as people.py --flatten names them
     right = write_people(tmp / "people.csv", ids, np.repeat([0, 1], 7))
     oof_right = write_people(tmp / "train_people.csv", keys, np.repeat([0, 1], 7))
@@ -418,18 +424,7 @@ def test_people_py_probs_and_also_group_both_folders_in_one_run(demo_tree, tmp_p
 
 def test_min_sure_chosen_out_of_fold_needs_the_check_and_keeps_unsure_groups_apart(two_runs):
     tmp, _, _, truth, paths = two_runs
-    masks = [0, 0, 0, 0, 0, 1, 2]
-    p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1), 4: encode(2, 1, 1)}),
-                   person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
-    oof = pd.DataFrame(p, columns=PROB_COLS)
-    oof.insert(0, "fold", [0] * 7 + [1] * 7)
-    oof.insert(0, "label", truth)
-    oof.insert(0, "path", paths)
-    run = fake_run(tmp / "runs", "C", oof, tmp / "work" / "folds.csv")
-    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
-    df = pd.DataFrame(p, columns=PROB_COLS)
-    df.insert(0, "ImageID", ids)
-    write_probs(df, tmp / "C.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+    ids = erring_run(tmp, truth, paths)
     keys = [x.split("/", 1)[1] for x in paths]
     pd.DataFrame({"ImageID": ids, "group": np.repeat([0, 1], 7), "sure": 0.3}).to_csv(tmp / "people.csv", index=False)
     r, _ = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--fit-min-sure")
