@@ -131,7 +131,7 @@ def sure_enough(groups: np.ndarray, sure: np.ndarray, floor: float) -> np.ndarra
     return np.where(sure > floor, groups, -1)
 
 
-def grouping_record(o: EnsembleOptions) -> None:
+def grouping_record(o: EnsembleOptions, summary: dict) -> None:
     """Say how hard the out-of-fold check's groups are against the eval folder's, and the eval grouping's
     estimated purity, from people.py's records."""
     import json
@@ -143,7 +143,9 @@ def grouping_record(o: EnsembleOptions) -> None:
             return {}
 
     train, ev = rec(o.oof_people), rec(o.people)
-    if train.get("grouped_with") and ev.get("images") and train["grouped_with"] == ev["images"]:
+    joint = bool(train.get("grouped_with") and ev.get("images") and train["grouped_with"] == ev["images"])
+    summary.update(check_grouped_with_eval=joint, estimated_purity=train.get("estimated_purity") if joint else None)
+    if joint:
         print(f"per person: the check's train photos were grouped with the eval photos (people.py --also); "
               f"estimated purity of the eval grouping: {train.get('estimated_purity')}", file=sys.stderr)
     else:
@@ -264,15 +266,15 @@ def main(o: EnsembleOptions):
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people),
                                    ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
+    summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     people = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, "info.csv") if o.people else None
     if cv is not None and o.oof_people:
         cv.groups = groups_of(o.oof_people, cv.keys, o.group_size, "the out-of-fold photos")
         if o.people:
-            grouping_record(o)
+            grouping_record(o, summary)
     elif o.fit_min_sure:
         raise UserError("--fit-min-sure chooses the floor out of fold: it needs --oof-people")
     truth = read_truth(o.truth, ids) if o.truth else None
-    summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     if cv is not None and o.fit_weights != "none":
         blend = choose_weights(o, cv, blend, summary)
     summary["recipe"] = blend.describe()
