@@ -206,9 +206,13 @@ def main(o: PeopleOptions):
     summary["probs"] = bool(o.probs or o.also_probs)
     if o.also:
         summary.update(also_summary(o, also, label, margin, len(ids)))
-    if person is not None:
-        summary["purity"] = round(grouping.purity(label, person), 4)
-        summary["purity_sure"] = round(grouping.purity(label, person, sure), 4)
+    if person is not None:  # a group that takes --also photos in is not one of these people's, whole
+        everyone = np.concatenate([person.astype(object), np.array([f"--also {Path(i).parent}" for i in also],
+                                                                    dtype=object)])
+        first = np.arange(len(paths)) < len(ids)
+        summary["purity"] = round(grouping.purity(label, everyone, first), 4)
+        summary["purity_sure"] = round(grouping.purity(label, everyone, first & np.concatenate(
+            [sure, np.zeros(len(also), bool)])), 4)
         print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person); "
               f"{summary['purity_sure']:.4f} among the {summary['share_sure']:.1%} in groups surer than 0",
               file=sys.stderr)

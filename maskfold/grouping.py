@@ -316,7 +316,7 @@ def purity(label: np.ndarray, person: np.ndarray, among: np.ndarray | None = Non
     whole = df.groupby("p")["g"].transform(lambda s: s.nunique() == 1)
     exact = (same & whole).to_numpy()
     if among is not None:
-        exact = exact[among]
+        exact = exact[among] if among.dtype == bool else exact[np.asarray(among)]
     return float(exact.mean()) if len(exact) else 0.0
 
 

@@ -404,9 +404,11 @@ def test_people_py_probs_and_also_group_both_folders_in_one_run(demo_tree, tmp_p
     monkeypatch.setattr(grouping, "group", lambda F, size, **kw: seen.append((len(F), kw)) or real(F, size, **kw))
     r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "people.csv", "--info",
                demo_tree / "eval" / "info.csv", "--probs", tmp_path / "probs.csv", "--also",
-               demo_tree / "train" / "images", "--also-out", tmp_path / "train.csv")
+               demo_tree / "train" / "images", "--also-out", tmp_path / "train.csv", "--truth",
+               demo_tree / "eval" / "people_truth.csv")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["purity"] == 1.0 and s["mixed_groups"] == 0
     assert seen[0][0] == 21 + 84 and seen[0][1]["answers"]["gender"].shape == (105, 2)  # one grouping of both
     train = pd.read_csv(tmp_path / "train.csv")
     assert len(train) == 84 and train["ImageID"].str.contains("/").all()
