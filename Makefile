@@ -30,9 +30,6 @@ demo: $(STAMP)
 	$(PY) demo.py $(DEMO) --people $(PEOPLE) --eval-people $(EVAL_PEOPLE) --overwrite
 	$(PY) crop.py $(DEMO)/train/images $(WORK)/crops/train --overwrite
 	$(PY) crop.py $(DEMO)/eval/images $(WORK)/crops/eval --overwrite
-	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people.csv --info $(DEMO)/eval/info.csv \
-		--truth $(DEMO)/eval/people_truth.csv --preview $(WORK)/people.jpg --overwrite
-	$(PY) people.py $(DEMO)/train/images --flatten -o $(WORK)/people_train.csv --overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds.csv --folds $(FOLDS) --overwrite
 	rm -rf $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed  # a run's folds must share their options: start afresh
 	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
@@ -51,6 +48,11 @@ demo: $(STAMP)
 		-o $(WORK)/probs_as_labelled.csv --overwrite
 	$(PY) predict.py $(WORK)/runs/$(MODEL)_fixed --images $(WORK)/crops/eval --info $(DEMO)/eval/info.csv \
 		-o $(WORK)/probs.csv --overwrite
+	# which eval photos are one person: the looks and the model's answers; the train photos grouped with them,
+	# for the out-of-fold check of the per-person rule
+	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people.csv --info $(DEMO)/eval/info.csv --probs $(WORK)/probs.csv \
+		--also $(DEMO)/train/images --also-out $(WORK)/people_train.csv --also-probs $(WORK)/runs/$(MODEL)_fixed \
+		--truth $(DEMO)/eval/people_truth.csv --preview $(WORK)/people.jpg --overwrite
 	@echo "--- trained on the labels as given:"
 	$(PY) ensemble.py $(WORK)/probs_as_labelled.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission_as_labelled.csv \
 		--truth $(DEMO)/eval/truth.csv --overwrite > /dev/null
