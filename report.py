@@ -92,11 +92,12 @@ def load_run(path: Path, problems: list[str]) -> Run | None:
 
 
 def label_runs(runs: list[Run]) -> None:
-    """Each run's label: the options that differ between the runs on the page (its name if none do)."""
-    keys = [k for k in RUN_KEYS if k != "folds_csv" and len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+    """Each run's label: the options that differ between the runs on the page (its name if none do); of the
+    folds.csv, its file name (another split, or the same folds with fixed labels: split.py --fixes)."""
+    keys = [k for k in RUN_KEYS if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
     for r in runs:
-        parts = [f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}" for k in keys
-                 if (v := r.config.get(k)) is not None]
+        parts = [f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else Path(v).name if k == 'folds_csv' else v}"
+                 for k in keys if (v := r.config.get(k)) is not None]
         r.label = ", ".join(parts) or r.path.name
 
 
