@@ -3,10 +3,12 @@
 # (people.py --probs), and the out-of-fold check made on the train photos grouped alone or grouped together
 # with the eval photos (--also), each scored against the demo's hidden truth.
 #
-#   RUN=bench/out/label_audit_300/work_0.014/runs/noisy bash bench/people_scale.sh
+#   RUN=bench/out/label_audit_300/work_0.014/runs/noisy TRAIN_IMAGES=bench/out/label_audit_300/data_0.014/train/images \
+#       bash bench/people_scale.sh
 #
-# RUN: a finished run trained on the harder demo of PEOPLE train people drawn with SEED and NOISE (the same
-# train people are drawn again here, with EVAL_PEOPLE eval people: 1,800, the real eval folder's size).
+# RUN: a finished run trained on the harder demo of PEOPLE train people drawn with SEED, whose train tree is
+# TRAIN_IMAGES (the same people are drawn again here with EVAL_PEOPLE eval people, 1,800, the real eval
+# folder's size; their label noise may differ, so the run's own train tree is grouped).
 # Writes $OUT/scores.json and prints a table; bench/README.md keeps the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,25 +21,28 @@ RUN=${RUN:?a finished run on the same train people}
 OUT=${OUT:-bench/out/people_scale}
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+TRAIN_IMAGES=${TRAIN_IMAGES:?the train tree RUN was trained on}
 mkdir -p "$OUT"
 D=$OUT/data
-log "demo: $PEOPLE train and $EVAL_PEOPLE eval people"
-$PY demo.py "$D" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$NOISE" --overwrite >/dev/null
-log "crop the eval photos"
-$PY crop.py "$D/eval/images" "$OUT/crops_eval" --overwrite > /dev/null
-log "predict"
-$PY predict.py "$RUN" --images "$OUT/crops_eval" --info "$D/eval/info.csv" -o "$OUT/probs.csv" --overwrite > /dev/null
+if [ ! -f "$OUT/probs.csv" ]; then
+  log "demo: $PEOPLE train and $EVAL_PEOPLE eval people"
+  $PY demo.py "$D" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$NOISE" --overwrite >/dev/null
+  log "crop the eval photos"
+  $PY crop.py "$D/eval/images" "$OUT/crops_eval" --overwrite > /dev/null
+  log "predict"
+  $PY predict.py "$RUN" --images "$OUT/crops_eval" --info "$D/eval/info.csv" -o "$OUT/probs.csv" --overwrite > /dev/null
+fi
 EV=("$D/eval/images" --info "$D/eval/info.csv" --truth "$D/eval/people_truth.csv" --overwrite)
 log "people: looks alone"
 $PY people.py "${EV[@]}" -o "$OUT/people_plain.csv" > "$OUT/people_plain.json"
-$PY people.py "$D/train/images" --flatten -o "$OUT/train_alone.csv" --overwrite > "$OUT/train_alone.json"
+$PY people.py "$TRAIN_IMAGES" --flatten -o "$OUT/train_alone.csv" --overwrite > "$OUT/train_alone.json"
 log "people: with the model's answers"
 $PY people.py "${EV[@]}" -o "$OUT/people_probs.csv" --probs "$OUT/probs.csv" > "$OUT/people_probs.json"
 log "people: looks alone, train photos grouped with the eval photos"
-$PY people.py "${EV[@]}" -o "$OUT/people_joint_plain.csv" --also "$D/train/images" \
+$PY people.py "${EV[@]}" -o "$OUT/people_joint_plain.csv" --also "$TRAIN_IMAGES" \
     --also-out "$OUT/train_joint_plain.csv" > "$OUT/people_joint_plain.json"
 log "people: with the answers, train photos grouped with the eval photos"
-$PY people.py "${EV[@]}" -o "$OUT/people_joint.csv" --probs "$OUT/probs.csv" --also "$D/train/images" \
+$PY people.py "${EV[@]}" -o "$OUT/people_joint.csv" --probs "$OUT/probs.csv" --also "$TRAIN_IMAGES" \
     --also-out "$OUT/train_joint.csv" --also-probs "$RUN" > "$OUT/people_joint.json"
 : > "$OUT/scores.jsonl"
 for variant in "plain train_alone" "probs train_alone" "joint_plain train_joint_plain" "joint train_joint" \

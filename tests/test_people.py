@@ -369,8 +369,8 @@ def room_mates(rng, pairs=12):
     F /= np.linalg.norm(F, axis=1, keepdims=True)
     masks = np.tile([0, 0, 0, 0, 0, 1, 2], 2 * pairs)
     male = person % 2 == 0
-    answers = {"mask": np.eye(3)[masks] * 0.96 + 0.04 / 3,
-               "gender": np.where(male[:, None], [0.97, 0.03], [0.03, 0.97]),
+    answers = {"mask": np.eye(3)[masks] * 0.995 + 0.005 / 3,
+               "gender": np.where(male[:, None], [0.995, 0.005], [0.005, 0.995]),
                "age": np.full((len(person), 3), 1 / 3)}
     return F.astype(np.float32), person, masks, answers
 
