@@ -208,11 +208,12 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
         summary["cv_per_class"] = per_class(cv.y, final)
         return b, o.people is not None
     before = recipe.task_f1(cv.y, final)
-    floor = choose_floor(o, cv, p, rows, final, summary) if o.fit_min_sure else o.min_sure
+    if o.fit_min_sure:  # scored held out: each fold answered with the floor the other folds chose
+        floor, grouped = choose_floor(o, cv, p, rows, final)
+    else:
+        floor = o.min_sure
+        grouped = recipe.answers(p, rows, sure_enough(*cv.groups, floor), o.group_size, o.person_vote)
     summary["min_sure"] = floor
-    grouped = recipe.answers(p, rows, sure_enough(*cv.groups, floor), o.group_size, o.person_vote)
-    if o.fit_min_sure:
-        grouped = summary.pop("_held_out_answers")  # the estimate of the fitted floor: each fold's from the others
     after = recipe.task_f1(cv.y, grouped)
     gain = after["f1"] - before["f1"]
     steps.append({"step": "per person", "f1": round(after["f1"], 5), "applied": bool(gain >= 0)})
@@ -225,11 +226,11 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
     return b, gain >= 0
 
 
-def choose_floor(o: EnsembleOptions, cv: OOF, p: np.ndarray, rows: np.ndarray, alone: np.ndarray,
-                 summary: dict) -> float:
+def choose_floor(o: EnsembleOptions, cv: OOF, p: np.ndarray, rows: np.ndarray,
+                 alone: np.ndarray) -> tuple[float, np.ndarray]:
     """The sureness floor for the per-person rule that scores best out of fold (candidates: none, and the
-    deciles of the groups' sureness); its estimate held out (each fold answered with the floor the other folds
-    chose), left in summary for cv_and_rules."""
+    deciles of the groups' sureness), and the answers that estimate it held out (each fold answered with the
+    floor the other folds chose)."""
     groups, sure = cv.groups
     candidates = [-np.inf, *np.unique(np.quantile(sure[np.isfinite(sure)], np.linspace(0.1, 0.9, 9)))] \
         if np.isfinite(sure).any() else [-np.inf]
@@ -242,12 +243,11 @@ def choose_floor(o: EnsembleOptions, cv: OOF, p: np.ndarray, rows: np.ndarray, a
         best = int(np.argmax([recipe.task_f1(cv.y[other], a[other])["f1"] for a in answers]))
         held[~other] = answers[best][~other]
     best = int(np.argmax([recipe.task_f1(cv.y, a)["f1"] for a in answers]))
-    summary["_held_out_answers"] = held
     floor = float(floors[best])
     share = float((sure > floor).mean())
     print(f"per person: groups surer than {floor:.4f} chosen out of fold ({share:.1%} of the train photos)",
           file=sys.stderr)
-    return floor
+    return floor, held
 
 
 def per_class(y: np.ndarray, pred: np.ndarray) -> list[float]:
