@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from maskfold.cli import UserError, arg, command, make_app, opt, result
+from maskfold import predicting
+from maskfold.cli import arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info
-from maskfold.images import describe_folder, is_hidden, kind_differs, match_ids
-from maskfold.labels import NUM_CLASSES, PROB_COLS
+from maskfold.labels import PROB_COLS
+from maskfold.predicting import check_kind, checkpoints, image_files, predict_all, warm_up
 from maskfold.probs import write_probs
-from maskfold.runs import fold_configs, run_folds
 from maskfold.tta import parse as parse_tta
 from maskfold.tta import passes as tta_passes
 
@@ -49,105 +48,11 @@ class PredictOptions:
     overwrite: bool = opt(False, "replace an existing output file")
 
 
-def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
-    """The checkpoints to average, and a record of the runs they belong to."""
-    paths, runs = [], []
-    for s in sources:
-        if s.is_dir():
-            folds = run_folds(s)
-            if folds.partial or folds.unfinished:
-                missing = sorted(set(range(folds.expected or 0)) - set(folds.finished))
-                print(f"warning: {s} is a partial run: folds {', '.join(map(str, sorted(folds.finished)))} of "
-                      f"{folds.expected} finished (missing {', '.join(map(str, missing))}"
-                      + (f"; unfinished {', '.join(map(str, folds.unfinished))} left out" if folds.unfinished else "")
-                      + ")", file=sys.stderr)
-            paths += [folds.finished[k] for k in sorted(folds.finished)]
-            runs.append(folds.describe())
-        elif s.is_file():
-            paths.append(s)
-            run_dir = s.resolve().parent.parent
-            if (run_dir / "config.json").is_file():
-                fold = s.resolve().parent.name[4:]
-                runs.append({"run": str(run_dir), "folds": [int(fold)] if fold.isdigit() else [], "of": None,
-                             "partial": None, "unfinished": []})
-        else:
-            raise UserError(f"{s}: no such run folder or checkpoint")
-    return paths, runs
-
-
 def load_model(path: Path, device: str):
-    """The checkpoint's own model, after checking it is one of ours; weights_only never runs code."""
-    import torch
-
-    from maskfold import checkpoint
-
+    """The checkpoint's own model (models.py's create), on `device`, in eval mode."""
     import models
 
-    ck = checkpoint.read(path)
-    net = models.create(ck["model"], ck["head"], pretrained=False)
-    checkpoint.load_weights(net, ck, path)
-    return net.to(device).eval().to(memory_format=torch.channels_last), ck
-
-
-def image_files(images: Path, ids: list[str]) -> list[Path]:
-    """Each ImageID's file in DIR: the same name, else the same stem (crops are .jpg, raw photos vary)."""
-    if not images.is_dir():
-        raise UserError(f"{images}: no such folder")
-    found = [p.name for p in images.iterdir() if p.is_file() and not is_hidden(p.name)]
-    return [images / f for f in match_ids(images, ids, found, "info.csv")]
-
-
-def check_kind(images: Path, files: list[Path], runs: list[dict], any_images: bool) -> dict:
-    """Refuse eval images of another kind than each run trained on (recorded by train.py; runs from before that
-    are not checked): crops from whole photos make a model guess."""
-    given = describe_folder(images, files)
-    for r in runs:
-        trained = [c["images"] for c in fold_configs(Path(r["run"])).values() if c.get("images")]
-        why = kind_differs(trained[0], given) if trained else None
-        if why and not any_images:
-            hint = (f"pass the crop.py output of the eval photos (crop.py {images} CROPS, then --images CROPS)"
-                    if trained[0]["crops"] and not given["crops"] else "pass images made the way its train images were")
-            raise UserError(f"--images {images}: not the kind of images {r['run']} trained on ({why}); {hint}, "
-                            "or --any-images to predict anyway")
-        if why:
-            print(f"warning: {images}: {why} (--any-images)", file=sys.stderr)
-    return given
-
-
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048):
-    """Summed probabilities of every checkpoint. Images are decoded once per image size, a chunk at a
-    time, the next chunk in the background while the checkpoints run on this one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from maskfold import inference
-    from maskfold.images import load_cache, read_ahead
-
-    sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
-    probs = np.zeros((len(files), NUM_CLASSES))
-
-    def decode(start):
-        return {size: load_cache(files[start:start + chunk], size) for size in sizes}
-
-    with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
-                                              file=sys.stderr, disable=None, mininterval=1) as bar:
-        for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
-            for net, ck in nets:
-                cache = caches[tuple(ck["img_size"])]
-                probs[start:start + len(cache)] += inference.predict_probs(
-                    net, ck["head"], cache, ck["mean"], ck["std"], dev, batch_size, amp, tta=tta)
-                bar.update(len(cache))
-    return probs
-
-
-def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
-    """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
-    from maskfold import inference
-
-    for net, ck in nets:
-        blank = np.zeros((min(batch_size, n), *ck["img_size"], 3), np.uint8)
-        inference.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp)
+    return predicting.load_model(path, device, models.create)
 
 
 @command(app, PredictOptions)
