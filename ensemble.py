@@ -23,7 +23,7 @@ import pandas as pd
 from maskfold import recipe
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_info, read_table, write_csv, write_json
-from maskfold.grouping import read_people
+from maskfold.grouping import groups_of
 from maskfold.images import stem_key
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS
 from maskfold.oof import OOF, oof_for_inputs, suspects
@@ -110,20 +110,6 @@ def read_truth(path: Path, ids: pd.Series) -> np.ndarray:
     if not {"ImageID", "ans"} <= set(t.columns) or set(t["ImageID"]) != set(ids):
         raise UserError(f"{path}: needs ImageID,ans for exactly the ImageIDs of info.csv")
     return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)
-
-
-def groups_of(path: Path, keys: list[str], size: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Group number per key (-1: answered alone), from a people.csv that must name exactly these photos; a
-    and each photo's group's sureness (people.py's `sure`; infinite for a file without it)."""
-    people = read_people(path, size)
-    have = set(people.index)
-    missing, extra = [k for k in keys if k not in have], sorted(have - set(keys))
-    if missing or extra:
-        raise UserError(f"{path}: its photos differ from {what} ({len(missing)} missing, {len(extra)} unknown, "
-                        f"e.g. {(missing + extra)[0]})")
-    groups = people.loc[keys, "group"].to_numpy()
-    sure = people.loc[keys, "sure"].to_numpy(float) if "sure" in people.columns else np.full(len(keys), np.inf)
-    return groups, sure
 
 
 def sure_enough(groups: np.ndarray, sure: np.ndarray, floor: float) -> np.ndarray:

@@ -230,7 +230,8 @@ def finish(fold, t0: float, log: Log) -> dict:
     return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
 
 
-def train_fold(cfg: TrainConfig, df: pd.DataFrame, state, facts: dict, t0: float) -> None:
+def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, state, facts: dict,
+               t0: float) -> None:
     """Set up the fold's data, model and loop in this process, train it, and finish it on rank 0."""
     import torch.distributed as dist
 
@@ -250,10 +251,15 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, state, facts: dict, t0: float
         f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else ""))
     tr, va = (df[df["fold"] != cfg.fold].reset_index(drop=True), df[df["fold"] == cfg.fold].reset_index(drop=True))
     t = time.time()
-    tr_images, va_images = load_cache(tr["file"].tolist(), cfg.img_size), load_cache(va["file"].tolist(), cfg.img_size)
-    log(f"cached {len(tr)} train + {len(va)} val images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
+    extra_files = extra["file"].tolist() if extra is not None else []
+    tr_images = load_cache(tr["file"].tolist() + extra_files, cfg.img_size)  # pseudo-labelled photos train only
+    va_images = load_cache(va["file"].tolist(), cfg.img_size)
+    added = f" (+ {len(extra_files)} pseudo-labelled from {cfg.extra})" if extra is not None else ""
+    log(f"cached {len(tr)} train{added} + {len(va)} val images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
         f"{time.time() - t:.1f}s ({(tr_images.nbytes + va_images.nbytes) / 2**20:.0f} MiB)")
     targets = trainer.train_targets(tr, cfg.old_age)
+    if extra is not None:
+        targets = np.concatenate([targets, extra["label"].to_numpy()])
     train_ds = CachedImages(tr_images, targets, cfg.aug)
     batches = max(len(train_ds) // (cfg.batch_size * place.world), 1)
     crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing,
@@ -302,6 +308,13 @@ def main(cfg: TrainConfig):
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
     facts = {"folds_digest": folds_digest(df), "processes": int(os.environ.get("WORLD_SIZE", "1")),
              "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist())}
+    extra = None
+    if cfg.extra is not None:
+        from maskfold.pseudo_labels import read_extra
+
+        extra, record = read_extra(cfg.extra, cfg.fold, df, facts["folds_digest"])
+        check_outside(cfg.out, Path(record["images"]))
+        facts.update(extra_digest=record["sha256"][:16], extra_rows=len(extra))
     from maskfold.datasets import aug_record
 
     facts.update(aug_record(cfg.aug))  # an --aug file's pipeline itself: a run's folds must share it
@@ -312,7 +325,7 @@ def main(cfg: TrainConfig):
         if state.finished is not None:
             print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
             return result(state.finished)
-        train_fold(cfg, df, state, facts, t0)
+        train_fold(cfg, df, extra, state, facts, t0)
 
 
 if __name__ == "__main__":

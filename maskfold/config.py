@@ -14,7 +14,8 @@ from maskfold.device import Device
 
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
-RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total")
+RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total", "extra_digest",
+               "extra_rows")
 
 
 def read_config(ctx: typer.Context, param, value: Optional[Path]):
@@ -95,6 +96,9 @@ class TrainConfig:
     seed: int = opt(42, "random seed", run=True)
     patience: int = opt(0, "stop after this many epochs without a better val F1 (0: never); every output of a "
                         "finished fold is still written", run=True)
+    extra: Optional[Path] = opt(None, "pseudo-labels of eval photos (pseudo.py): fold k trains on their label_fold<k> "
+                                "rows too, labelled by the first round's fold-k models, which never saw fold k's "
+                                "people; validation and oof.csv stay folds.csv's photos", run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
                                     "size): fine-tuning, or a second round", run=True)
     oof_tta: str = opt("flip", "the test-time augmentation of oof.csv's answers, as predict.py --tta takes it "

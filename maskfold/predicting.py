@@ -78,9 +78,11 @@ def check_kind(images: Path, files: list[Path], runs: list[dict], any_images: bo
     return given
 
 
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048):
-    """Summed probabilities of every checkpoint. Images are decoded once per image size, a chunk at a
-    time, the next chunk in the background while the checkpoints run on this one."""
+def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048,
+                each: bool = False):
+    """Summed probabilities of every checkpoint (`each`: one array per checkpoint, stacked). Images are decoded
+    once per image size, a chunk at a time, the next chunk in the background while the checkpoints run on this
+    one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -89,7 +91,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
     from maskfold.images import load_cache, read_ahead
 
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
-    probs = np.zeros((len(files), NUM_CLASSES))
+    probs = np.zeros((len(nets), len(files), NUM_CLASSES))
 
     def decode(start):
         return {size: load_cache(files[start:start + chunk], size) for size in sizes}
@@ -97,12 +99,12 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
     with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
                                               file=sys.stderr, disable=None, mininterval=1) as bar:
         for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
-            for net, ck in nets:
+            for i, (net, ck) in enumerate(nets):
                 cache = caches[tuple(ck["img_size"])]
-                probs[start:start + len(cache)] += inference.predict_probs(
+                probs[i, start:start + len(cache)] = inference.predict_probs(
                     net, ck["head"], cache, ck["mean"], ck["std"], dev, batch_size, amp, tta=tta)
                 bar.update(len(cache))
-    return probs
+    return probs if each else probs.sum(0)
 
 
 def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:

@@ -49,7 +49,7 @@ def fold_configs(run_dir: Path) -> dict[int, dict]:
 # What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
 # of folds.csv's content, which a rewrite of the same path changes) and the processes it trained in (the
 # effective batch is --batch-size x processes). Folds written before these were recorded are not compared.
-FACT_KEYS = ("folds_digest", "processes", "aug_digest")
+FACT_KEYS = ("folds_digest", "processes", "aug_digest", "extra_digest")
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -69,7 +69,8 @@ def explain(keys: list[str]) -> str:
     """The options that differ, with what the recorded facts mean."""
     words = {"folds_digest": "folds_digest: folds.csv was rewritten since, with another person-to-fold map",
              "processes": "processes: the effective batch is --batch-size x the processes of torchrun",
-             "aug_digest": "aug_digest: the --aug file's pipeline changed"}
+             "aug_digest": "aug_digest: the --aug file's pipeline changed",
+             "extra_digest": "extra_digest: the --extra file's pseudo-labels changed"}
     return ", ".join(words.get(k, k) for k in keys)
 
 
@@ -266,6 +267,10 @@ def read_fold_table(path: Path, columns: tuple[str, ...] = FOLD_COLUMNS):
 def read_folds(path: Path, fold: int):
     """folds.csv, checked (read_fold_table), with the fold asked for and every photo there."""
     df = read_fold_table(path)
+    if (df["fold"] < 0).any():
+        raise UserError(f"{path}: row {int((df['fold'] < 0).to_numpy().argmax()) + 2} has fold -1, a pseudo-label "
+                        "(pseudo.py): give that file to train.py --extra, which trains each fold on its own fold's "
+                        "labels only")
     folds = sorted(df["fold"].unique())
     if fold not in folds:
         raise UserError(f"--fold {fold}: {path} has folds {', '.join(map(str, folds))}")

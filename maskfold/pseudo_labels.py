@@ -1,0 +1,134 @@
+"""Pseudo-labels of the eval photos, one label column per fold, and reading them back for a fold's training.
+
+Fold k of a second round validates on the people of fold k. Its pseudo-labels must therefore come from
+models that never saw those people: the fold-k models of the first round (trained on the other folds),
+never the average of all folds. pseudo.py writes `label_fold<k>` from fold k's models only; train.py
+--extra takes its own fold's column, and adds those photos to training, never to validation. A record
+beside the CSV (`pseudo.csv.json`) names the runs, their person-to-fold map and each checkpoint's digest,
+so that train.py refuses labels made with another split or by checkpoints retrained since.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskfold.cli import UserError
+from maskfold.labels import decode, marginals
+from maskfold.recipe import answers
+
+KIND = "pseudo-labels"
+AGES = (20, 45, 60)  # an age inside each band, for the age column of folds.csv's format (train.py uses the label)
+
+
+def label_col(k: int) -> str:
+    return f"label_fold{k}"
+
+
+def sure_col(k: int) -> str:
+    return f"sure_fold{k}"
+
+
+def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each photo's class and how sure it is. Photos of one group (>= 0) share the person's gender and age (the
+    mean of its photos' probabilities; a complete person gets one photo worn wrongly and one not worn) and their
+    sureness: the smallest of the person's gender and age probability and the photo's own mask probability.
+    Photos alone (-1) keep their own answer, sure as the smallest of its three tasks' probabilities."""
+    ans = answers(p, groups=groups, size=size, vote="mean")
+    m = marginals(p)
+    mask, gender, age = decode(ans)
+    rows = np.arange(len(p))
+    conf = {"mask": m["mask"][rows, mask], "gender": m["gender"][rows, gender], "age": m["age"][rows, age]}
+    grouped = groups >= 0
+    if grouped.any():
+        ids, inv = np.unique(groups[grouped], return_inverse=True)
+        counts = np.bincount(inv, minlength=len(ids))
+        for task in ("gender", "age"):
+            mean = np.bincount(inv, weights=conf[task][grouped], minlength=len(ids)) / counts
+            conf[task][grouped] = mean[inv]
+    return ans, np.minimum.reduce([conf["mask"], conf["gender"], conf["age"]])
+
+
+def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min_photos: int) -> np.ndarray:
+    """people.py's groups that may give pseudo-labels: surer than `min_sure`, of at least `min_photos` photos; the
+    other photos get -1 (none)."""
+    ok = sure > min_sure
+    g = np.where(ok, groups, -1)
+    sizes = pd.Series(g[g >= 0]).value_counts()
+    small = sizes.index[sizes < min_photos]
+    return np.where(np.isin(g, small), -1, g)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str) -> tuple[pd.DataFrame, dict]:
+    """pseudo.csv's rows for fold `fold` (file, label, sure), after checking it against its record and against the
+    fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`: its person-to-fold map).
+    Returns the rows and the record."""
+    from maskfold.files import read_table
+    from maskfold.probs import read_provenance
+
+    where = f"--extra {path}"
+    if not path.is_file():
+        raise UserError(f"{where}: no such file")
+    record = read_provenance(path)
+    if record is None or record.get("kind") != KIND:
+        raise UserError(f"{where}: no record of the runs that made it ({path}.json); make it with pseudo.py")
+    df = read_table(path, dtype={"id": str, "person": str})
+    col = label_col(fold)
+    if "path" not in df.columns or col not in df.columns:
+        have = ", ".join(c for c in df.columns if c.startswith("label_fold")) or "none"
+        raise UserError(f"{where}: no {col} column (fold {fold}'s pseudo-labels; it has {have})")
+    if record.get("folds_digest") != digest:
+        raise UserError(f"{where}: its labels come from runs split with another person-to-fold map than this "
+                        f"folds.csv, so fold {fold}'s labels may come from a model that saw its validation people; "
+                        "make them again (pseudo.py) from runs trained on this folds.csv")
+    for run in record.get("runs", []):
+        for k, ck in run.get("checkpoints", {}).items():
+            p = Path(ck["path"])
+            if p.is_file() and file_digest(p) != ck["sha256"]:
+                raise UserError(f"{where} is stale: {p} (fold {k} of {run['run']}) was trained again after it was "
+                                "made; make it again with pseudo.py")
+    df["file"] = [os.path.abspath(path.parent / p) for p in df["path"]]
+    absent = [i for i, f in enumerate(df["file"]) if not os.path.isfile(f)]
+    if absent:
+        raise UserError(f"{where}: row {absent[0] + 2}: no such photo {df['file'].iloc[absent[0]]}")
+    check_no_overlap(where, df, folds)
+    images = os.path.abspath(record["images"])
+    outside = [i for i, f in enumerate(df["file"]) if os.path.dirname(f) != images]
+    if outside:
+        raise UserError(f"{where}: row {outside[0] + 2}: {df['path'].iloc[outside[0]]} is not in {images}, the eval "
+                        "folder its labels were predicted for")
+    labels = pd.to_numeric(df[col], errors="coerce")
+    if labels.isna().any() or not labels.between(-1, 17).all():
+        bad = int(np.flatnonzero(labels.isna() | ~labels.between(-1, 17))[0])
+        raise UserError(f"{where}: row {bad + 2}: {col} is not a class 0..17 (or -1: not this fold's)")
+    rows = df[labels >= 0]
+    sure = rows[sure_col(fold)] if sure_col(fold) in rows.columns else pd.Series(np.nan, index=rows.index)
+    return pd.DataFrame({"file": rows["file"], "label": labels[labels >= 0].astype(int),
+                         "sure": sure}).reset_index(drop=True), record
+
+
+def check_no_overlap(where: str, extra: pd.DataFrame, folds: pd.DataFrame) -> None:
+    """No pseudo-labelled photo is a train photo: not the same file, nor the same bytes under another name."""
+    train = {os.path.realpath(f) for f in folds["file"]}
+    same = [f for f in extra["file"] if os.path.realpath(f) in train]
+    if same:
+        raise UserError(f"{where}: {same[0]} is a train photo of folds.csv; pseudo-labels are for eval photos only")
+    seen = {}
+    for f in folds["file"]:
+        seen.setdefault(os.path.getsize(f), []).append(f)
+    for f in extra["file"]:
+        for other in seen.get(os.path.getsize(f), []):
+            if file_digest(Path(f)) == file_digest(Path(other)):
+                raise UserError(f"{where}: {f} is the same image as the train photo {other}; pseudo-labels are for "
+                                "eval photos only")
