@@ -13,8 +13,9 @@ a person's photos share the person's answer (one gender and age, one photo worn 
 not worn), from people.py's groups that are sure enough; without it, photo by photo. Only
 answers at least --min-conf sure are kept. Writes rows in folds.csv's format (fold -1: never
 validated) with the label of all folds' average, sure, label_fold<k>, sure_fold<k> (-1: not
-sure enough for that fold), and <out>.json: the runs, their split and each checkpoint's digest
-(train.py --extra refuses a stale or foreign file).
+sure enough for that fold), the fold's soft label (mask0_fold<k>..age2_fold<k>: the photo's mask
+and the person's gender and age probabilities, for train.py --extra-soft), and <out>.json: the
+runs, their split and each checkpoint's digest (train.py --extra refuses a stale or foreign file).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold import predicting
+from maskfold import pseudo_labels as pl
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info, read_table
@@ -35,7 +37,6 @@ from maskfold.grouping import groups_of
 from maskfold.images import stem_key
 from maskfold.labels import PROB_COLS, TASKS, decode
 from maskfold.probs import read_probs, read_provenance, sha256, write_probs
-from maskfold.pseudo_labels import AGES, KIND, file_digest, label_col, person_answers, qualifying_groups, sure_col
 from maskfold.runs import fold_configs, run_folds
 from maskfold.tta import parse as parse_tta
 
@@ -144,21 +145,22 @@ def check_options(o: PseudoOptions) -> None:
 
 
 def table(o: PseudoOptions, ids: pd.Series, files: list[Path], groups: np.ndarray, blend: np.ndarray,
-          per_fold: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+          per_fold: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """The rows kept by at least one fold, in folds.csv's format, with each fold's label and sureness."""
-    ans, conf = person_answers(blend, groups, o.group_size)
+    ans, conf, _ = pl.person_answers(blend, groups, o.group_size)
     mask, gender, age = decode(ans)
     base = os.path.abspath(o.out.parent)
     df = pd.DataFrame({
         "path": [os.path.relpath(os.path.abspath(f), base) for f in files],
         "person": [f"eval_group{g}" if g >= 0 else f"eval_{stem_key(i)}" for g, i in zip(groups, ids)],
-        "id": "", "gender": np.where(gender == 0, "male", "female"), "age": np.array(AGES)[age],
+        "id": "", "gender": np.where(gender == 0, "male", "female"), "age": np.array(pl.AGES)[age],
         "mask_label": mask, "gender_label": gender, "age_label": age, "label": ans, "fold": -1,
         "sure": np.round(conf, 4), "ImageID": ids.to_numpy()})
-    for k, (a, c, keep) in per_fold.items():
-        df[label_col(k)] = np.where(keep, a, -1)
-        df[sure_col(k)] = np.round(c, 4)
-    kept = np.any([keep for _, _, keep in per_fold.values()], axis=0)
+    for k, (a, c, soft, keep) in per_fold.items():
+        df[pl.label_col(k)] = np.where(keep, a, -1)
+        df[pl.sure_col(k)] = np.round(c, 4)
+        df[pl.soft_cols(k)] = np.round(soft, 4)
+    kept = np.any([keep for *_, keep in per_fold.values()], axis=0)
     return df[kept].reset_index(drop=True)
 
 
@@ -166,9 +168,9 @@ def accuracy(df: pd.DataFrame, truth: pd.Series, folds: list[int]) -> dict:
     """How many kept labels are right, per fold and per task, against the true classes."""
     out = {}
     for k in folds:
-        rows = df[df[label_col(k)] >= 0]
+        rows = df[df[pl.label_col(k)] >= 0]
         t = truth.loc[rows["ImageID"]].to_numpy(int)
-        got = rows[label_col(k)].to_numpy(int)
+        got = rows[pl.label_col(k)].to_numpy(int)
         out[k] = {"photos": len(rows), "right": round(float((got == t).mean()), 4) if len(rows) else None,
                   **{t_: round(float((a == b).mean()), 4) if len(rows) else None
                      for t_, a, b in zip(TASKS, decode(got), decode(t))}}
@@ -187,7 +189,7 @@ def main(o: PseudoOptions):
     predicting.check_kind(o.images, files, described, any_images=False)
     if o.people is not None:
         g, s = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, str(o.info))
-        groups = qualifying_groups(g, s, o.min_sure, o.min_photos)
+        groups = pl.qualifying_groups(g, s, o.min_sure, o.min_photos)
     else:
         groups = np.full(len(ids), -1)
     truth = None
@@ -198,19 +200,19 @@ def main(o: PseudoOptions):
         truth = t.set_index("ImageID")["ans"]
     per_fold = {}
     for k, p in fold_probs(o, runs, files).items():
-        a, c = person_answers(p, groups, o.group_size)
+        a, c, soft = pl.person_answers(p, groups, o.group_size)
         keep = (c >= o.min_conf) & ((groups >= 0) if o.people is not None else True)
-        per_fold[k] = (a, c, keep)
+        per_fold[k] = (a, c, soft, keep)
     df = table(o, ids, files, groups, blend, per_fold)
     folds = sorted(per_fold)
-    counts = {k: int((df[label_col(k)] >= 0).sum()) for k in folds}
-    people_kept = {k: int(df.loc[df[label_col(k)] >= 0, "person"].nunique()) for k in folds}
-    record = {"kind": KIND, "images": os.path.abspath(o.images), "info": os.path.abspath(o.info),
+    counts = {k: int((df[pl.label_col(k)] >= 0).sum()) for k in folds}
+    people_kept = {k: int(df.loc[df[pl.label_col(k)] >= 0, "person"].nunique()) for k in folds}
+    record = {"kind": pl.KIND, "images": os.path.abspath(o.images), "info": os.path.abspath(o.info),
               "inputs": [{"path": os.path.abspath(f), "sha256": sha256(f)} for f in o.inputs],
               "people": {"path": os.path.abspath(o.people), "sha256": sha256(o.people)} if o.people else None,
               "folds_digest": runs[0].digest, "folds": folds,
               "runs": [{"run": str(s.run.resolve()), "tta": list(s.tta),
-                        "checkpoints": {str(k): {"path": str(p.resolve()), "sha256": file_digest(p)}
+                        "checkpoints": {str(k): {"path": str(p.resolve()), "sha256": pl.file_digest(p)}
                                         for k, p in sorted(s.best.items())}} for s in runs],
               "min_conf": o.min_conf, "min_sure": o.min_sure if o.people else None,
               "min_photos": o.min_photos if o.people else None, "per_person": o.people is not None,

@@ -24,7 +24,7 @@ import pandas as pd
 
 from maskfold import html_page as html
 from maskfold.cli import UserError, arg, command, make_app, opt, result
-from maskfold.config import RUN_KEYS
+from maskfold.config import RUN_DEFAULTS, RUN_KEYS
 from maskfold.files import check_new, read_table, write_text
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
 from maskfold.oof import read_run_oof
@@ -93,11 +93,18 @@ def load_run(path: Path, problems: list[str]) -> Run | None:
 
 def label_runs(runs: list[Run]) -> None:
     """Each run's label: the options that differ between the runs on the page (its name if none do); of the
-    folds.csv, its file name (another split, or the same folds with fixed labels: split.py --fixes)."""
-    keys = [k for k in RUN_KEYS if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+    folds.csv, its file name (another split, or the same folds with fixed labels: split.py --fixes); a run trained
+    with pseudo-labels (train.py --extra) says so, with the file and how many photos its first fold added."""
+    def get(r: Run, k: str):
+        return r.config.get(k, RUN_DEFAULTS.get(k))  # an option newer than the run: its default
+
+    keys = [k for k in RUN_KEYS if k != "extra" and len({json.dumps(get(r, k)) for r in runs}) > 1]
     for r in runs:
         parts = [f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else Path(v).name if k == 'folds_csv' else v}"
-                 for k in keys if (v := r.config.get(k)) is not None]
+                 for k in keys if (v := get(r, k)) is not None]
+        if r.config.get("extra"):  # a second round: always said, whatever the other runs on the page are
+            parts.append(f"pseudo-labels {Path(r.config['extra']).name}"
+                         + (f" (+{r.config['extra_rows']} photos)" if r.config.get("extra_rows") is not None else ""))
         r.label = ", ".join(parts) or r.path.name
 
 

@@ -65,6 +65,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError("--cutmix and --mixup are probabilities that add up to at most 1")
     if not 0 <= cfg.ema < 1 or cfg.clip_grad < 0 or cfg.patience < 0:
         raise UserError("--ema must be in [0, 1), --clip-grad and --patience non-negative")
+    if cfg.extra_soft and cfg.extra is None:
+        raise UserError("--extra-soft draws the labels of --extra's photos: give --extra pseudo.csv")
     if cfg.init_from is not None and not cfg.init_from.is_file():
         raise UserError(f"--init-from {cfg.init_from}: no such checkpoint")
 
@@ -258,9 +260,15 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     log(f"cached {len(tr)} train{added} + {len(va)} val images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
         f"{time.time() - t:.1f}s ({(tr_images.nbytes + va_images.nbytes) / 2**20:.0f} MiB)")
     targets = trainer.train_targets(tr, cfg.old_age)
+    soft = None
     if extra is not None:
+        from maskfold.pseudo_labels import soft_cols
+
         targets = np.concatenate([targets, extra["label"].to_numpy()])
-    train_ds = CachedImages(tr_images, targets, cfg.aug)
+        if cfg.extra_soft:
+            soft = np.full((len(targets), 8), np.nan)
+            soft[len(tr):] = extra[soft_cols(cfg.fold)].to_numpy()
+    train_ds = CachedImages(tr_images, targets, cfg.aug, soft)
     batches = max(len(train_ds) // (cfg.batch_size * place.world), 1)
     crit = losses.Criterion(cfg.loss, cfg.head, targets, cfg.focal_gamma, cfg.smoothing,
                             [float(w) for w in cfg.task_weights.split(",")])
@@ -312,7 +320,7 @@ def main(cfg: TrainConfig):
     if cfg.extra is not None:
         from maskfold.pseudo_labels import read_extra
 
-        extra, record = read_extra(cfg.extra, cfg.fold, df, facts["folds_digest"])
+        extra, record = read_extra(cfg.extra, cfg.fold, df, facts["folds_digest"], cfg.extra_soft)
         check_outside(cfg.out, Path(record["images"]))
         facts.update(extra_digest=record["sha256"][:16], extra_rows=len(extra))
     from maskfold.datasets import aug_record

@@ -6,10 +6,10 @@
 #
 #   bash bench/pseudo.sh                                         # 300 train, 300 eval people, seeds 42 and 1
 #   PEOPLE=200 EVAL_PEOPLE=50 bash bench/pseudo.sh               # make demo's size
-#   VARIANTS="people photo leak" bash bench/pseudo.sh            # also photo-by-photo labels, and the leaky way
+#   VARIANTS="people soft photo leak" bash bench/pseudo.sh       # also soft, photo-by-photo labels, the leaky way
 #
-# Variants of round two: people (pseudo.py --people, the default), photo (without --people: photo by photo),
-# leak (the same rows, every fold's label taken from all folds' average: what a hand-written pipeline does; its
+# Variants of round two: people (pseudo.py --people, the default), soft (the same with train.py --extra-soft),
+# photo (without --people: photo by photo), leak (the same rows, every fold's label taken from all folds' average: what a hand-written pipeline does; its
 # record is rewritten so train.py takes it: a demonstration, never a recipe). DATA/WORK reuse a demo and its
 # crops and folds.csv when they exist. Writes $WORK/scores.jsonl; bench/README.md keeps the figures.
 set -euo pipefail
@@ -85,7 +85,8 @@ json.dump(rec, open(path + ".json", "w"))
 PYEOF
       fi
     fi
-    train_run "r2${v}_s$seed" "$seed" --extra "$pseudo"
+    if [ "$v" = soft ]; then S=(--extra-soft); else S=(); fi
+    train_run "r2${v}_s$seed" "$seed" --extra "$pseudo" "${S[@]}"
     score "r2${v}_s$seed" "$seed" "$WORK/probs_r2${v}_s$seed.csv"
     score "r1+r2${v}_s$seed" "$seed" "$WORK/probs_r1_s$seed.csv" "$WORK/probs_r2${v}_s$seed.csv"
   done

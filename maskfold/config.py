@@ -3,7 +3,7 @@ marks the options that change what a model learns (those a run's folds must shar
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -99,6 +99,9 @@ class TrainConfig:
     extra: Optional[Path] = opt(None, "pseudo-labels of eval photos (pseudo.py): fold k trains on their label_fold<k> "
                                 "rows too, labelled by the first round's fold-k models, which never saw fold k's "
                                 "people; validation and oof.csv stay folds.csv's photos", run=True)
+    extra_soft: bool = opt(False, "--extra: draw each pseudo-labelled photo's class afresh every epoch from its fold's "
+                           "probabilities (the photo's mask, the person's gender and age) instead of the hard label",
+                           run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
                                     "size): fine-tuning, or a second round", run=True)
     oof_tta: str = opt("flip", "the test-time augmentation of oof.csv's answers, as predict.py --tta takes it "
@@ -142,3 +145,7 @@ class TrainConfig:
 
 
 RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) + ("folds_csv",)
+# What a learning option was before a config.json recorded it: its default (a run trained before an option
+# existed trained as its default says, and stays comparable with folds trained after).
+RUN_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in fields(TrainConfig) if f.metadata.get("run") and f.default is not MISSING}

@@ -80,12 +80,15 @@ MIXES = ("cutmix", "mixup")
 
 class CachedImages(Dataset):
     """Cached images with labels; augmentation is seeded by (epoch seed, index), so it does not
-    depend on which worker draws a sample, and a resumed run repeats it exactly."""
+    depend on which worker draws a sample, and a resumed run repeats it exactly. `soft`: per-task
+    probabilities (N, 8: mask 3, gender 2, age 3; NaN rows keep their label), from which a row's
+    label is drawn afresh each epoch, seeded alike (soft labels, as cross entropy sees them on average)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, aug: str = "none"):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, aug: str = "none", soft: np.ndarray | None = None):
         self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
         self.tf = build_aug(aug)
         self.epoch_seed = 0
+        self.soft = soft
 
     def __len__(self):
         return len(self.images)
@@ -97,7 +100,15 @@ class CachedImages(Dataset):
         if self.tf is not None:
             self.tf.set_random_seed((seed * 1_000_003 + int(i)) % 2**32)
             x = self.tf(image=x)["image"]
-        return torch.from_numpy(np.ascontiguousarray(x)), self.labels[i]
+        return torch.from_numpy(np.ascontiguousarray(x)), self.label(seed, int(i))
+
+    def label(self, seed: int, i: int):
+        if self.soft is None or np.isnan(self.soft[i, 0]):
+            return self.labels[i]
+        rng = np.random.default_rng([seed, i, 1])
+        p = self.soft[i]
+        m, g, a = (rng.choice(len(q), p=q / q.sum()) for q in (p[:3], p[3:5], p[5:]))
+        return torch.tensor(m * 6 + g * 3 + a, dtype=torch.long)
 
 
 class EpochSampler(torch.utils.data.Sampler):

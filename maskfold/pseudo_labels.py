@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError
-from maskfold.labels import decode, marginals
+from maskfold.labels import TASKS, decode, marginals
 from maskfold.recipe import answers
 
 KIND = "pseudo-labels"
@@ -32,13 +32,19 @@ def sure_col(k: int) -> str:
     return f"sure_fold{k}"
 
 
-def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def soft_cols(k: int) -> list[str]:
+    """Fold k's per-task probabilities of a row: its soft label (mask of the photo, gender and age of the person)."""
+    return [f"{t}{i}_fold{k}" for t, n in TASKS.items() for i in range(n)]
+
+
+def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each photo's class and how sure it is. Photos of one group (>= 0) share the person's gender and age (the
     mean of its photos' probabilities; a complete person gets one photo worn wrongly and one not worn) and their
     sureness: the smallest of the person's gender and age probability and the photo's own mask probability.
-    Photos alone (-1) keep their own answer, sure as the smallest of its three tasks' probabilities."""
+    Photos alone (-1) keep their own answer, sure as the smallest of its three tasks' probabilities. Also the
+    soft labels, (N, 8): the photo's mask probabilities, the person's (mean) gender and age probabilities."""
     ans = answers(p, groups=groups, size=size, vote="mean")
-    m = marginals(p)
+    m = {t: v.copy() for t, v in marginals(p).items()}
     mask, gender, age = decode(ans)
     rows = np.arange(len(p))
     conf = {"mask": m["mask"][rows, mask], "gender": m["gender"][rows, gender], "age": m["age"][rows, age]}
@@ -49,7 +55,11 @@ def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.nda
         for task in ("gender", "age"):
             mean = np.bincount(inv, weights=conf[task][grouped], minlength=len(ids)) / counts
             conf[task][grouped] = mean[inv]
-    return ans, np.minimum.reduce([conf["mask"], conf["gender"], conf["age"]])
+            pooled = np.stack([np.bincount(inv, weights=m[task][grouped, j], minlength=len(ids)) / counts
+                               for j in range(TASKS[task])], 1)
+            m[task][grouped] = pooled[inv]
+    soft = np.concatenate([m[t] for t in TASKS], 1)
+    return ans, np.minimum.reduce([conf["mask"], conf["gender"], conf["age"]]), soft
 
 
 def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min_photos: int) -> np.ndarray:
@@ -70,10 +80,11 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str) -> tuple[pd.DataFrame, dict]:
-    """pseudo.csv's rows for fold `fold` (file, label, sure), after checking it against its record and against the
-    fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`: its person-to-fold map).
-    Returns the rows and the record."""
+def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
+               soft: bool = False) -> tuple[pd.DataFrame, dict]:
+    """pseudo.csv's rows for fold `fold` (file, label, sure; `soft`: and its soft_cols), after checking it against
+    its record and against the fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`:
+    its person-to-fold map). Returns the rows and the record."""
     from maskfold.files import read_table
     from maskfold.probs import read_provenance
 
@@ -112,10 +123,15 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str) -> tuple
     if labels.isna().any() or not labels.between(-1, 17).all():
         bad = int(np.flatnonzero(labels.isna() | ~labels.between(-1, 17))[0])
         raise UserError(f"{where}: row {bad + 2}: {col} is not a class 0..17 (or -1: not this fold's)")
+    if soft and not set(soft_cols(fold)) <= set(df.columns):
+        raise UserError(f"{where}: no soft labels of fold {fold} ({soft_cols(fold)[0]}, ...) for --extra-soft; make "
+                        "it again with pseudo.py")
     rows = df[labels >= 0]
     sure = rows[sure_col(fold)] if sure_col(fold) in rows.columns else pd.Series(np.nan, index=rows.index)
-    return pd.DataFrame({"file": rows["file"], "label": labels[labels >= 0].astype(int),
-                         "sure": sure}).reset_index(drop=True), record
+    out = pd.DataFrame({"file": rows["file"], "label": labels[labels >= 0].astype(int), "sure": sure})
+    if soft:
+        out[soft_cols(fold)] = rows[soft_cols(fold)].to_numpy(float)
+    return out.reset_index(drop=True), record
 
 
 def check_no_overlap(where: str, extra: pd.DataFrame, folds: pd.DataFrame) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from maskfold.cli import UserError
-from maskfold.config import RUN_KEYS, TrainConfig
+from maskfold.config import RUN_DEFAULTS, RUN_KEYS, TrainConfig
 
 FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
 
@@ -53,7 +53,9 @@ FACT_KEYS = ("folds_digest", "processes", "aug_digest", "extra_digest")
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    return [k for k in RUN_KEYS if a.get(k) != b.get(k)] + \
+    """The learning options and recorded facts in which two folds' configs differ (an option a config lacks, from
+    before it existed, counts as its default)."""
+    return [k for k in RUN_KEYS if a.get(k, RUN_DEFAULTS.get(k)) != b.get(k, RUN_DEFAULTS.get(k))] + \
         [k for k in FACT_KEYS if k in a and k in b and a[k] != b[k]]
 
 

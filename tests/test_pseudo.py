@@ -88,14 +88,15 @@ def test_a_person_shares_one_answer_and_unsure_groups_give_none():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(NUM_CLASSES) * 0.3, size=14)
     groups = np.repeat([0, 1], 7)
-    ans, conf = person_answers(p, groups, 7)
+    ans, conf, soft = person_answers(p, groups, 7)
     _, gender, age = decode(ans)
     for g in (0, 1):
         rows = groups == g
         assert len(set(gender[rows])) == 1 and len(set(age[rows])) == 1
+        assert np.allclose(soft[rows, 3:5], p[rows].reshape(-1, 3, 2, 3).sum((1, 3)).mean(0))  # the person's gender
         masks = sorted(decode(ans[rows])[0])
         assert masks == [0, 0, 0, 0, 0, 1, 2]  # a whole person: one worn wrongly, one not worn
-    alone, conf_alone = person_answers(p, np.full(14, -1), 7)
+    alone, conf_alone, _ = person_answers(p, np.full(14, -1), 7)
     assert (alone == p.argmax(1)).all() and (conf <= 1).all() and (conf_alone <= 1).all()
     q = qualifying_groups(np.array([0] * 7 + [1] * 7 + [2] * 3), np.array([0.5] * 7 + [0.1] * 7 + [0.5] * 3), 0.2, 7)
     assert (q[:7] == 0).all() and (q[7:] == -1).all()  # group 1 is not sure enough, group 2 too small
@@ -125,9 +126,9 @@ class Spy:
     def __init__(self, real):
         self.real = real
 
-    def __call__(self, images, targets, aug):
-        Spy.made.append((len(images), np.asarray(targets).copy()))
-        return self.real(images, targets, aug)
+    def __call__(self, images, targets, aug, soft=None):
+        Spy.made.append((len(images), np.asarray(targets).copy(), soft))
+        return self.real(images, targets, aug, soft)
 
 
 def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_path, monkeypatch):
@@ -143,7 +144,8 @@ def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_pa
     extra = pd.read_csv(pseudo_csv)
     rows = extra[extra["label_fold1"] >= 0]
     n_train = int((table["fold"] != 1).sum())
-    (size, targets), = Spy.made
+    (size, targets, soft), = Spy.made
+    assert soft is None
     assert size == n_train + len(rows) and len(rows) > 0
     assert (targets[n_train:] == rows["label_fold1"].to_numpy()).all()  # fold 1's labels, not another fold's
     oof = pd.read_csv(tmp_path / "runs" / "r2" / "fold1" / "oof.csv")
@@ -151,6 +153,38 @@ def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_pa
     assert not set(oof["path"]) & set(extra["path"])
     config = json.loads((tmp_path / "runs" / "r2" / "fold1" / "config.json").read_text())
     assert config["extra"] == str(pseudo_csv) and config["extra_rows"] == len(rows)
+
+
+def test_extra_soft_draws_each_pseudo_label_from_its_folds_probabilities(tiny_run, pseudo_csv, tmp_path,
+                                                                         monkeypatch):
+    import maskfold.datasets as datasets
+    from maskfold.pseudo_labels import soft_cols
+
+    folds, _ = tiny_run
+    monkeypatch.setattr(datasets, "CachedImages", Spy(datasets.CachedImages))
+    Spy.made = []
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--run-name", "soft", "--fold", 0,
+               "--extra", pseudo_csv, "--extra-soft")
+    assert r.exit_code == 0, r.output
+    (size, targets, soft), = Spy.made
+    extra = pd.read_csv(pseudo_csv)
+    rows = extra[extra["label_fold0"] >= 0]
+    n_train = size - len(rows)
+    assert np.isnan(soft[:n_train]).all() and np.allclose(soft[n_train:], rows[soft_cols(0)].to_numpy())
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--run-name", "bad", "--extra-soft")
+    assert r.exit_code == 2 and "give --extra" in r.output, r.output
+
+
+def test_a_soft_label_is_drawn_per_epoch_and_a_real_label_kept():
+    from maskfold.datasets import CachedImages
+
+    soft = np.full((3, 8), np.nan)
+    soft[1] = [0, 0, 1, 0, 1, 1, 0, 0]  # sure: not worn, female, young -> class 2*6 + 3 + 0
+    soft[2] = [1, 0, 0, 0.5, 0.5, 1, 0, 0]  # worn, young, either gender
+    ds = CachedImages(np.zeros((3, 8, 8, 3), np.uint8), np.array([5, 9, 9]), "none", soft)
+    seen = {i: {int(ds[(seed, i)][1]) for seed in range(40)} for i in range(3)}
+    assert seen == {0: {5}, 1: {15}, 2: {0, 3}}
+    assert int(ds[(7, 2)][1]) == int(ds[(7, 2)][1])  # the same epoch seed, the same draw (resumable)
 
 
 def rewrite(path: Path, df: pd.DataFrame, **record_changes) -> None:
@@ -256,3 +290,27 @@ def test_pseudo_refuses_what_cannot_give_honest_labels(demo_tree, tiny_run, eval
     r = make_pseudo(demo_tree, probs, tmp_path / "c.csv")
     assert r.exit_code == 2 and "fold(s) 1 not finished" in r.output, r.output
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_the_report_labels_a_run_trained_with_pseudo_labels():
+    import report
+
+    runs = [report.Run(Path(f"runs/{name}"), config, pd.DataFrame(), {}, 3) for name, config in
+            (("r1", {"model": "resnet18", "lr": 0.001}),
+             ("r2", {"model": "resnet18", "lr": 0.001, "extra": "/w/pseudo.csv", "extra_rows": 840}))]
+    report.label_runs(runs)
+    assert runs[0].label == "r1" and runs[1].label == "pseudo-labels pseudo.csv (+840 photos)"
+
+
+def test_a_run_from_before_an_option_existed_is_skipped_not_refused(tiny_run, tmp_path):
+    """Folds whose config.json predates --extra and --extra-soft trained as their defaults say: --skip-done skips
+    them, and a new fold joins their run."""
+    folds, run = tiny_run
+    old = tmp_path / "runs" / run.name
+    shutil.copytree(run, old)
+    for config in old.glob("fold*/config.json"):
+        c = json.loads(config.read_text())
+        del c["extra"], c["extra_soft"]
+        config.write_text(json.dumps(c))
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--fold", 0, "--skip-done")
+    assert r.exit_code == 0 and "skipped" in r.output, r.output
