@@ -88,7 +88,8 @@ PYEOF
     if [ "$v" = soft ]; then S=(--extra-soft); else S=(); fi
     train_run "r2${v}_s$seed" "$seed" --extra "$pseudo" "${S[@]}"
     score "r2${v}_s$seed" "$seed" "$WORK/probs_r2${v}_s$seed.csv"
-    score "r1+r2${v}_s$seed" "$seed" "$WORK/probs_r1_s$seed.csv" "$WORK/probs_r2${v}_s$seed.csv"
+    score "r1+r2${v}_s$seed" "$seed" "$WORK/probs_r1_s$seed.csv" "$WORK/probs_r2${v}_s$seed.csv" \
+      || log "blend of both rounds not scored: see $WORK/ensemble_r1+r2${v}_s$seed.log"
   done
 done
 $PY - "$WORK" <<'PYEOF'
