@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(PY) crop.py $(DEMO)/train/images $(WORK)/crops/train --overwrite
 	$(PY) crop.py $(DEMO)/eval/images $(WORK)/crops/eval --overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds.csv --folds $(FOLDS) --overwrite
-	rm -rf $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed  # a run's folds must share their options: start afresh
+	rm -rf $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed $(WORK)/runs/$(MODEL)_pseudo  # a run's folds share options
 	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
 		$(PY) train.py $(WORK)/folds.csv --model $(MODEL) --fold $$k --out $(WORK)/runs $(TRAIN) || exit 1; \
 	done
@@ -53,15 +53,27 @@ demo: $(STAMP)
 	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people.csv --info $(DEMO)/eval/info.csv --probs $(WORK)/probs.csv \
 		--also $(DEMO)/train/images --also-out $(WORK)/people_train.csv --also-probs $(WORK)/runs/$(MODEL)_fixed \
 		--truth $(DEMO)/eval/people_truth.csv --preview $(WORK)/people.jpg --overwrite
+	# pseudo-labels of the eval people it is sure of, each fold's from that fold's models only; trained again
+	$(PY) pseudo.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv --images $(WORK)/crops/eval --people $(WORK)/people.csv \
+		-o $(WORK)/pseudo.csv --truth $(DEMO)/eval/truth.csv --overwrite
+	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
+		$(PY) train.py $(WORK)/folds_fixed.csv --model $(MODEL) --run-name $(MODEL)_pseudo --fold $$k --out $(WORK)/runs \
+			--extra $(WORK)/pseudo.csv $(TRAIN) || exit 1; \
+	done
+	$(PY) predict.py $(WORK)/runs/$(MODEL)_pseudo --images $(WORK)/crops/eval --info $(DEMO)/eval/info.csv \
+		-o $(WORK)/probs_pseudo.csv --overwrite
 	@echo "--- trained on the labels as given:"
 	$(PY) ensemble.py $(WORK)/probs_as_labelled.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission_as_labelled.csv \
 		--truth $(DEMO)/eval/truth.csv --overwrite > /dev/null
-	@echo "--- trained on the fixed labels (the submission):"
-	$(PY) ensemble.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission.csv \
+	@echo "--- trained on the fixed labels:"
+	$(PY) ensemble.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission_fixed.csv \
+		--people $(WORK)/people.csv --truth $(DEMO)/eval/truth.csv --overwrite > /dev/null
+	@echo "--- and on the pseudo-labels too (the submission):"
+	$(PY) ensemble.py $(WORK)/probs_pseudo.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission.csv \
 		--bias --suspects $(WORK)/suspects.csv --people $(WORK)/people.csv --oof-people $(WORK)/people_train.csv \
 		--truth $(DEMO)/eval/truth.csv --overwrite
-	$(PY) report.py $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed -o $(WORK)/report.html --blend $(WORK)/submission.csv.json \
-		--audit $(WORK)/label_issues.csv --crops $(WORK)/crops/train --crops $(WORK)/crops/eval --title "make demo" --overwrite
+	$(PY) report.py $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed $(WORK)/runs/$(MODEL)_pseudo -o $(WORK)/report.html \
+		--blend $(WORK)/submission.csv.json --audit $(WORK)/label_issues.csv --crops $(WORK)/crops/train --crops $(WORK)/crops/eval --title "make demo" --overwrite
 	@echo "report: $(WORK)/report.html (open it in a browser)"
 
 # The same pipeline at the real eval folder's size (600 train and 1,800 eval people, about 30 minutes on 2

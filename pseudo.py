@@ -86,8 +86,10 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
         if not rec or not rec.get("runs"):
             raise UserError(f"{f}: no record of the runs that made it ({f}.json): pseudo-labels need each fold's "
                             "own model; predict it with predict.py from run folders")
+        used: dict[Path, set] = {}  # a run's folds in this input (predict.py lists checkpoint files one by one)
         for r in rec["runs"]:
-            run = Path(r["run"])
+            used.setdefault(Path(r["run"]), set()).update(r.get("folds") or [])
+        for run, folds_used in used.items():
             if run.resolve() in sources:
                 continue
             if not run.is_dir():
@@ -97,8 +99,8 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
             if missing:
                 raise UserError(f"{run}: fold(s) {', '.join(map(str, missing))} not finished: their pseudo-labels "
                                 "need their own models; finish them (train.py --fold K) first")
-            if sorted(r.get("folds") or []) != sorted(folds.finished):
-                raise UserError(f"{f} was predicted from fold(s) {r.get('folds')} of {run}, which has "
+            if sorted(folds_used) != sorted(folds.finished):
+                raise UserError(f"{f} was predicted from fold(s) {sorted(folds_used)} of {run}, which has "
                                 f"{sorted(folds.finished)} finished now: predict it again with --overwrite")
             digests = {c.get("folds_digest") for k, c in fold_configs(run).items() if k in folds.finished}
             if None in digests:

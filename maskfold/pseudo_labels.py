@@ -86,7 +86,7 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
     its record and against the fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`:
     its person-to-fold map). Returns the rows and the record."""
     from maskfold.files import read_table
-    from maskfold.probs import read_provenance
+    from maskfold.probs import read_provenance, sha256
 
     where = f"--extra {path}"
     if not path.is_file():
@@ -103,6 +103,11 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
         raise UserError(f"{where}: its labels come from runs split with another person-to-fold map than this "
                         f"folds.csv, so fold {fold}'s labels may come from a model that saw its validation people; "
                         "make them again (pseudo.py) from runs trained on this folds.csv")
+    for given in record.get("inputs", []):
+        p = Path(given["path"])
+        if p.is_file() and sha256(p) != given["sha256"]:
+            raise UserError(f"{where} is stale: {p}, the probabilities it was made from, changed after it was made; "
+                            "make it again with pseudo.py")
     for run in record.get("runs", []):
         for k, ck in run.get("checkpoints", {}).items():
             p = Path(ck["path"])

@@ -224,6 +224,10 @@ def test_a_stale_or_unrecorded_file_is_refused(tiny_run, pseudo_csv, tmp_path):
     rec["runs"][0]["checkpoints"]["0"]["sha256"] = "0" * 16  # as if fold 0 had been trained again since
     Path(f"{stale}.json").write_text(json.dumps(rec))
     refused(tiny_run, stale, tmp_path, "is stale")
+    rec = json.loads(Path(f"{pseudo_csv}.json").read_text())
+    rec["inputs"][0]["sha256"] = "0" * 64  # as if the probabilities had been predicted again since
+    Path(f"{stale}.json").write_text(json.dumps(rec))
+    refused(tiny_run, stale, tmp_path, "the probabilities it was made from, changed")
     Path(f"{stale}.json").unlink()
     refused(tiny_run, stale, tmp_path, "no record of the runs")
     shutil.copy(f"{pseudo_csv}.json", f"{stale}.json")
@@ -314,3 +318,19 @@ def test_a_run_from_before_an_option_existed_is_skipped_not_refused(tiny_run, tm
         config.write_text(json.dumps(c))
     r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--fold", 0, "--skip-done")
     assert r.exit_code == 0 and "skipped" in r.output, r.output
+
+
+def test_probabilities_predicted_from_checkpoint_files_name_their_run(demo_tree, tiny_run, tmp_path):
+    """predict.py given every fold's best.pt one by one: the record lists the run once per checkpoint, and pseudo.py
+    takes them together; given one fold's only, it is refused as predicted from fewer folds than the run has."""
+    _, run = tiny_run
+    ev = demo_tree / "eval"
+    for name, ckpts in (("all", sorted(run.glob("fold*/best.pt"))), ("one", [run / "fold0" / "best.pt"])):
+        probs = tmp_path / f"{name}.csv"
+        r = invoke(predict.app, *ckpts, "--images", ev / "images", "--info", ev / "info.csv", "-o", probs)
+        assert r.exit_code == 0, r.output
+        r = make_pseudo(demo_tree, probs, tmp_path / f"pseudo_{name}.csv")
+        if name == "all":
+            assert r.exit_code == 0, r.output
+        else:
+            assert r.exit_code == 2 and "predicted from fold(s) [0]" in r.output, r.output
