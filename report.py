@@ -104,7 +104,8 @@ def label_runs(runs: list[Run]) -> None:
                  for k in keys if (v := get(r, k)) is not None]
         if r.config.get("extra"):  # a second round: always said, whatever the other runs on the page are
             parts.append(f"pseudo-labels {Path(r.config['extra']).name}"
-                         + (f" (+{r.config['extra_rows']} photos)" if r.config.get("extra_rows") is not None else ""))
+                         + (f" (fold {r.config.get('fold', 0)}: +{r.config['extra_rows']} photos)"
+                            if r.config.get("extra_rows") is not None else ""))
         r.label = ", ".join(parts) or r.path.name
 
 

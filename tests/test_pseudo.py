@@ -301,9 +301,9 @@ def test_the_report_labels_a_run_trained_with_pseudo_labels():
 
     runs = [report.Run(Path(f"runs/{name}"), config, pd.DataFrame(), {}, 3) for name, config in
             (("r1", {"model": "resnet18", "lr": 0.001}),
-             ("r2", {"model": "resnet18", "lr": 0.001, "extra": "/w/pseudo.csv", "extra_rows": 840}))]
+             ("r2", {"model": "resnet18", "lr": 0.001, "extra": "/w/pseudo.csv", "extra_rows": 840, "fold": 0}))]
     report.label_runs(runs)
-    assert runs[0].label == "r1" and runs[1].label == "pseudo-labels pseudo.csv (+840 photos)"
+    assert runs[0].label == "r1" and runs[1].label == "pseudo-labels pseudo.csv (fold 0: +840 photos)"
 
 
 def test_a_run_from_before_an_option_existed_is_skipped_not_refused(tiny_run, tmp_path):
