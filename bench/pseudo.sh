@@ -105,6 +105,9 @@ for s in rows.values():
     print(f"{s['variant']:<22}{s['seed']:>5}{s['cv_f1']:>8.4f}{s['test_f1_without_people']:>8.4f}"
           f"{s['test_f1_with_people']:>9.4f}{s['test_f1_without_people'] - s['cv_f1']:>+9.4f}")
 for f in sorted(work.glob("pseudo_*_s*.json")):
-    s = json.loads(f.read_text().strip().splitlines()[-1])
+    lines = f.read_text().strip().splitlines()
+    s = json.loads(lines[-1]) if lines else {}
+    if "share_per_fold" not in s:
+        continue  # a pseudo.py that did not finish
     print(f.stem, "share", s["share_per_fold"], "right", {k: v["right"] for k, v in s["right_per_fold"].items()})
 PYEOF
