@@ -9,7 +9,6 @@ so that train.py refuses labels made with another split or by checkpoints retrai
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 
 from maskfold.cli import UserError
 from maskfold.labels import TASKS, decode, marginals
+from maskfold.probs import sha256
 from maskfold.recipe import answers
 
 KIND = "pseudo-labels"
@@ -44,22 +44,19 @@ def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.nda
     Photos alone (-1) keep their own answer, sure as the smallest of its three tasks' probabilities. Also the
     soft labels, (N, 8): the photo's mask probabilities, the person's (mean) gender and age probabilities."""
     ans = answers(p, groups=groups, size=size, vote="mean")
-    m = {t: v.copy() for t, v in marginals(p).items()}
-    mask, gender, age = decode(ans)
-    rows = np.arange(len(p))
-    conf = {"mask": m["mask"][rows, mask], "gender": m["gender"][rows, gender], "age": m["age"][rows, age]}
+    m = marginals(p)
     grouped = groups >= 0
-    if grouped.any():
+    if grouped.any():  # a person's gender and age probabilities: the mean over its photos
         ids, inv = np.unique(groups[grouped], return_inverse=True)
         counts = np.bincount(inv, minlength=len(ids))
         for task in ("gender", "age"):
-            mean = np.bincount(inv, weights=conf[task][grouped], minlength=len(ids)) / counts
-            conf[task][grouped] = mean[inv]
             pooled = np.stack([np.bincount(inv, weights=m[task][grouped, j], minlength=len(ids)) / counts
                                for j in range(TASKS[task])], 1)
+            m[task] = m[task].copy()
             m[task][grouped] = pooled[inv]
-    soft = np.concatenate([m[t] for t in TASKS], 1)
-    return ans, np.minimum.reduce([conf["mask"], conf["gender"], conf["age"]]), soft
+    rows = np.arange(len(p))
+    conf = [m[t][rows, a] for t, a in zip(TASKS, decode(ans))]
+    return ans, np.minimum.reduce(conf), np.concatenate([m[t] for t in TASKS], 1)
 
 
 def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min_photos: int) -> np.ndarray:
@@ -73,11 +70,8 @@ def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """A file's content, as a short digest (a checkpoint in pseudo.csv.json, an image in the overlap check)."""
+    return sha256(path)[:16]
 
 
 def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
@@ -86,7 +80,7 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
     its record and against the fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`:
     its person-to-fold map). Returns the rows and the record."""
     from maskfold.files import read_table
-    from maskfold.probs import read_provenance, sha256
+    from maskfold.probs import read_provenance
 
     where = f"--extra {path}"
     if not path.is_file():
