@@ -334,3 +334,22 @@ def test_probabilities_predicted_from_checkpoint_files_name_their_run(demo_tree,
             assert r.exit_code == 0, r.output
         else:
             assert r.exit_code == 2 and "predicted from fold(s) [0]" in r.output, r.output
+
+
+def test_min_conf_and_min_photos_choose_the_rows(demo_tree, eval_probs, tmp_path):
+    loose = make_pseudo(demo_tree, eval_probs, tmp_path / "loose.csv", "--min-conf", "0")
+    strict = make_pseudo(demo_tree, eval_probs, tmp_path / "strict.csv", "--min-conf", "0.99")
+    assert loose.exit_code == 0 and strict.exit_code == 0, loose.output + strict.output
+    conf = pd.read_csv(tmp_path / "loose.csv")[["sure_fold0", "sure_fold1"]].max(axis=1)
+    assert len(pd.read_csv(tmp_path / "strict.csv")) == int((conf >= 0.99).sum()) < len(conf)
+    people = pd.read_csv(people_csv(demo_tree, tmp_path / "people.csv"))
+    first = people["group"] == people["group"].iloc[0]
+    people.loc[first[first].index[:3], "group"] = 99  # one person split 4 + 3
+    people.to_csv(tmp_path / "split.csv", index=False)
+    counts = {}
+    for n in ("7", "3"):
+        r = make_pseudo(demo_tree, eval_probs, tmp_path / f"p{n}.csv", "--people", tmp_path / "split.csv",
+                        "--min-conf", "0", "--min-photos", n)
+        assert r.exit_code == 0, r.output
+        counts[n] = len(pd.read_csv(tmp_path / f"p{n}.csv"))
+    assert counts == {"7": 14, "3": 21}
