@@ -53,8 +53,10 @@ demo: $(STAMP)
 	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people.csv --info $(DEMO)/eval/info.csv --probs $(WORK)/probs.csv \
 		--also $(DEMO)/train/images --also-out $(WORK)/people_train.csv --also-probs $(WORK)/runs/$(MODEL)_fixed \
 		--truth $(DEMO)/eval/people_truth.csv --preview $(WORK)/people.jpg --overwrite
-	# pseudo-labels of the eval people it is sure of, each fold's from that fold's models only; trained again
-	$(PY) pseudo.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv --images $(WORK)/crops/eval --people $(WORK)/people.csv \
+	# pseudo-labels of the eval people it is sure of, each fold's from that fold's models only (grouped by looks
+	# alone: answers of every fold's models must not choose which photos pool fold k's); trained again
+	$(PY) people.py $(DEMO)/eval/images -o $(WORK)/people_looks.csv --info $(DEMO)/eval/info.csv --overwrite > /dev/null
+	$(PY) pseudo.py $(WORK)/probs.csv --info $(DEMO)/eval/info.csv --images $(WORK)/crops/eval --people $(WORK)/people_looks.csv \
 		-o $(WORK)/pseudo.csv --truth $(DEMO)/eval/truth.csv --overwrite
 	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
 		$(PY) train.py $(WORK)/folds_fixed.csv --model $(MODEL) --run-name $(MODEL)_pseudo --fold $$k --out $(WORK)/runs \

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
@@ -24,7 +25,7 @@ from maskfold.files import check_new, read_table, write_csv
 from maskfold.label_audit import CLEAR_FIELDS, TIERS, audit
 from maskfold.labels import PROB_COLS
 from maskfold.oof import read_run_oof
-from maskfold.runs import FOLD_COLUMNS, read_fold_table
+from maskfold.runs import FOLD_COLUMNS, fold_configs, read_fold_table
 
 app = make_app()
 
@@ -74,6 +75,19 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def runs_old_age(runs: list[Path]) -> int:
+    """The --old-age the runs trained with: the age bands their held-out answers are read against."""
+    from maskfold.config import RUN_DEFAULTS
+
+    ages = {run: {c.get("old_age", RUN_DEFAULTS["old_age"]) for c in fold_configs(run).values()} for run in runs}
+    found = set().union(*ages.values())
+    if len(found) > 1:
+        which = ", ".join(f"{run} {sorted(a)}" for run, a in ages.items())
+        raise UserError(f"the runs were trained with different --old-age ({which}): their answers put the ages "
+                        "near 60 in different bands; audit runs of one --old-age")
+    return found.pop() if found else RUN_DEFAULTS["old_age"]
+
+
 def score_against(issues: pd.DataFrame, accepted: pd.DataFrame, df: pd.DataFrame, truth: Path) -> dict:
     """How the person-level rows find the injected errors: recall and precision of all of them, of the top n
     (n: as many as were injected) and of the accepted ones, and per kind."""
@@ -111,9 +125,11 @@ def main(o: AuditOptions):
     for f in fields:
         choose(f, [k for k in TIERS if k != "photo"], "--accept-fields")
     df = held_out(o)
-    issues = audit(df, o.photo_floor)
+    issues = audit(df, o.photo_floor, runs_old_age(o.runs), o.folds.parent)
+    accepted = issues["field"].isin(fields) & (issues["sure"] >= o.accept)
+    issues["apply"] = np.where(accepted, "yes", "")  # split.py --fixes applies the rows marked yes, and no other
     write_csv(issues, o.out)
-    sure = issues[issues["field"].isin(fields) & (issues["sure"] >= o.accept)]
+    sure = issues[accepted]
     if o.accepted:
         write_csv(sure, o.accepted)
         print(f"audit: {len(sure)} person-level rows at least {o.accept} sure in {o.accepted}", file=sys.stderr)

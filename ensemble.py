@@ -48,6 +48,8 @@ class EnsembleOptions:
     age_from: Optional[int] = opt(None, "take the age answer from input N")
     oof: Optional[list[Path]] = opt(None, "run folder of an input's out-of-fold files (once per input, in order; "
                                     "default: the runs each input's record names)")
+    labels: Optional[Path] = opt(None, "folds.csv whose labels the CV is scored and fitted against; needed where the "
+                                 "inputs' runs were trained on different labels (before and after split.py --fixes)")
     bias: bool = opt(False, "fit per-class biases on OOF for macro F1; applied if they gain on held-out folds")
     suspects: Optional[Path] = opt(None, "CSV of people whose labels the OOF probabilities doubt")
     people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): one answer per person")
@@ -83,6 +85,15 @@ class EnsembleOptions:
         if self.group_size < 2:
             raise UserError(f"--group-size {self.group_size}: a person has at least 2 photos (1 worn wrongly, "
                             "1 not worn); without --people every photo is answered alone")
+        per_person = (("--group-size", self.group_size != 7), ("--person-vote", self.person_vote != "mean"),
+                      ("--min-sure", self.min_sure != 0.0), ("--fit-min-sure", self.fit_min_sure),
+                      ("--oof-people", self.oof_people is not None))
+        for flag, given in per_person:
+            if given and self.people is None:
+                raise UserError(f"{flag} shapes the per-person answers: give --people people.csv (without it every "
+                                "photo is answered alone)")
+        if self.fit_min_sure and self.min_sure != 0.0:
+            raise UserError("--fit-min-sure chooses --min-sure out of fold: drop --min-sure, or --fit-min-sure")
         sources = (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
         for t, i in sources:
             if i is not None and not 1 <= i <= len(self.inputs):
@@ -140,30 +151,41 @@ def grouping_record(o: EnsembleOptions, summary: dict) -> None:
               file=sys.stderr)
 
 
-def choose_weights(o: EnsembleOptions, cv: OOF, base: Recipe, summary: dict) -> Recipe:
-    """The recipe with fitted weights if, fitted on the other folds, they beat equal weights on each held-out
-    fold; else `base`."""
+def choose_weights(o: EnsembleOptions, cv: OOF, base: Recipe, summary: dict) -> tuple[Recipe, np.ndarray]:
+    """The recipe to submit and the out-of-fold probabilities that score it. Fitted weights are applied if,
+    fitted on the other folds, they beat equal weights on each held-out fold and the fit on every fold changes
+    something; the CV (and the bias and per-person checks after it) then scores those held-out answers, never
+    the in-sample fit."""
     held = recipe.held_out_recipes(base, cv.inputs, cv.y, cv.folds, o.fit_weights)
     fitted = recipe.fit_recipe(base, cv.inputs, cv.y, o.fit_weights)
     f_held = recipe.task_f1(cv.y, held.argmax(1))["f1"]
     f_equal = recipe.task_f1(cv.y, base.combine(cv.inputs).argmax(1))["f1"]
+    f_in_sample = recipe.task_f1(cv.y, fitted.combine(cv.inputs).argmax(1))["f1"]
     singles = [recipe.task_f1(cv.y, q.argmax(1))["f1"] for q in cv.inputs]
     best = int(np.argmax(singles))
     gain = f_held - f_equal
+    same = fitted.describe() == base.describe()
+    applied = bool(gain > 0 and not same)
+    why = "applied" if applied else \
+        "not applied: the fit on every fold chose the equal weights" if same else "not applied: it loses held out"
+    chosen = fitted if applied else base
     summary["fit_weights"] = {"how": o.fit_weights, "held_out_f1": round(f_held, 5), "equal_f1": round(f_equal, 5),
                               "best_input_f1": round(singles[best], 5), "best_input": cv.names[best],
                               "gain_over_equal": round(gain, 5),
-                              "gain_over_best_input": round(f_held - singles[best], 5),
-                              "applied": bool(gain > 0), "fitted": fitted.describe()}
-    print(f"fit weights ({o.fit_weights}): held-out CV macro F1 {f_held:.4f}, equal weights {f_equal:.4f} "
-          f"({gain:+.4f}), best input {singles[best]:.4f} ({cv.names[best]}); fitted on every fold: "
-          f"{fitted.describe()}; {'applied' if gain > 0 else 'not applied'}", file=sys.stderr)
-    return fitted if gain > 0 else base
+                              "gain_over_best_input": round(f_held - singles[best], 5), "applied": applied,
+                              "why": why, "applied_weights": chosen.describe(), "fitted": fitted.describe(),
+                              "fitted_in_sample_f1": round(f_in_sample, 5),
+                              "cv_scores": "held out" if applied else "equal weights"}
+    print(f"fit weights ({o.fit_weights}): held-out CV macro F1 {f_held:.4f} (each fold's weights fitted on the "
+          f"others), equal weights {f_equal:.4f} ({gain:+.4f}), best input {singles[best]:.4f} ({cv.names[best]}); "
+          f"fitted on every fold: {fitted.describe()} (in sample {f_in_sample:.4f}); {why}", file=sys.stderr)
+    return chosen, held if applied else base.combine(cv.inputs)
 
 
-def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> tuple[np.ndarray, bool]:
+def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> tuple[np.ndarray, bool, float]:
     """Score the recipe's out-of-fold probabilities `p`; decide whether the bias and the per-person rule are
-    applied (each only if it gains on held-out folds). Returns (bias, people rule applied)."""
+    applied (each only if it gains on held-out folds). Returns (bias, people rule applied, the groups' sureness
+    floor)."""
     for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
         s = recipe.task_f1(cv.y, q.argmax(1))
         print(f"CV {name}{cv.coverage}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS),
@@ -192,14 +214,16 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
         if o.people:
             print("per person: applied unchecked (--oof-people scores it out of fold first)", file=sys.stderr)
         summary["cv_per_class"] = per_class(cv.y, final)
-        return b, o.people is not None
+        return b, o.people is not None, o.min_sure
     before = recipe.task_f1(cv.y, final)
     if o.fit_min_sure:  # scored held out: each fold answered with the floor the other folds chose
         floor, grouped = choose_floor(o, cv, p, rows, final)
     else:
         floor = o.min_sure
         grouped = recipe.answers(p, rows, sure_enough(*cv.groups, floor), o.group_size, o.person_vote)
-    summary["min_sure"] = floor
+    summary["min_sure"] = float(floor) if np.isfinite(floor) else None  # JSON has no infinity
+    summary["min_sure_groups"] = "every group" if floor == -np.inf else "none (each photo alone)" \
+        if floor == np.inf else f"surer than {floor:.4f}"
     after = recipe.task_f1(cv.y, grouped)
     gain = after["f1"] - before["f1"]
     steps.append({"step": "per person", "f1": round(after["f1"], 5), "applied": bool(gain >= 0)})
@@ -209,7 +233,7 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
     print(f"per person: CV macro F1 {before['f1']:.4f} -> {after['f1']:.4f} ("
           + ", ".join(f"{t} {after[t] - before[t]:+.4f}" for t in TASKS)
           + f"); {'applied' if gain >= 0 else 'not applied: it loses out of fold'}", file=sys.stderr)
-    return b, gain >= 0
+    return b, gain >= 0, floor
 
 
 def choose_floor(o: EnsembleOptions, cv: OOF, p: np.ndarray, rows: np.ndarray,
@@ -251,7 +275,7 @@ def main(o: EnsembleOptions):
     probs, records = read_inputs(o.inputs, ids)
     needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people),
                                    ("--fit-weights", o.fit_weights != "none")) if on]
-    cv = oof_for_inputs(o.inputs, records, o.oof or [], needs)
+    cv = oof_for_inputs(o.inputs, records, o.oof or [], needs, o.labels)
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     people = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, "info.csv") if o.people else None
     if cv is not None and o.oof_people:
@@ -261,20 +285,19 @@ def main(o: EnsembleOptions):
     elif o.fit_min_sure:
         raise UserError("--fit-min-sure chooses the floor out of fold: it needs --oof-people")
     truth = read_truth(o.truth, ids) if o.truth else None
-    if cv is not None and o.fit_weights != "none":
-        blend = choose_weights(o, cv, blend, summary)
-    summary["recipe"] = blend.describe()
     p_oof = blend.combine(cv.inputs) if cv is not None else None  # the very recipe the submission gets
+    if cv is not None and o.fit_weights != "none":
+        blend, p_oof = choose_weights(o, cv, blend, summary)
+    summary["recipe"] = blend.describe()
     if cv is not None:
-        b, use_people = cv_and_rules(o, cv, p_oof, summary)
+        b, use_people, floor = cv_and_rules(o, cv, p_oof, summary)
     else:
-        b, use_people = np.zeros(NUM_CLASSES), o.people is not None
+        b, use_people, floor = np.zeros(NUM_CLASSES), o.people is not None, o.min_sure
     p = blend.combine(probs)
     plain = recipe.answers(p, b)
     summary["changed"] = {"bias": int((plain != p.argmax(1)).sum())}
     ans = plain
     if people is not None:
-        floor = summary.get("min_sure", o.min_sure)
         groups = sure_enough(*people, floor)
         print(f"{o.people}: {int((groups >= 0).sum())} of {len(groups)} photos in groups sure enough (> {floor:.4f})",
               file=sys.stderr)

@@ -165,6 +165,39 @@ def also_summary(o: PeopleOptions, also: list[str], label: np.ndarray, margin: n
     return out
 
 
+def grouped(F: np.ndarray, bad: list[int], size: int, answers: dict[str, np.ndarray] | None) -> np.ndarray:
+    """A group per photo; each unreadable photo a group of its own."""
+    ok = np.setdiff1d(np.arange(len(F)), bad)
+    label = np.full(len(F), -1)
+    label[ok] = grouping.group(F[ok], size, answers=None if answers is None else {t: v[ok] for t, v in answers.items()})
+    label[bad] = label.max() + 1 + np.arange(len(bad))
+    return label
+
+
+def choose_grouping(o: PeopleOptions, F: np.ndarray, bad: list[int], answers: dict[str, np.ndarray] | None,
+                    also: list[str]) -> tuple[np.ndarray, dict]:
+    """The grouping by looks alone, or with the model's answers where they help: with --also, both groupings are
+    made and the answers kept only if they raise the purity of the --also photos (whose person folders are the
+    truth); a weak model's answers can split people. Without --also they are used unchecked, as asked."""
+    looks = grouped(F, bad, o.size, None)
+    if answers is None:
+        return looks, {"given": False, "answers_used": False}
+    told = grouped(F, bad, o.size, answers)
+    if not also:
+        print("people: the model's answers used unchecked (--also with a train tree checks that they raise the "
+              "purity)", file=sys.stderr)
+        return told, {"given": True, "answers_used": True, "checked": False}
+    n = len(F) - len(also)
+    truth = np.array([str(Path(i).parent) for i in also])
+    with_, without = (round(grouping.purity(lab[n:], truth), 4) for lab in (told, looks))
+    use = with_ > without
+    print(f"people: purity of the --also photos {with_:.4f} with the model's answers, {without:.4f} by looks alone: "
+          f"{'the answers are used' if use else 'grouped by looks alone (the answers do not raise it)'}",
+          file=sys.stderr)
+    return (told if use else looks), {"given": True, "answers_used": bool(use), "checked": True,
+                                      "also_purity_with_answers": with_, "also_purity_looks_alone": without}
+
+
 @command(app, PeopleOptions)
 def main(o: PeopleOptions):
     """Group the photos of a flat folder into people."""
@@ -184,11 +217,8 @@ def main(o: PeopleOptions):
     F, bad = grouping.features(paths, o.workers)
     for i in bad[:5]:
         print(f"warning: unreadable, left in a group of its own: {paths[i]}", file=sys.stderr)
+    label, checked = choose_grouping(o, F, bad, answers, also)
     ok = np.setdiff1d(np.arange(len(paths)), bad)
-    label = np.full(len(paths), -1)
-    label[ok] = grouping.group(F[ok], o.size, answers=None if answers is None else
-                               {t: v[ok] for t, v in answers.items()})
-    label[bad] = label.max() + 1 + np.arange(len(bad))
     margin = np.full(len(paths), np.nan)
     margin[ok] = grouping.sureness(F[ok], label[ok])
     df = table(ids, label[:len(ids)], margin[:len(ids)])
@@ -203,7 +233,8 @@ def main(o: PeopleOptions):
           f"groups of {o.size}", file=sys.stderr)
     sure = (df["sure"] > 0).to_numpy()
     summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
-    summary["probs"] = bool(o.probs or o.also_probs)
+    summary["probs"] = checked["answers_used"]  # the model's answers shaped these groups
+    summary["answers"] = checked
     if o.also:
         summary.update(also_summary(o, also, label, margin, len(ids)))
     if person is not None:  # a group that takes --also photos in is not one of these people's, whole

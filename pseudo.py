@@ -54,7 +54,8 @@ class PseudoOptions:
     min_conf: float = opt(0.7, "keep an answer only this sure: the least of its mask, gender and age probability "
                           "(a person's gender and age: the mean over its photos)")
     min_sure: float = opt(0.0, "with --people: use only groups surer than this (people.py's sure)")
-    min_photos: int = opt(7, "with --people: use only groups of at least this many photos (7: whole people)")
+    min_photos: Optional[int] = opt(None, "with --people: use only groups of at least this many photos (default: "
+                                    "--group-size, whole people)")
     group_size: int = opt(7, "photos per person")
     truth: Optional[Path] = opt(None, "ImageID,ans with the true classes (demo): print how many labels are right")
     batch_size: int = opt(128, "images per forward pass")
@@ -135,13 +136,33 @@ def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[
     return {k: out[k] / counts[k] for k in sorted(out)}
 
 
+def check_looks_alone(people: Path) -> None:
+    """A people.csv grouped with the model's answers (people.py --probs, from every fold's models) would let
+    the other folds' models, which trained on fold k's people, choose which photos pool fold k's answers."""
+    import json
+
+    try:
+        record = json.loads(Path(f"{people}.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    if record.get("probs"):
+        raise UserError(f"--people {people} was grouped with the model's answers (people.py --probs), which come "
+                        "from every fold's models: fold k's pseudo-labels would depend on models that trained on fold "
+                        "k's people; group the eval photos by looks alone for pseudo.py (people.py without --probs)")
+
+
+def min_photos(o: PseudoOptions) -> int:
+    """--min-photos, or a whole person's photos."""
+    return o.group_size if o.min_photos is None else o.min_photos
+
+
 def check_options(o: PseudoOptions) -> None:
     if not 0 <= o.min_conf <= 1:
         raise UserError(f"--min-conf {o.min_conf}: a probability, 0 to 1")
-    if o.group_size < 2 or not 1 <= o.min_photos <= o.group_size:
-        raise UserError(f"--min-photos {o.min_photos}, --group-size {o.group_size}: need 1 <= --min-photos <= "
+    if o.group_size < 2 or not 1 <= min_photos(o) <= o.group_size:
+        raise UserError(f"--min-photos {min_photos(o)}, --group-size {o.group_size}: need 1 <= --min-photos <= "
                         "--group-size, and --group-size >= 2")
-    for flag, given in (("--min-sure", o.min_sure != 0.0), ("--min-photos", o.min_photos != 7)):
+    for flag, given in (("--min-sure", o.min_sure != 0.0), ("--min-photos", o.min_photos is not None)):
         if given and o.people is None:
             raise UserError(f"{flag} chooses among people.py's groups: give --people people.csv")
 
@@ -190,8 +211,9 @@ def main(o: PseudoOptions):
     blend, runs, described = read_inputs(o, ids)
     predicting.check_kind(o.images, files, described, any_images=False)
     if o.people is not None:
+        check_looks_alone(o.people)
         g, s = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, str(o.info))
-        groups = pl.qualifying_groups(g, s, o.min_sure, o.min_photos)
+        groups = pl.qualifying_groups(g, s, o.min_sure, min_photos(o))
     else:
         groups = np.full(len(ids), -1)
     truth = None
@@ -217,7 +239,7 @@ def main(o: PseudoOptions):
                         "checkpoints": {str(k): {"path": str(p.resolve()), "sha256": pl.file_digest(p)}
                                         for k, p in sorted(s.best.items())}} for s in runs],
               "min_conf": o.min_conf, "min_sure": o.min_sure if o.people else None,
-              "min_photos": o.min_photos if o.people else None, "per_person": o.people is not None,
+              "min_photos": min_photos(o) if o.people else None, "per_person": o.people is not None,
               "eval_photos": len(ids), "photos_per_fold": counts, "people_per_fold": people_kept}
     summary = {"out": str(o.out), "eval_photos": len(ids), "rows": len(df),
                "share_per_fold": {k: round(counts[k] / len(ids), 4) for k in folds}, "people_per_fold": people_kept}

@@ -132,11 +132,14 @@ def main(o: SplitOptions):
     if o.fixes:
         from maskfold.fixes import apply_fixes
 
-        df, applied = apply_fixes(df, o.fixes)  # after the folds: the same folds as without the fixes
+        df, applied = apply_fixes(df, o.fixes, out_dir)  # after the folds: the same folds as without the fixes
     cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]
     cols += ["fix"] if o.fixes else []
     for line in applied:
         print(f"fixed: {line}", file=sys.stderr)
+    if o.fixes and not applied:
+        print(f"warning: no row of {o.fixes} is marked to apply: {o.out} has the labels as given, and a round "
+              "trained on it repeats the one before", file=sys.stderr)
     print(pd.crosstab(df["label"], df["fold"]).to_string(), file=sys.stderr)
     write_csv(df[cols], o.out)
     result({"out": str(o.out), "images": len(df), "people": int(df["person"].nunique()), "folds": o.folds,

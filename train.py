@@ -11,6 +11,7 @@ curves.png and train.log per fold, config.json per run, and one row per finished
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -37,7 +38,7 @@ app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
-    from maskfold.datasets import AUGS, CUTMIX_MODES, build_aug, is_aug_file
+    from maskfold.datasets import AUGS, CUTMIX_MODES, check_aug_file, is_aug_file
     from maskfold.optim import OPTIMIZERS, SCHEDULERS
 
     import models
@@ -48,7 +49,7 @@ def check_options(cfg: TrainConfig) -> None:
                                  (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
     if is_aug_file(cfg.aug):
-        build_aug(cfg.aug)  # loads, or one line
+        check_aug_file(cfg.aug, cfg.img_size)  # loads and keeps the crop's size and type, or one line
     else:
         choose(cfg.aug, AUGS, "--aug")
     try:
@@ -90,9 +91,39 @@ def setup_place(cfg: TrainConfig):
     return Place(f"cuda:{local}" if cuda else "cpu", dist.get_rank(), world, backend)
 
 
-def create_model(cfg: TrainConfig, resume_from: Path | None):
+def trained_on(source: Path, ck: dict) -> dict | None:
+    """The fold and person-to-fold map a checkpoint was trained with: its own record, or its fold's config.json."""
+    if ck.get("trained_on"):
+        return ck["trained_on"]
+    beside = source.parent / "config.json"
+    try:
+        c = json.loads(beside.read_text()) if beside.is_file() else {}
+    except (OSError, ValueError):
+        c = {}
+    return {"fold": c["fold"], "folds_digest": c["folds_digest"]} if "fold" in c and "folds_digest" in c else None
+
+
+def check_init_from(cfg: TrainConfig, ck: dict, digest: str) -> None:
+    """--init-from must not bring in weights that trained on this fold's validation people: that would leak them
+    into its CV."""
+    seen = trained_on(cfg.init_from, ck)
+    if seen is None:
+        print(f"note: --init-from {cfg.init_from}: no record of the people it trained on (a checkpoint from "
+              f"elsewhere?): make sure none of fold {cfg.fold}'s validation people were among them", file=sys.stderr)
+        return
+    if seen["folds_digest"] != digest:
+        raise UserError(f"--init-from {cfg.init_from}: trained on another person-to-fold map than {cfg.folds_csv}, so "
+                        f"perhaps on fold {cfg.fold}'s validation people (a leak into its CV); start fold {cfg.fold} "
+                        "from a checkpoint of a run split from this folds.csv")
+    if seen["fold"] != cfg.fold:
+        raise UserError(f"--init-from {cfg.init_from}: trained with fold {seen['fold']} held out, so on fold "
+                        f"{cfg.fold}'s validation people (a leak into its CV); start fold {cfg.fold} from fold "
+                        f"{cfg.fold}'s own checkpoint (runs/<run>/fold{cfg.fold}/best.pt)")
+
+
+def create_model(cfg: TrainConfig, resume_from: Path | None, digest: str):
     """The fold's network: with the weights of the checkpoint it resumes from, or of --init-from (each
-    checked to be of this run's model and head)."""
+    checked to be of this run's model and head; --init-from, to have not trained on this fold's people)."""
     from maskfold import checkpoint
     from maskfold.trainer import seed_all
 
@@ -110,6 +141,8 @@ def create_model(cfg: TrainConfig, resume_from: Path | None):
     if mine != theirs:
         fix = "--overwrite restarts the fold" if resume else "start from a checkpoint of this model"
         raise UserError(f"{source}: a checkpoint of {describe(*theirs)}, not of this run's {describe(*mine)}; {fix}")
+    if not resume:
+        check_init_from(cfg, ck, digest)
     checkpoint.load_weights(net, ck, source)
     return net, ck if resume else None
 
@@ -123,10 +156,10 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int, facts: dict) -> None:
     if cfg.overwrite and cfg.fold_dir.exists():
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
-    from maskfold.config import RUN_KEYS
+    from maskfold.config import RUN_RECORD
 
     record = cfg.record()
-    write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_KEYS})
+    write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_RECORD})
     write_json(cfg.fold_dir / "config.json", {**record, **facts, "folds_total": folds_total})
 
 
@@ -245,7 +278,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     import models
 
     place = setup_place(cfg)
-    net, ck = create_model(cfg, state.resume_from)
+    net, ck = create_model(cfg, state.resume_from, facts["folds_digest"])
     if place.rank0:
         start_fold_dir(cfg, df["fold"].nunique(), facts)
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
@@ -274,6 +307,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
                             [float(w) for w in cfg.task_weights.split(",")])
     mean, std = models.norm_stats(net)
     fold = trainer.build(cfg, place, net, crit, mean, std, steps=-(-batches // cfg.accum_steps))
+    fold.trained_on = {"fold": cfg.fold, "folds_digest": facts["folds_digest"]}  # checked by a later --init-from
     trainer.note_precision(cfg, place.device, fold.amp, log)
     start = checkpoint.restore(fold, ck) if ck is not None else 0
     if ck is not None:

@@ -24,7 +24,7 @@ def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) ->
     weights = fold.ema.module if ema else fold.net
     ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
           "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric, "ema": ema,
-          "state_dict": weights.state_dict()}
+          "trained_on": fold.trained_on, "state_dict": weights.state_dict()}
     if full:
         ck.update(optimizer=fold.opt.state_dict(), scheduler=fold.sched.state_dict(), torch_rng=torch.get_rng_state(),
                   history=fold.history, best=fold.best, steps=fold.steps,

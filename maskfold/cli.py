@@ -8,6 +8,7 @@ import difflib
 import functools
 import inspect
 import json
+import os
 import signal
 import sys
 import typing
@@ -41,7 +42,21 @@ class Script(typer.Typer):
 
     def __call__(self, *args, **kwargs):
         check_pairs(sys.argv[1:], self.pairs)
-        return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            if e.code == 130:
+                die_of_ctrl_c()
+            raise
+
+
+def die_of_ctrl_c() -> None:
+    """End the process by SIGINT itself, after its one line: a shell loop (`for k in 0 1 2; do python train.py
+    ...; done`) stops at a child that died of Ctrl-C, and goes on after one that merely exited 130."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def check_pairs(argv: list[str], pairs: tuple[str, ...]) -> None:
@@ -75,7 +90,10 @@ def one_line_errors(main):
 
 def result(summary: dict) -> None:
     """The script's result: one JSON object, the last line on stdout."""
-    print(json.dumps(summary, ensure_ascii=False))  # paths as they are named, not as \uXXXX escapes
+    from maskfold.files import json_safe
+
+    # paths as they are named, not as \uXXXX escapes; no NaN or Infinity, which JSON has not
+    print(json.dumps(json_safe(summary), ensure_ascii=False, allow_nan=False))
 
 
 def choose(value: str, valid, option: str) -> str:

@@ -14,6 +14,7 @@ from maskfold.device import Device
 
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
+UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
 RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total", "extra_digest",
                "extra_rows")
 
@@ -25,20 +26,22 @@ def read_config(ctx: typer.Context, param, value: Optional[Path]):
         return value
     import json
 
+    from maskfold.cli import fail
+
     if not value.is_file():
-        raise typer.BadParameter(f"{value}: no such file")
+        fail(f"--config {value}: no such file")
     try:
         text = value.read_text()
         data = json.loads(text) if value.suffix.lower() == ".json" else __import__("yaml").safe_load(text)
     except Exception as e:  # JSON and YAML raise their own kinds on a broken file
-        raise typer.BadParameter(f"{value}: not JSON or YAML ({type(e).__name__})") from None
+        fail(f"--config {value}: not JSON or YAML ({type(e).__name__})")
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{value}: not a mapping of option names to values")
+        fail(f"--config {value}: not a mapping of option names to values")
     data = {k.replace("-", "_").lstrip("_"): v for k, v in data.items()}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(k for k in data if k not in known and k not in RECORD_ONLY)
     if unknown:
-        raise typer.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
+        fail(f"--config {value}: unknown option(s) {', '.join(unknown)}")
     skipped = sorted(k for k in data if k in PER_CALL and data[k] not in (None, False))
     if skipped:
         print(f"note: {value}: {', '.join(skipped)} not taken from the file (give them on the command line)",
@@ -60,7 +63,8 @@ class TrainConfig:
     pretrained: bool = opt(True, "start from ImageNet weights (downloaded once from the hub, then from its cache)",
                            run=True)
     pretrained_file: Optional[Path] = opt(None, "start from the ImageNet weights in this file (a state dict of "
-                                          "--model, .pth or .safetensors): a machine without internet", run=True)
+                                          "--model, .pth or .safetensors): a machine without internet (none: unset "
+                                          "a --config file's)", run=True)
     head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
     task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
     loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
@@ -98,15 +102,19 @@ class TrainConfig:
                         "finished fold is still written", run=True)
     extra: Optional[Path] = opt(None, "pseudo-labels of eval photos (pseudo.py): fold k trains on their label_fold<k> "
                                 "rows too, labelled by the first round's fold-k models, which never saw fold k's "
-                                "people; validation and oof.csv stay folds.csv's photos", run=True)
+                                "people; validation and oof.csv stay folds.csv's photos (none: unset a --config "
+                                "file's)", run=True)
     extra_soft: bool = opt(False, "--extra: draw each pseudo-labelled photo's class afresh every epoch from its fold's "
                            "probabilities (the photo's mask, the person's gender and age) instead of the hard label",
                            run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
-                                    "size): fine-tuning, or a second round", run=True)
+                                    "size): fine-tuning, or a second round from the same fold's checkpoint (one "
+                                    "that trained on this fold's validation people is refused); none: unset a "
+                                    "--config file's", run=True)
     oof_tta: str = opt("flip", "the test-time augmentation of oof.csv's answers, as predict.py --tta takes it "
                        "(flip, shift, scale, comma-separated; none): the same as the submission's, so that the CV "
-                       "scores what is submitted (the best epoch is chosen without it)")
+                       "scores what is submitted (the best epoch is chosen without it); a run's folds share it",
+                       run=True)
     device: Device = opt(Device.auto, "where to train")
     workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
@@ -125,6 +133,12 @@ class TrainConfig:
              "--skip-done and --overwrite come from the command line only",
         is_eager=True, callback=read_config), "run": False})
     overwrite: bool = opt(False, "redo this fold, finished or not")
+
+    def __post_init__(self):
+        for name in UNSETTABLE:  # `--extra none` unsets a path a --config file gave
+            value = getattr(self, name)
+            if value is not None and str(value).lower() == "none":
+                object.__setattr__(self, name, None)
 
     @property
     def run_name(self) -> str:
@@ -145,6 +159,8 @@ class TrainConfig:
 
 
 RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) + ("folds_csv",)
+# What a run's config.json holds, for `--config runs/<run>/config.json`: every option but the per-call ones.
+RUN_RECORD = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_CALL)
 # What a learning option was before a config.json recorded it: its default (a run trained before an option
 # existed trained as its default says, and stays comparable with folds trained after).
 RUN_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default

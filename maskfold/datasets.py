@@ -62,6 +62,43 @@ def build_aug(aug: str):
     return tf
 
 
+NOT_ON_CACHED = ("Normalize", "ToFloat", "FromFloat", "ToTensorV2")  # train.py's own steps, done on the device
+
+
+def walk(tf):
+    """Every transform of a pipeline, nested ones (OneOf, Sequential) too."""
+    yield tf
+    for t in getattr(tf, "transforms", []) or []:
+        yield from walk(t)
+
+
+def check_aug_file(aug: str, img_size: tuple[int, int]) -> None:
+    """An --aug file must take the cached uint8 crop at --img-size to a uint8 image of the same size: the crops
+    are cached resized and normalised on the device with the model's statistics, so a Normalize in the file
+    would normalise twice and a Resize or crop would train at another size than validation and predict see."""
+    from maskfold.cli import UserError
+
+    steps = [t.__class__.__name__ for t in walk(build_aug(aug))]
+    found = [n for n in steps if n in NOT_ON_CACHED]
+    if found:
+        raise UserError(f"--aug {aug}: drop its {found[0]}: train.py normalises on the device with the model's mean "
+                        "and std, and the file's transforms must keep the uint8 image")
+    probe = build_aug(aug)  # a second copy, every step switched on, to see what it does to a crop
+    for t in walk(probe):
+        if hasattr(t, "p"):
+            t.p = 1.0
+    h, w = img_size
+    x = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for seed in range(4):
+        probe.set_random_seed(seed)
+        y = probe(image=x)["image"]
+        if not isinstance(y, np.ndarray) or y.shape != x.shape or y.dtype != np.uint8:
+            what = f"{y.shape[0]}x{y.shape[1]} {y.dtype}" if isinstance(y, np.ndarray) else type(y).__name__
+            raise UserError(f"--aug {aug}: turns a {h}x{w} uint8 crop into {what}: its transforms must keep the size "
+                            f"and type (the crops are cached at --img-size {h} {w}, where validation and predict.py "
+                            "see them); drop its Resize or crop, or give that size as --img-size")
+
+
 def aug_record(aug: str) -> dict:
     """What a run records of its augmentation: a file's pipeline itself, so that a changed file is seen."""
     if not is_aug_file(aug):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -38,8 +39,19 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_safe(obj):
+    """`obj` with every non-finite float (NaN, infinities, which JSON has not) as null: a record must parse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+    write_text(path, json.dumps(json_safe(obj), indent=1, ensure_ascii=False, allow_nan=False))
 
 
 def write_csv(df: pd.DataFrame, path: Path, **kw) -> None:

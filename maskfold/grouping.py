@@ -172,12 +172,13 @@ def complete(F: np.ndarray, label: np.ndarray, size: int, tok: np.ndarray | None
     """Fragments of a folder of whole people made into groups of exactly `size`: the best-linked pairs of
     fragments that fit merge first; a fragment that fits nowhere is split up, its photos placed one by one
     where they look most alike. Fragments whose `tok` counts together leave bounds are not merged while others
-    can be; a photo goes where the counts allow if anywhere does."""
+    can be; a photo goes where the counts allow, and where nowhere does it stays a group of its own."""
     label = label.copy()
     tok = np.zeros((len(label), 4), np.int32) if tok is None else tok
+    alone: set[int] = set()  # photos that no group with room may take (the counts forbid it): they stay apart
     while True:
         groups = pd.Series(np.arange(len(label))).groupby(label).apply(list)
-        short = [g for g in groups if len(g) < size]
+        short = [g for g in groups if len(g) < size and not (len(g) == 1 and g[0] in alone)]
         if not short:
             return label
         sums = np.stack([F[g].sum(0) for g in short])
@@ -196,7 +197,11 @@ def complete(F: np.ndarray, label: np.ndarray, size: int, tok: np.ndarray | None
             return label  # not a folder of whole people after all: the fragments stay
         for i in smallest:
             open_ = [g for g in room if len(g) < size]
-            fine = [g for g in open_ if allowed(tok[g].sum(0) + tok[i])] or open_
+            fine = [g for g in open_ if allowed(tok[g].sum(0) + tok[i])]
+            if not fine:  # never into a group its counts forbid: a photo of its own
+                label[i] = label.max() + 1
+                alone.add(i)
+                continue
             best = max(fine, key=lambda g: float(F[i] @ F[g].sum(0)) / len(g))
             label[i] = label[best[0]]
             best.append(i)

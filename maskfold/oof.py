@@ -90,6 +90,50 @@ def check_current(f: Path, s: Source, finished: list[int], of: int | None) -> No
               f"its CV is over those {len(s.folds)} of {of or len(finished)} folds", file=sys.stderr)
 
 
+def check_tta(f: Path, record: dict | None, s: Source) -> None:
+    """An input predicted with other test-time views than its run's out-of-fold answers were made with: the CV
+    would score another recipe than the one submitted."""
+    from maskfold.tta import parse
+
+    if not record or "tta" not in record:
+        return
+    given = tuple(sorted(parse(record["tta"], f"{f}.json's tta")))
+    used = {tuple(sorted(parse(c["oof_tta"], "--oof-tta"))) for k, c in fold_configs(s.run).items()
+            if "oof_tta" in c and (s.folds is None or k in s.folds)}
+    if used and used != {given}:
+        theirs = " and ".join(",".join(t) or "none" for t in sorted(used))
+        raise UserError(f"{f} was predicted with --tta {','.join(given) or 'none'}, but the out-of-fold answers of "
+                        f"{s.run} were made with --oof-tta {theirs}: its CV would score another recipe than the "
+                        f"submission; predict it with --tta {theirs}")
+
+
+def check_labels(frames: dict[Path, pd.DataFrame], common: pd.Index) -> None:
+    """Runs trained on different labels (before and after split.py --fixes): their out-of-fold files hold
+    different truths, and a CV scored against any one of them depends on which input came first."""
+    runs = list(frames)
+    labels = frames[runs[0]].loc[common, "label"].to_numpy()
+    for r in runs[1:]:
+        other = frames[r].loc[common, "label"].to_numpy()
+        if (other != labels).any():
+            i = int(np.argmax(other != labels))
+            raise UserError(f"{runs[0]} and {r} were trained on different labels ({int((other != labels).sum())} "
+                            f"photos differ, e.g. {common[i]}: {labels[i]} in one, {other[i]} in the other): give "
+                            "--labels FOLDS_CSV, the folds.csv whose labels the CV scores against (the fixed one)")
+
+
+def labels_from(path: Path, common: pd.Index) -> np.ndarray:
+    """The labels of a folds.csv (--labels) for the photos `common` names (resolved paths)."""
+    from maskfold.runs import read_fold_table
+
+    df = read_fold_table(path)
+    df.index = [os.path.abspath(path.parent / p) for p in df["path"]]
+    missing = common.difference(df.index)
+    if len(missing):
+        raise UserError(f"--labels {path}: {len(missing)} of the runs' out-of-fold photos are not in it, e.g. "
+                        f"{missing[0]} (a folds.csv of other photos?)")
+    return df.loc[common, "label"].to_numpy(int)
+
+
 def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list[str]) -> None:
     """Runs split from different folds.csv files: each out-of-fold answer is honest, but a bias or rule fitted
     with one run's folds held out would be fitted on another run's answers for photos its models trained on."""
@@ -101,7 +145,7 @@ def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list
             i = int(np.argmax(other != folds))
             what = (f"{runs[0]} and {r} were split differently (photo {common[i]} is in fold {folds[i]} of one and "
                     f"{other[i]} of the other)")
-            fitted = [n for n in needs if n in ("--bias", "--oof-people")]
+            fitted = [n for n in needs if n in ("--bias", "--oof-people", "--fit-weights")]
             if fitted:
                 raise UserError(f"{what}: {', '.join(fitted)} would be fitted on answers of models that saw the "
                                 "held-out labels; blend runs of one folds.csv")
@@ -110,9 +154,10 @@ def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list
 
 
 def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],
-                   needs: list[str]) -> OOF | None:
-    """Each input's out-of-fold probabilities, aligned on the photos they share; None (with a note) when
-    some input cannot be paired and nothing asked for them."""
+                   needs: list[str], labels: Path | None = None) -> OOF | None:
+    """Each input's out-of-fold probabilities, aligned on the photos they share, with the labels they are scored
+    against (the runs' own, which must agree, or those of the folds.csv `labels`); None (with a note) when some
+    input cannot be paired and nothing asked for them."""
     if oof_runs and len(oof_runs) != len(inputs):
         raise UserError(f"{len(inputs)} inputs but {len(oof_runs)} --oof runs: give one --oof per input, in the "
                         "inputs' order, or none (each input's record names its runs)")
@@ -140,13 +185,14 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
     frames: dict[tuple[Path, tuple | None], pd.DataFrame] = {}
     whole: dict[Path, pd.DataFrame] = {}
     expected: dict[Path, int | None] = {}  # the folds each run was split into
-    for f, runs in zip(inputs, pairs):
+    for f, rec, runs in zip(inputs, records, pairs):
         for s in runs:
             key = s.run.resolve()
             if key not in whole:
                 whole[key], expected[key] = read_run_oof(s.run), run_folds(s.run).expected
             finished = sorted(int(k) for k in whole[key]["fold"].unique())
             check_current(f, s, finished, expected[key])
+            check_tta(f, rec, s)
             used = whole[key] if s.folds is None else whole[key][whole[key]["fold"].isin(s.folds)]
             frames[(key, s.folds)] = used
     common = None
@@ -159,6 +205,9 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
         print(f"note: CV over the {len(common)} photos that every input's runs scored out of fold ({largest} in the "
               "largest): runs with other finished folds, or inputs predicted from some folds only", file=sys.stderr)
     check_splits(whole, common, needs)
+    y = labels_from(labels, common) if labels is not None else None
+    if y is None:
+        check_labels(whole, common)
     first = frames[(pairs[0][0].run.resolve(), pairs[0][0].folds)].loc[common]
     arrays = []
     for runs in pairs:
@@ -167,7 +216,8 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                           for wi, s in zip(w, runs)) / w.sum())
     names = [" + ".join(str(s.run) for s in runs) for runs in pairs]
     of = max((n or 0 for n in expected.values()), default=0) or None
-    return OOF(names, arrays, first["label"].to_numpy(int), first["fold"].to_numpy(int), list(common), of=of)
+    return OOF(names, arrays, first["label"].to_numpy(int) if y is None else y, first["fold"].to_numpy(int),
+               list(common), of=of)
 
 
 def suspects(cv: OOF, p: np.ndarray, n: int) -> pd.DataFrame:

@@ -105,7 +105,10 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
     for run in record.get("runs", []):
         for k, ck in run.get("checkpoints", {}).items():
             p = Path(ck["path"])
-            if p.is_file() and file_digest(p) != ck["sha256"]:
+            if not p.is_file():
+                raise UserError(f"{where} cannot be checked: {p} (fold {k} of {run['run']}), a checkpoint it was made "
+                                "from, is gone (moved or deleted since?); make it again with pseudo.py")
+            if file_digest(p) != ck["sha256"]:
                 raise UserError(f"{where} is stale: {p} (fold {k} of {run['run']}) was trained again after it was "
                                 "made; make it again with pseudo.py")
     df["file"] = [os.path.abspath(path.parent / p) for p in df["path"]]

@@ -29,8 +29,14 @@ def seed_all(seed: int) -> None:
 
 
 def train_targets(df, old_age: int) -> np.ndarray:
-    """Training labels with ages >= old_age moved to the old band (the teams' 58/59 trick)."""
-    return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), age_label(df["age"].to_numpy(), old_age))
+    """Training labels with ages >= old_age moved to the old band (the teams' 58/59 trick). A photo whose age
+    band a fix set (split.py --fixes: an age or photo fix, named in the `fix` column) keeps that band: the fix
+    says which band the person is in, whatever --old-age does to the ages near it."""
+    band = age_label(df["age"].to_numpy(), old_age)
+    if "fix" in df.columns and "age_label" in df.columns:
+        fixed = df["fix"].fillna("").astype(str).str.split(";").map(lambda f: "age" in f or "photo" in f).to_numpy()
+        band = np.where(fixed, df["age_label"].to_numpy(), band)
+    return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), band)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Fold:
     shown: np.ndarray | None = None  # the first batch of this session as the model saw it (uint8 NHWC)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
+    trained_on: dict | None = None  # the fold and person-to-fold map: which people these weights learnt from
 
 
 def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: list[float], std: list[float],

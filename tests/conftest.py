@@ -42,6 +42,14 @@ def tiny_run(demo_tree, tmp_path_factory) -> tuple[Path, Path]:
     return folds, tmp / "runs" / "test_resnet"
 
 
+def ctrl_c_default() -> None:
+    """A child's start (Popen's preexec_fn) with Ctrl-C at its default, as a terminal gives it: a suite started
+    in the background (`nohup make test &`) hands its children SIGINT ignored, and they would never see it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def invoke(app, *args):
     """Run a script's Typer app in-process as its command line would."""
     from typer.testing import CliRunner

@@ -60,7 +60,7 @@ def test_audit_script_writes_ranked_rows_and_leaves_its_inputs(tiny_run, tmp_pat
     r = invoke(audit.app, run, "--folds", folds, "-o", out)
     assert r.exit_code == 0, r.output
     issues = pd.read_csv(out)
-    assert list(issues.columns) == ["person", "path", "field", "label", "suggested", "sure"]
+    assert list(issues.columns) == ["person", "path", "field", "label", "suggested", "sure", "apply"]
     tier = issues["field"].map({"gender": 0, "swap": 0, "age": 1, "photo": 2})
     assert tier.is_monotonic_increasing  # gender and swap rows, then ages, then photos
     assert all(g["sure"].is_monotonic_decreasing for _, g in issues.groupby(tier))

@@ -29,12 +29,22 @@ def plain(demo_tree, tmp_path_factory):
 
 def run_fixes(demo_tree, tmp_path, rows):
     fixes, out = tmp_path / "fixes.csv", tmp_path / "folds.csv"
-    pd.DataFrame(rows, columns=["person", "path", "field", "label", "suggested", "sure"]).to_csv(fixes, index=False)
+    rows = [(*r, "yes") if len(r) == 6 else r for r in rows]
+    pd.DataFrame(rows, columns=["person", "path", "field", "label", "suggested", "sure", "apply"]).to_csv(fixes,
+                                                                                                       index=False)
     train = demo_tree / "train"
     before = digest(train)
     r = invoke(split.app, train / "train.csv", train / "images", "-o", out, "--folds", "3", "--fixes", fixes)
     assert digest(train) == before  # train.csv and the images untouched, whatever happened
     return r, out
+
+
+def pair_label(demo_tree, person):
+    """What audit.py writes as a swap row's label: the contents of the person's two files as named now."""
+    from maskfold.fixes import swap_label
+
+    folder = demo_tree / "train" / "images" / person
+    return swap_label(next(folder.glob("incorrect_mask.*")), next(folder.glob("normal.*")))
 
 
 def test_each_kind_of_fix_changes_exactly_its_labels(demo_tree, tmp_path, plain):
@@ -48,7 +58,7 @@ def test_each_kind_of_fix_changes_exactly_its_labels(demo_tree, tmp_path, plain)
     new_class = int((photo["label"] + 6) % 18)
     r, out = run_fixes(demo_tree, tmp_path, [
         (a, "", "gender", g, other, 0.99), (b, "", "age", str(age), str(new_age), 0.9),
-        (c, "", "swap", "incorrect_mask/normal as named", "swapped", 0.8),
+        (c, "", "swap", pair_label(demo_tree, c), "swapped", 0.8),
         (d, photo["path"], "photo", str(int(photo["label"])), str(new_class), 0.7)])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["fixes_applied"] == 4
@@ -90,3 +100,59 @@ def test_the_same_fix_twice_is_refused(demo_tree, tmp_path, plain):
     other = "female" if g == "male" else "male"
     r, out = run_fixes(demo_tree, tmp_path, [(person, "", "gender", g, other, 0.9)] * 2)
     assert r.exit_code == 2 and "row 3" in r.output and not out.exists(), r.output
+
+
+def test_only_rows_marked_apply_are_applied(demo_tree, tmp_path, plain):
+    """The audit's whole label_issues.csv given as fixes: only its rows marked apply=yes change labels."""
+    people = plain.groupby("person").first()
+    a, b = people.index[:2]
+    flip = {"male": "female", "female": "male"}
+    r, out = run_fixes(demo_tree, tmp_path, [(a, "", "gender", people.loc[a, "gender"], flip[people.loc[a, "gender"]],
+                                              0.99, "yes"),
+                                             (b, "", "gender", people.loc[b, "gender"], flip[people.loc[b, "gender"]],
+                                              0.6, "")])
+    assert r.exit_code == 0, r.output
+    fixed = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
+    assert set(fixed.loc[fixed["fix"] != "", "person"]) == {a} and "1 of the 2 rows" in r.stderr
+    out.unlink()
+    r, out = run_fixes(demo_tree, tmp_path, [(a, "", "gender", "male", "female", 0.9, "")])
+    assert r.exit_code == 0 and (pd.read_csv(out, keep_default_na=False)["fix"] == "").all()
+    assert "no row" in r.stderr and "the labels as given" in r.stderr
+    fixes = tmp_path / "old.csv"  # a file without the column: which rows were accepted cannot be told
+    pd.DataFrame([(a, "", "gender", "male", "female", 0.9)],
+                 columns=["person", "path", "field", "label", "suggested", "sure"]).to_csv(fixes, index=False)
+    r = invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o",
+               tmp_path / "o.csv", "--fixes", fixes)
+    assert r.exit_code == 2 and "missing column(s) apply" in r.output and not (tmp_path / "o.csv").exists()
+
+
+def test_a_photo_fix_beside_its_persons_gender_fix_is_refused(demo_tree, tmp_path, plain):
+    person = plain["person"].iloc[0]
+    g = plain["gender"].iloc[0]
+    photo = plain[plain["person"] == person].iloc[1]
+    r, out = run_fixes(demo_tree, tmp_path, [(person, "", "gender", g, "female" if g == "male" else "male", 0.9),
+                                             (person, photo["path"], "photo", str(int(photo["label"])), "0", 0.9)])
+    assert r.exit_code == 2 and "row 3 (photo" in r.output and "contradicts row 2" in r.output, r.output
+    assert not out.exists()
+
+
+def test_a_swap_fix_of_files_renamed_since_is_refused(demo_tree, tmp_path, plain):
+    """The data fixed at its source (the two files renamed), the old swap fix reused: refused, not swapped back."""
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(demo_tree / "train", train)
+    person = plain["person"].iloc[0]
+    label = pair_label(demo_tree, person)
+    folder = train / "images" / person
+    wrong, normal = next(folder.glob("incorrect_mask.*")), next(folder.glob("normal.*"))
+    tmp = wrong.with_name("tmp" + wrong.suffix)
+    wrong.rename(tmp)
+    normal.rename(wrong.with_name("incorrect_mask" + normal.suffix))
+    tmp.rename(normal.with_name("normal" + wrong.suffix))
+    fixes = tmp_path / "fixes.csv"
+    pd.DataFrame([(person, "", "swap", label, "swapped", 0.9, "yes")],
+                 columns=["person", "path", "field", "label", "suggested", "sure", "apply"]).to_csv(fixes, index=False)
+    r = invoke(split.app, train / "train.csv", train / "images", "-o", tmp_path / "o.csv", "--fixes", fixes)
+    assert r.exit_code == 2 and "made for other incorrect_mask and normal files" in r.output, r.output
+    assert not (tmp_path / "o.csv").exists()

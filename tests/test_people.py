@@ -409,7 +409,10 @@ def test_people_py_probs_and_also_group_both_folders_in_one_run(demo_tree, tmp_p
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["purity"] == 1.0 and s["mixed_groups"] == 0
-    assert seen[0][0] == 21 + 84 and seen[0][1]["answers"]["gender"].shape == (105, 2)  # one grouping of both
+    # one grouping of both folders, by looks alone and with the answers: the --also photos' purity chooses
+    assert [n for n, _ in seen] == [21 + 84] * 2 and seen[0][1]["answers"] is None
+    assert seen[1][1]["answers"]["gender"].shape == (105, 2)
+    assert s["answers"]["checked"] and {"also_purity_with_answers", "also_purity_looks_alone"} <= set(s["answers"])
     train = pd.read_csv(tmp_path / "train.csv")
     assert len(train) == 84 and train["ImageID"].str.contains("/").all()
     assert s["also_photos"] == 84 and s["estimated_purity"] >= 0.95 and "estimated_purity" in \
@@ -437,5 +440,13 @@ def test_min_sure_chosen_out_of_fold_needs_the_check_and_keeps_unsure_groups_apa
     r, s = run_ensemble(tmp, [tmp / "C.csv"], "--people", tmp / "people.csv", "--oof-people",
                         tmp / "train_people.csv", "--fit-min-sure", "--truth", tmp / "truth.csv", "--overwrite")
     assert r.exit_code == 0, r.output
-    assert s["min_sure"] < 0.2 and s["people_applied"] and "chosen out of fold" in r.stderr
+    # every group chosen (no floor at all): said in words, and no -Infinity, which is not JSON
+    assert s["min_sure"] is None and s["min_sure_groups"] == "every group" and s["people_applied"]
+    assert "chosen out of fold" in r.stderr
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    strict(r.stdout.strip().splitlines()[-1])
+    assert strict((tmp / "sub.csv.json").read_text())["min_sure"] is None
     assert "grouped on their own" in r.stderr  # the check's groups were not made with the eval photos

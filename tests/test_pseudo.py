@@ -224,6 +224,9 @@ def test_a_stale_or_unrecorded_file_is_refused(tiny_run, pseudo_csv, tmp_path):
     rec["runs"][0]["checkpoints"]["0"]["sha256"] = "0" * 16  # as if fold 0 had been trained again since
     Path(f"{stale}.json").write_text(json.dumps(rec))
     refused(tiny_run, stale, tmp_path, "is stale")
+    rec["runs"][0]["checkpoints"]["0"]["path"] = str(tmp_path / "gone" / "best.pt")  # deleted since: unchecked
+    Path(f"{stale}.json").write_text(json.dumps(rec))
+    refused(tiny_run, stale, tmp_path, "cannot be checked")
     rec = json.loads(Path(f"{pseudo_csv}.json").read_text())
     rec["inputs"][0]["sha256"] = "0" * 64  # as if the probabilities had been predicted again since
     Path(f"{stale}.json").write_text(json.dumps(rec))

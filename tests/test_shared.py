@@ -276,6 +276,8 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_batch(capsys):
 
     from maskfold import signals
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts Python (not `nohup ... &`)
+
     class Bar:  # a progress bar whose __del__ is running when Ctrl-C comes
         def __del__(self):
             os.kill(os.getpid(), signal.SIGINT)

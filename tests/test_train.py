@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from maskfold import trainer
 
 import split
 import train
-from conftest import ROOT, invoke
+from conftest import ROOT, ctrl_c_default, invoke
 
 TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu"]
@@ -304,7 +305,7 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(folds, tmp_path):
     args = ["--epochs", "4", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.Popen(_cli(folds, tmp_path, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
+                         env=env, preexec_fn=ctrl_c_default)
     last = tmp_path / "test_resnet" / "fold0" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and p.poll() is None:
@@ -312,10 +313,30 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(folds, tmp_path):
     assert p.poll() is None, "train.py finished before Ctrl-C"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "Traceback" not in err, err
+    assert p.returncode == -signal.SIGINT and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted in epoch") and "--resume" in err
     r = subprocess.run(_cli(folds, tmp_path, *args, "--resume"), capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "resumed from" in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_shell_loop_over_folds(folds, tmp_path):
+    """The README's loop, `for k in 0 1; do python train.py ... --fold $k; done`, in a real bash, Ctrl-C sent to
+    its process group as a terminal sends it: the loop ends at once, fold 1 never starts."""
+    args = " ".join(shlex.quote(str(a)) for a in _cli(folds, tmp_path, "--epochs", "4", "--batch-size", "8",
+                                                            "--img-size", "48", "36", "--workers", "2"))
+    loop = f"for k in 0 1; do {args} --fold $k; done; echo loop went on"
+    p = subprocess.Popen(["bash", "-c", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True, preexec_fn=ctrl_c_default)
+    last = tmp_path / "test_resnet" / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "fold 0 finished before Ctrl-C"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "loop went on" not in out and not (tmp_path / "test_resnet" / "fold1").exists(), err
+    assert p.returncode in (-signal.SIGINT, 130) and "error: interrupted in epoch" in err and "Traceback" not in err
 
 
 def test_fp16_on_a_device_without_bf16_goes_through_the_gradient_scaler(folds, tmp_path, monkeypatch):

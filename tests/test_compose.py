@@ -1,0 +1,276 @@
+"""Where the rounds meet: runs on different labels, --aug files, --init-from, age fixes and --old-age, fitted
+weights, --config, TTA, per-person options, grouping rules; each gives the right answer or one line."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskfold import grouping, recipe
+from maskfold.labels import PROB_COLS, encode
+from maskfold.probs import write_probs
+
+import ensemble
+import people
+import predict
+import pseudo
+import train
+from conftest import invoke
+from test_people import fake_run, person_probs, run_ensemble, two_runs  # noqa: F401 (two_runs: a fixture)
+
+TINY = ("--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
+        "--workers", "0", "--device", "cpu")
+
+
+def one_line(r, needle):
+    assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+# ---------------------------------------------------------------- blends of runs trained on different labels
+
+
+def relabelled(tmp: Path, runs: dict, truth: np.ndarray, paths: list[str]) -> tuple[Path, Path, Path]:
+    """Run F: A's answers, trained on labels where person 0 is male (a fixed folds.csv); its input F.csv; and
+    folds_fixed.csv with those labels, beside the folds.csv the runs name."""
+    fixed = truth.copy()
+    fixed[:7] = encode(fixed[:7] // 6, 0, fixed[:7] % 3)
+    oof = pd.concat([pd.read_csv(f) for f in sorted(runs["A"].glob("fold*/oof.csv"))]).reset_index(drop=True)
+    oof["label"] = fixed
+    run = fake_run(tmp / "runs", "F", oof, tmp / "work" / "folds_fixed.csv")
+    a = pd.read_csv(tmp / "A.csv")
+    write_probs(a, tmp / "F.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+    folds = pd.DataFrame({"path": paths, "person": [p.split("/")[1] for p in paths], "age": 40,
+                          "mask_label": fixed // 6, "gender_label": fixed // 3 % 2, "label": fixed,
+                          "fold": oof["fold"]})
+    (tmp / "work").mkdir(exist_ok=True)
+    folds.to_csv(tmp / "work" / "folds_fixed.csv", index=False)
+    return run, tmp / "F.csv", tmp / "work" / "folds_fixed.csv"
+
+
+def test_a_blend_of_runs_on_different_labels_is_scored_against_the_labels_named(two_runs):
+    tmp, inputs, runs, truth, paths = two_runs
+    _, f_csv, folds_fixed = relabelled(tmp, runs, truth, paths)
+    r, _ = run_ensemble(tmp, [inputs[0], f_csv])
+    one_line(r, "trained on different labels")
+    assert "--labels" in r.output and not (tmp / "sub.csv").exists()
+    cvs = []
+    for order in ([inputs[0], f_csv], [f_csv, inputs[0]]):
+        r, s = run_ensemble(tmp, order, "--labels", folds_fixed, "--overwrite")
+        assert r.exit_code == 0, r.output
+        cvs.append((s["cv_f1"], sorted(s["cv"].values())))
+    assert cvs[0] == cvs[1]  # the same runs, the same labels: the same CV, whichever input comes first
+    r, s = run_ensemble(tmp, [f_csv], "--overwrite")  # alone, F is scored against its own (fixed) labels
+    r2, s2 = run_ensemble(tmp, [f_csv], "--labels", folds_fixed, "--overwrite")
+    assert s["cv_f1"] == s2["cv_f1"]
+    pd.read_csv(folds_fixed).iloc[:-1].to_csv(tmp / "short.csv", index=False)
+    r, _ = run_ensemble(tmp, [inputs[0], f_csv], "--labels", tmp / "short.csv", "--overwrite")
+    one_line(r, "are not in it")
+
+
+def test_fitted_weights_on_runs_split_differently_are_refused(two_runs):
+    tmp, inputs, runs, _, _ = two_runs
+    for f in runs["B"].glob("fold*/oof.csv"):  # B's folds the other way round: another split
+        df = pd.read_csv(f)
+        df["fold"] = 1 - df["fold"]
+        df.to_csv(f, index=False)
+    r, _ = run_ensemble(tmp, inputs, "--fit-weights", "blend")
+    one_line(r, "split differently")
+    assert "--fit-weights" in r.output
+
+# ---------------------------------------------------------------- fitted weights: what is applied is what is scored
+
+
+def planted_oof(n=600, seed=0):
+    from test_predict_ensemble import planted
+
+    y, inputs, folds = planted(n, seed)
+    return ensemble.OOF(["good", "wrong", "mask"], inputs, y, folds, [f"/p/{i}.jpg" for i in range(n)])
+
+
+def test_fitted_weights_are_scored_held_out_and_recorded_as_applied(monkeypatch):
+    cv = planted_oof()
+    o = ensemble.EnsembleOptions(inputs=[Path("a"), Path("b"), Path("c")], info=Path("i"), out=Path("o"),
+                                 fit_weights="blend")
+    base = o.recipe()
+    summary = {}
+    chosen, p = ensemble.choose_weights(o, cv, base, summary)
+    fw = summary["fit_weights"]
+    held = recipe.held_out_recipes(base, cv.inputs, cv.y, cv.folds, "blend")
+    assert fw["applied"] and fw["applied_weights"] == chosen.describe() != base.describe()
+    assert np.allclose(p, held)  # the CV, bias and per-person checks see the held-out answers
+    assert fw["held_out_f1"] == round(recipe.task_f1(cv.y, p.argmax(1))["f1"], 5)
+    assert fw["fitted_in_sample_f1"] >= fw["held_out_f1"]
+    # a fit on every fold that chooses equal weights changes nothing: not "applied", whatever the held-out gain
+    monkeypatch.setattr(recipe, "fit_recipe", lambda base, probs, y, how: base)
+    summary = {}
+    chosen, p = ensemble.choose_weights(o, cv, base, summary)
+    assert not summary["fit_weights"]["applied"] and "equal weights" in summary["fit_weights"]["why"]
+    assert chosen is base and np.allclose(p, base.combine(cv.inputs))
+
+# ---------------------------------------------------------------- options that only work with others
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--group-size", "5"], "--group-size"), (["--person-vote", "log"], "--person-vote"),
+    (["--min-sure", "0.2"], "--min-sure"), (["--oof-people", "x.csv"], "--oof-people"),
+])
+def test_per_person_options_without_people_are_refused(two_runs, extra, flag):
+    tmp, inputs, _, _, _ = two_runs
+    r, _ = run_ensemble(tmp, inputs, *extra)
+    one_line(r, f"{flag} shapes the per-person answers")
+
+
+def test_min_sure_beside_fit_min_sure_is_refused(two_runs):
+    tmp, inputs, _, _, _ = two_runs
+    pd.DataFrame({"ImageID": pd.read_csv(tmp / "info.csv")["ImageID"], "group": np.repeat([0, 1], 7)}).to_csv(
+        tmp / "people.csv", index=False)
+    r, _ = run_ensemble(tmp, inputs, "--people", tmp / "people.csv", "--fit-min-sure", "--min-sure", "0.1")
+    one_line(r, "--fit-min-sure chooses --min-sure")
+
+
+def test_pseudo_min_photos_follows_the_group_size():
+    o = pseudo.PseudoOptions(inputs=[Path("p.csv")], info=Path("i"), images=Path("e"), out=Path("o"),
+                             people=Path("people.csv"), group_size=5)
+    pseudo.check_options(o)  # refused before: the default --min-photos 7 exceeded --group-size 5
+    assert pseudo.min_photos(o) == 5
+
+
+def test_pseudo_refuses_groups_made_with_every_folds_answers(tmp_path):
+    people_csv = tmp_path / "people.csv"
+    people_csv.write_text("ImageID,group\n")
+    Path(f"{people_csv}.json").write_text(json.dumps({"probs": True}))
+    with pytest.raises(pseudo.UserError, match="by looks alone"):
+        pseudo.check_looks_alone(people_csv)
+    Path(f"{people_csv}.json").write_text(json.dumps({"probs": False}))
+    pseudo.check_looks_alone(people_csv)
+
+# ---------------------------------------------------------------- grouping: the rules hold, the answers must help
+
+
+def test_completing_whole_people_never_puts_a_photo_where_its_counts_forbid():
+    """Four photos in groups of two: three of them a sure 'no mask'. The only allowed pair forms; the other two
+    'no mask' photos stay apart instead of being forced together."""
+    F = np.eye(4, dtype=np.float32)
+    tok = np.zeros((4, 4), np.int32)
+    tok[:3, 0] = 1
+    label = grouping.complete(F, np.arange(4), 2, tok)
+    for g in np.unique(label):
+        assert grouping.allowed(tok[label == g].sum(0))
+    assert len(np.unique(label)) == 3
+
+
+def test_the_models_answers_are_used_only_where_they_raise_the_checked_purity(tmp_path):
+    """Looks that tell every person apart, answers surely wrong (each person 'sure male' on some photos and 'sure
+    female' on others): grouped with them, people split. With --also photos to check on, looks alone win."""
+    rng = np.random.default_rng(0)
+    n_people = 8
+    person = np.repeat(np.arange(n_people), 7)
+    centres = rng.normal(size=(n_people, 32))
+    F = (centres[person] + rng.normal(scale=0.1, size=(len(person), 32))).astype(np.float32)
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    male = np.tile([1, 1, 1, 0, 0, 0, 0], n_people).astype(bool)
+    answers = {"mask": np.full((len(person), 3), 1 / 3), "age": np.full((len(person), 3), 1 / 3),
+               "gender": np.where(male[:, None], [0.999, 0.001], [0.001, 0.999])}
+    also = [f"p{p}/{i}.jpg" for p, i in zip(person[28:], range(28))]  # the last 4 people: the check's train photos
+    o = people.PeopleOptions(images=tmp_path, out=tmp_path / "p.csv")
+    label, checked = people.choose_grouping(o, F, [], answers, also)
+    assert checked["checked"] and not checked["answers_used"]
+    assert checked["also_purity_looks_alone"] == 1.0 > checked["also_purity_with_answers"]
+    assert grouping.purity(label, person) == 1.0
+    label, checked = people.choose_grouping(o, F, [], answers, [])  # nothing to check on: as asked
+    assert checked["answers_used"] and not checked["checked"]
+
+# ---------------------------------------------------------------- age fixes and --old-age
+
+
+def test_a_fixed_age_band_reaches_training_at_any_old_age():
+    from maskfold import trainer
+
+    df = pd.DataFrame({"mask_label": [0, 0, 0, 0], "gender_label": [0, 0, 0, 0], "age": [59, 45, 58, 59],
+                       "age_label": [1, 2, 1, 1], "fix": ["age", "photo", "", ""]})
+    # row 0: an age fix out of 60+ to 59; row 1: a photo fix to the old band; rows 2-3: as labelled
+    assert trainer.train_targets(df, 58).tolist() == [1, 2, 2, 2]
+    assert trainer.train_targets(df, 60).tolist() == [1, 2, 1, 1]
+
+
+def test_the_audit_reads_ages_as_the_runs_trained_them():
+    from maskfold.label_audit import person_rows, suggest_age
+
+    rows = pd.DataFrame({"gender_label": [0] * 7, "age_label": [1] * 7, "age": [58] * 7, "label": [1] * 7,
+                         "stem": ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]})
+    m = {"gender": np.tile([0.9, 0.1], (7, 1)), "age": np.tile([0.1, 0.1, 0.8], (7, 1)),
+         "mask": np.tile([0.9, 0.05, 0.05], (7, 1))}
+    assert [r["field"] for r in person_rows("x", rows, m, old_age=60)] == ["age"]
+    assert person_rows("x", rows, m, old_age=58) == []  # a 58-year-old the runs learnt as 60+: no doubt
+    # a fix out of 60+ must stay out under --old-age 58, and one into 60+ must be 60+ under both
+    assert suggest_age(62, 1, old_age=58) == 57 and suggest_age(50, 2, old_age=58) == 60
+    assert suggest_age(62, 1) == 59
+
+# ---------------------------------------------------------------- train.py: --aug files, --init-from, --config
+
+
+def aug_file(path, *steps):
+    import albumentations as A
+
+    A.save(A.Compose(list(steps)), str(path), data_format="json")
+    return path
+
+
+def test_aug_files_that_normalise_or_resize_are_refused(tiny_run, tmp_path):
+    import albumentations as A
+
+    folds, _ = tiny_run
+    for name, step, needle in (("n.json", A.Normalize(), "drop its Normalize"),
+                               ("r.json", A.Resize(64, 48), "turns a 32x24 uint8 crop into 64x48"),
+                               ("c.json", A.RandomCrop(16, 12, p=0.1), "into 16x12")):
+        r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--aug", aug_file(tmp_path / name, step))
+        one_line(r, needle)
+    assert not (tmp_path / "runs").exists()
+    from maskfold.datasets import check_aug_file
+
+    check_aug_file(str(aug_file(tmp_path / "ok.json", A.HorizontalFlip(), A.RandomResizedCrop((32, 24)))), (32, 24))
+
+
+def test_init_from_a_checkpoint_that_saw_this_folds_people_is_refused(tiny_run, tmp_path):
+    folds, run = tiny_run
+    other = tmp_path / "elsewhere.pt"
+    shutil.copy(run / "fold0" / "best.pt", other)  # without its config.json: the checkpoint's own record
+    for source in (run / "fold0" / "best.pt", other):
+        r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--fold", "1", "--init-from", source)
+        one_line(r, "trained with fold 0 held out, so on fold 1's validation people")
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--fold", "1", "--init-from",
+               run / "fold1" / "best.pt")
+    assert r.exit_code == 0, r.output
+
+
+def test_config_of_a_run_keeps_its_folder_and_oof_tta_and_a_path_can_be_unset(tiny_run, tmp_path):
+    folds, run = tiny_run
+    shared = json.loads((run / "config.json").read_text())
+    assert {"out", "oof_tta", "amp_dtype", "workers"} <= set(shared) and "fold" not in shared
+    out = tmp_path / "work" / "runs"
+    r = invoke(train.app, folds, *TINY, "--out", out, "--oof-tta", "none", "--run-name", "first")
+    assert r.exit_code == 0, r.output
+    r = invoke(train.app, "--config", out / "first" / "config.json", "--run-name", "second", "--fold", "1")
+    assert r.exit_code == 0, r.output
+    second = json.loads((out / "second" / "fold1" / "config.json").read_text())
+    assert second["oof_tta"] == "none" and Path(second["out"]) == out  # not runs/ in the working folder
+    r = invoke(train.app, "--config", out / "first" / "config.json", "--run-name", "first", "--fold", "1",
+               "--oof-tta", "flip")
+    one_line(r, "oof_tta")  # a run's folds share their out-of-fold TTA
+    cfg = train.TrainConfig(folds_csv=folds, model="m", extra=Path("none"), init_from=Path("None"))
+    assert cfg.extra is None and cfg.init_from is None
+    r = invoke(train.app, "--config", tmp_path / "missing.json")
+    one_line(r, "--config")
+
+
+def test_an_input_predicted_with_other_views_than_its_oof_is_refused(tiny_run, demo_tree, tmp_path):
+    _, run = tiny_run
+    ev = demo_tree / "eval"
+    r = invoke(predict.app, run, "--images", ev / "images", "--info", ev / "info.csv", "-o", tmp_path / "p.csv",
+               "--tta", "none")
+    assert r.exit_code == 0, r.output
+    r = invoke(ensemble.app, tmp_path / "p.csv", "--info", ev / "info.csv", "-o", tmp_path / "s.csv")
+    one_line(r, "predicted with --tta none, but the out-of-fold answers")
+    assert "--oof-tta flip" in r.output and not (tmp_path / "s.csv").exists()
