@@ -53,8 +53,8 @@ class EnsembleOptions:
     bias: bool = opt(False, "fit per-class biases on OOF for macro F1; applied if they gain on held-out folds")
     suspects: Optional[Path] = opt(None, "CSV of people whose labels the OOF probabilities doubt")
     people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): one answer per person")
-    oof_people: Optional[Path] = opt(None, "people.csv of the train photos, flattened (people.py --flatten): "
-                                     "scores the per-person rule out of fold")
+    oof_people: Optional[Path] = opt(None, "people.csv of the train photos (people.py --also-out, grouped with the "
+                                     "eval photos; or --flatten alone): scores the per-person rule out of fold")
     group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
     person_vote: str = opt("mean", "how a person's photos pool gender and age: mean (of probabilities), log (their "
                            "product: one sure photo can veto six), clipped (log floored at 0.05) or vote")
@@ -193,6 +193,13 @@ def cv_and_rules(o: EnsembleOptions, cv: OOF, p: np.ndarray, summary: dict) -> t
         summary.setdefault("cv", {})[name] = round(s["f1"], 5)
     summary["cv_f1"] = summary["cv"]["blend"]
     summary["cv_inputs"] = [round(recipe.task_f1(cv.y, q.argmax(1))["f1"], 5) for q in cv.inputs]
+    best = int(np.argmax(summary["cv_inputs"]))
+    if len(cv.inputs) > 1 and summary["cv_inputs"][best] > summary["cv_f1"]:
+        summary["blend_below_input"] = best + 1
+        print(f"warning: the blend's CV {summary['cv_f1']:.4f} is below input {best + 1}'s alone "
+              f"({summary['cv_inputs'][best]:.4f}, {o.inputs[best]}): submit that input alone"
+              + ("" if o.fit_weights != "none" else ", or let the folds choose the weights (--fit-weights blend)"),
+              file=sys.stderr)
     summary["cv_folds"] = [int(k) for k in np.unique(cv.folds)]
     summary["cv_f1_tasks"] = {t: round(v, 5) for t, v in recipe.task_f1(cv.y, p.argmax(1)).items() if t != "f1"}
     plain = recipe.task_f1(cv.y, p.argmax(1))

@@ -28,6 +28,16 @@ class MultiHead(nn.Module):
         return torch.cat([self.heads[t](f) for t in TASKS], dim=1)
 
 
+def check_name(name: str) -> None:
+    """A timm model name, or one line with the closest ones (train.py asks before it reads any data)."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise UserError(f"--model {name}: not a timm model{hint}")
+
+
 def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretrained_file: Path | None = None
            ) -> nn.Module:
     """timm's `name` with our head; ImageNet weights from `pretrained_file` (a state dict of that model, .pth or
@@ -36,10 +46,7 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretr
 
     if head not in HEADS:
         raise UserError(f"--head {head}: unknown; choose from {', '.join(HEADS)}")
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f" (closest: {', '.join(close)})" if close else ""
-        raise UserError(f"--model {name}: not a timm model{hint}")
+    check_name(name)
     num_classes = NUM_CLASSES if head == "single" else 0
     kw = dict(num_classes=num_classes, drop_rate=drop_rate)
     if pretrained_file is not None:

@@ -48,6 +48,7 @@ def check_options(cfg: TrainConfig) -> None:
                                  (cfg.scheduler, SCHEDULERS, "--scheduler"),
                                  (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
+    models.check_name(cfg.model)
     if is_aug_file(cfg.aug):
         check_aug_file(cfg.aug, cfg.img_size)  # loads and keeps the crop's size and type, or one line
     else:

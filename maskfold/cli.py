@@ -36,7 +36,7 @@ def fail(message: str, code: int = 2):
 
 class Script(typer.Typer):
     """A script's app: before the command line is parsed, an option of several numbers given with commas
-    (`--img-size 96,72`, as `<int,int>` in the help suggests) is one line that shows the right form."""
+    (`--img-size 96,72`) is one line that shows the right form."""
 
     pairs: tuple[str, ...] = ()  # the options that take several numbers, as --kebab-case
 
@@ -100,7 +100,8 @@ def choose(value: str, valid, option: str) -> str:
     """A registry name, or one clear line with the valid names and the closest one."""
     if value in valid:
         return value
-    close = difflib.get_close_matches(value, list(valid), n=1)
+    same = [v for v in valid if v.lower() == value.lower()]  # adamW -> adamw, not adam
+    close = same or difflib.get_close_matches(value, list(valid), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     raise UserError(f"{option} {value}: unknown; choose from {', '.join(valid)}{hint}")
 
@@ -110,11 +111,12 @@ def arg(help: str, default=MISSING) -> Any:
     return field(default=default, metadata={"cli": typer.Argument(help=help)})
 
 
-def opt(default, help: str, *flags: str, run: bool = False) -> Any:
+def opt(default, help: str, *flags: str, run: bool = False, metavar: str | None = None) -> Any:
     """An option of a script's options dataclass (`...`: required). `flags` name it where its field
-    name would not (`--amp/--no-amp`, `-o`); `run` marks what changes what a model learns (train.py)."""
+    name would not (`--amp/--no-amp`, `-o`); `run` marks what changes what a model learns (train.py);
+    `metavar` is how the help shows its value (`H W` for two numbers)."""
     return field(default=MISSING if default is ... else default,
-                 metadata={"cli": typer.Option(*flags, help=help), "run": run})
+                 metadata={"cli": typer.Option(*flags, help=help, metavar=metavar), "run": run})
 
 
 def command(app: typer.Typer, options: type):

@@ -84,7 +84,7 @@ class TrainConfig:
                            "batch-size x this)", run=True)
     clip_grad: float = opt(0.0, "clip the gradient norm to this (0: off)", run=True)
     img_size: tuple[int, int] = opt((256, 192), "training size: height width, two numbers (--img-size 256 192)",
-                                     run=True)
+                                     run=True, metavar="H W")
     aug: str = opt("light", "augmentation: a preset (none; light; seed: the team baseline's ColorJitter and flip; "
                    "ssr, dropout, noise, colour: the flip and shift-scale-rotate, coarse dropout, noise or colour; "
                    "strong: all four), or an albumentations pipeline saved as .json or .yaml (A.save)", run=True)

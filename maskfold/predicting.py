@@ -22,8 +22,8 @@ def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
             folds = run_folds(s)
             if folds.partial or folds.unfinished:
                 missing = sorted(set(range(folds.expected or 0)) - set(folds.finished))
-                print(f"warning: {s} is a partial run: folds {', '.join(map(str, sorted(folds.finished)))} of "
-                      f"{folds.expected} finished (missing {', '.join(map(str, missing))}"
+                print(f"warning: {s} is a partial run: {len(folds.finished)} of {folds.expected} folds finished "
+                      f"(fold {', '.join(map(str, sorted(folds.finished)))}; missing {', '.join(map(str, missing))}"
                       + (f"; unfinished {', '.join(map(str, folds.unfinished))} left out" if folds.unfinished else "")
                       + ")", file=sys.stderr)
             paths += [folds.finished[k] for k in sorted(folds.finished)]

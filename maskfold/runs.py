@@ -191,6 +191,11 @@ def run_folds(run_dir: Path) -> RunFolds:
     finished = {k: d / "best.pt" for k, d in fold_dirs(run_dir).items()
                 if (d / "metrics.json").is_file() and (d / "best.pt").is_file()}
     if not finished:
+        inner = sorted(d.name for d in Path(run_dir).iterdir() if d.is_dir() and fold_dirs(d)) \
+            if Path(run_dir).is_dir() else []
+        if inner:
+            raise UserError(f"{run_dir}: a folder of runs ({', '.join(inner[:4])}{', ...' if len(inner) > 4 else ''}), "
+                            f"not a run: give one of them, e.g. {Path(run_dir) / inner[0]}")
         raise UserError(f"{run_dir}: no finished fold (fold*/metrics.json with best.pt) in this run folder")
     check_folds_agree(run_dir, {k: c for k, c in configs.items() if k in finished})
     totals = {c.get("folds_total") for k, c in configs.items() if k in finished} - {None}
@@ -269,6 +274,8 @@ def read_fold_table(path: Path, columns: tuple[str, ...] = FOLD_COLUMNS):
 def read_folds(path: Path, fold: int):
     """folds.csv, checked (read_fold_table), with the fold asked for and every photo there."""
     df = read_fold_table(path)
+    if df.empty:
+        raise UserError(f"{path}: no rows (make folds.csv with split.py)")
     if (df["fold"] < 0).any():
         raise UserError(f"{path}: row {int((df['fold'] < 0).to_numpy().argmax()) + 2} has fold -1, a pseudo-label "
                         "(pseudo.py): give that file to train.py --extra, which trains each fold on its own fold's "

@@ -1,8 +1,11 @@
-"""Shared fixtures: a small demo data set made once per test session, and a CLI runner."""
+"""Shared fixtures: a small demo data set made once per test session, runs made by hand, and a CLI runner."""
+import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +51,77 @@ def ctrl_c_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------- runs made by hand, for ensemble.py
+
+
+def person_probs(mask, gender, age, wrong: dict, sure=0.8):
+    """18-class probabilities of one person's photos, each sure of its true class; the `wrong` ones lean to
+    another class (0.55) over their true one (0.3)."""
+    from maskfold.labels import encode
+
+    p = np.full((len(mask), 18), (1 - sure) / 17)
+    for i, (m, g, a) in enumerate(zip(mask, gender, age)):
+        p[i, encode(m, g, a)] = sure
+        if i in wrong:
+            p[i] = 0.15 / 16
+            p[i, encode(m, g, a)], p[i, wrong[i]] = 0.3, 0.55
+    return p
+
+
+def fake_run(root, name, oof: pd.DataFrame, folds_csv):
+    """A finished run folder as train.py leaves it, as far as ensemble.py reads it."""
+    run = root / name
+    for k in sorted(oof["fold"].unique()):
+        d = run / f"fold{k}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": name, "folds_csv": str(folds_csv), "folds_total": 2}))
+        (d / "metrics.json").write_text("{}")
+        (d / "best.pt").write_bytes(b"")
+        oof[oof["fold"] == k].to_csv(d / "oof.csv", index=False)
+    return run
+
+
+@pytest.fixture
+def blend_runs(tmp_path):
+    """Runs A (right about masks, wrong about gender) and B (the other way round) on 2 people x 7 photos;
+    eval inputs with records naming them."""
+    from maskfold.labels import PROB_COLS, encode
+    from maskfold.probs import write_probs
+
+    masks = [0, 0, 0, 0, 0, 1, 2] * 2
+    gender, age = [1] * 7 + [0] * 7, [1] * 14
+    truth = encode(masks, gender, age)
+    paths = [f"crops/{p}/{s}.jpg" for p in ("000001_female_Asian_40", "000002_male_Asian_40")
+             for s in ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")]
+    a = person_probs(masks, [1 - g for g in gender], age, {})
+    b = person_probs([(m + 1) % 3 for m in masks], gender, age, {})
+    folds_csv = tmp_path / "work" / "folds.csv"
+    runs = {}
+    for name, p in (("A", a), ("B", b)):
+        oof = pd.DataFrame(p, columns=PROB_COLS)
+        oof.insert(0, "fold", [0] * 7 + [1] * 7)
+        oof.insert(0, "label", truth)
+        oof.insert(0, "path", paths)
+        runs[name] = fake_run(tmp_path / "runs", name, oof, folds_csv)
+    ids = [f"{i:040x}.jpg" for i in range(14)]
+    pd.DataFrame({"ImageID": ids, "ans": 0}).to_csv(tmp_path / "info.csv", index=False)
+    inputs = []
+    for name, p in (("A", a), ("B", b)):
+        df = pd.DataFrame(p, columns=PROB_COLS)
+        df.insert(0, "ImageID", ids)
+        write_probs(df, tmp_path / f"{name}.csv", {"runs": [{"run": str(runs[name]), "folds": [0, 1]}]})
+        inputs.append(tmp_path / f"{name}.csv")
+    pd.DataFrame({"ImageID": ids, "ans": truth}).to_csv(tmp_path / "truth.csv", index=False)
+    return tmp_path, inputs, runs, truth, paths
+
+
+def run_ensemble(tmp, inputs, *extra):
+    import ensemble
+
+    r = invoke(ensemble.app, *inputs, "--info", tmp / "info.csv", "-o", tmp / "sub.csv", *extra)
+    return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.exit_code == 0 else None)
 
 
 def invoke(app, *args):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from maskfold import grouping, recipe
-from maskfold.labels import PROB_COLS, encode
+from maskfold.labels import encode
 from maskfold.probs import write_probs
 
 import ensemble
@@ -17,8 +17,7 @@ import people
 import predict
 import pseudo
 import train
-from conftest import invoke
-from test_people import fake_run, person_probs, run_ensemble, two_runs  # noqa: F401 (two_runs: a fixture)
+from conftest import fake_run, invoke, run_ensemble
 
 TINY = ("--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu")
@@ -49,8 +48,8 @@ def relabelled(tmp: Path, runs: dict, truth: np.ndarray, paths: list[str]) -> tu
     return run, tmp / "F.csv", tmp / "work" / "folds_fixed.csv"
 
 
-def test_a_blend_of_runs_on_different_labels_is_scored_against_the_labels_named(two_runs):
-    tmp, inputs, runs, truth, paths = two_runs
+def test_a_blend_of_runs_on_different_labels_is_scored_against_the_labels_named(blend_runs):
+    tmp, inputs, runs, truth, paths = blend_runs
     _, f_csv, folds_fixed = relabelled(tmp, runs, truth, paths)
     r, _ = run_ensemble(tmp, [inputs[0], f_csv])
     one_line(r, "trained on different labels")
@@ -69,8 +68,8 @@ def test_a_blend_of_runs_on_different_labels_is_scored_against_the_labels_named(
     one_line(r, "are not in it")
 
 
-def test_fitted_weights_on_runs_split_differently_are_refused(two_runs):
-    tmp, inputs, runs, _, _ = two_runs
+def test_fitted_weights_on_runs_split_differently_are_refused(blend_runs):
+    tmp, inputs, runs, _, _ = blend_runs
     for f in runs["B"].glob("fold*/oof.csv"):  # B's folds the other way round: another split
         df = pd.read_csv(f)
         df["fold"] = 1 - df["fold"]
@@ -116,14 +115,14 @@ def test_fitted_weights_are_scored_held_out_and_recorded_as_applied(monkeypatch)
     (["--group-size", "5"], "--group-size"), (["--person-vote", "log"], "--person-vote"),
     (["--min-sure", "0.2"], "--min-sure"), (["--oof-people", "x.csv"], "--oof-people"),
 ])
-def test_per_person_options_without_people_are_refused(two_runs, extra, flag):
-    tmp, inputs, _, _, _ = two_runs
+def test_per_person_options_without_people_are_refused(blend_runs, extra, flag):
+    tmp, inputs, _, _, _ = blend_runs
     r, _ = run_ensemble(tmp, inputs, *extra)
     one_line(r, f"{flag} shapes the per-person answers")
 
 
-def test_min_sure_beside_fit_min_sure_is_refused(two_runs):
-    tmp, inputs, _, _, _ = two_runs
+def test_min_sure_beside_fit_min_sure_is_refused(blend_runs):
+    tmp, inputs, _, _, _ = blend_runs
     pd.DataFrame({"ImageID": pd.read_csv(tmp / "info.csv")["ImageID"], "group": np.repeat([0, 1], 7)}).to_csv(
         tmp / "people.csv", index=False)
     r, _ = run_ensemble(tmp, inputs, "--people", tmp / "people.csv", "--fit-min-sure", "--min-sure", "0.1")

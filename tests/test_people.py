@@ -10,9 +10,8 @@ from maskfold import grouping, recipe
 from maskfold.labels import PROB_COLS, encode
 from maskfold.probs import write_probs
 
-import ensemble
 import people
-from conftest import invoke
+from conftest import fake_run, invoke, person_probs, run_ensemble
 
 # ---------------------------------------------------------------- the per-person rule
 
@@ -26,18 +25,6 @@ def test_mask_assignment_is_the_best_of_every_choice():
                    - person[jk[1], 0])
         assert sorted(masks.tolist()) == [0, 0, 0, 0, 0, 1, 2]
         assert (masks[best[0]], masks[best[1]]) == (1, 2)
-
-
-def person_probs(mask, gender, age, wrong: dict, sure=0.8):
-    """18-class probabilities of one person's photos, each sure of its true class; the `wrong` ones lean to
-    another class (0.55) over their true one (0.3)."""
-    p = np.full((len(mask), 18), (1 - sure) / 17)
-    for i, (m, g, a) in enumerate(zip(mask, gender, age)):
-        p[i, encode(m, g, a)] = sure
-        if i in wrong:
-            p[i] = 0.15 / 16
-            p[i, encode(m, g, a)], p[i, wrong[i]] = 0.3, 0.55
-    return p
 
 
 def test_per_person_rule_corrects_gender_age_and_masks():
@@ -168,57 +155,8 @@ def test_people_py_matches_info_ids_by_name_then_stem_and_refuses_what_it_cannot
 
 # ---------------------------------------------------------------- ensemble: records, pairing, --people
 
-def fake_run(root, name, oof: pd.DataFrame, folds_csv):
-    """A finished run folder as train.py leaves it, as far as ensemble.py reads it."""
-    run = root / name
-    for k in sorted(oof["fold"].unique()):
-        d = run / f"fold{k}"
-        d.mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps({"model": name, "folds_csv": str(folds_csv), "folds_total": 2}))
-        (d / "metrics.json").write_text("{}")
-        (d / "best.pt").write_bytes(b"")
-        oof[oof["fold"] == k].to_csv(d / "oof.csv", index=False)
-    return run
-
-
-@pytest.fixture
-def two_runs(tmp_path):
-    """Runs A (right about masks, wrong about gender) and B (the other way round) on 2 people x 7 photos;
-    eval inputs with records naming them."""
-    masks = [0, 0, 0, 0, 0, 1, 2] * 2
-    gender, age = [1] * 7 + [0] * 7, [1] * 14
-    truth = encode(masks, gender, age)
-    paths = [f"crops/{p}/{s}.jpg" for p in ("000001_female_Asian_40", "000002_male_Asian_40")
-             for s in ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")]
-    a = person_probs(masks, [1 - g for g in gender], age, {})
-    b = person_probs([(m + 1) % 3 for m in masks], gender, age, {})
-    folds_csv = tmp_path / "work" / "folds.csv"
-    runs = {}
-    for name, p in (("A", a), ("B", b)):
-        oof = pd.DataFrame(p, columns=PROB_COLS)
-        oof.insert(0, "fold", [0] * 7 + [1] * 7)
-        oof.insert(0, "label", truth)
-        oof.insert(0, "path", paths)
-        runs[name] = fake_run(tmp_path / "runs", name, oof, folds_csv)
-    ids = [f"{i:040x}.jpg" for i in range(14)]
-    pd.DataFrame({"ImageID": ids, "ans": 0}).to_csv(tmp_path / "info.csv", index=False)
-    inputs = []
-    for name, p in (("A", a), ("B", b)):
-        df = pd.DataFrame(p, columns=PROB_COLS)
-        df.insert(0, "ImageID", ids)
-        write_probs(df, tmp_path / f"{name}.csv", {"runs": [{"run": str(runs[name]), "folds": [0, 1]}]})
-        inputs.append(tmp_path / f"{name}.csv")
-    pd.DataFrame({"ImageID": ids, "ans": truth}).to_csv(tmp_path / "truth.csv", index=False)
-    return tmp_path, inputs, runs, truth, paths
-
-
-def run_ensemble(tmp, inputs, *extra):
-    r = invoke(ensemble.app, *inputs, "--info", tmp / "info.csv", "-o", tmp / "sub.csv", *extra)
-    return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.exit_code == 0 else None)
-
-
-def test_cv_scores_the_recomposed_blend_it_submits(two_runs):
-    tmp, inputs, runs, truth, _ = two_runs
+def test_cv_scores_the_recomposed_blend_it_submits(blend_runs):
+    tmp, inputs, runs, truth, _ = blend_runs
     r, plain = run_ensemble(tmp, inputs, "--truth", tmp / "truth.csv")
     assert r.exit_code == 0, r.output
     r, s = run_ensemble(tmp, inputs, "--mask-from", "1", "--gender-from", "2", "--truth", tmp / "truth.csv",
@@ -233,8 +171,8 @@ def test_cv_scores_the_recomposed_blend_it_submits(two_runs):
     ("no record", "no record of its runs"),
     ("stale", "describes another version"),
 ])
-def test_inputs_and_oof_runs_that_do_not_pair_are_refused(two_runs, case, needle):
-    tmp, inputs, runs, _, _ = two_runs
+def test_inputs_and_oof_runs_that_do_not_pair_are_refused(blend_runs, case, needle):
+    tmp, inputs, runs, _, _ = blend_runs
     extra = ["--bias"]
     if case == "count":
         extra += ["--oof", runs["A"]]
@@ -249,8 +187,8 @@ def test_inputs_and_oof_runs_that_do_not_pair_are_refused(two_runs, case, needle
     assert not (tmp / "sub.csv").exists()
 
 
-def test_an_input_without_a_record_pairs_with_oof_given_in_order(two_runs):
-    tmp, inputs, runs, _, _ = two_runs
+def test_an_input_without_a_record_pairs_with_oof_given_in_order(blend_runs):
+    tmp, inputs, runs, _, _ = blend_runs
     for f in inputs:
         (tmp / f"{f.name}.json").unlink()
     r, s = run_ensemble(tmp, inputs, "--oof", runs["A"], "--oof", runs["B"], "--mask-from", "1", "--gender-from", "2")
@@ -282,8 +220,8 @@ def erring_run(tmp, truth, paths) -> pd.Series:
     return ids
 
 
-def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs):
-    tmp, _, _, truth, paths = two_runs
+def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(blend_runs):
+    tmp, _, _, truth, paths = blend_runs
     ids = erring_run(tmp, truth, paths)
     keys = [p.split("/", 1)[1] for p in paths]  # person folder / file, as people.py --flatten names them
     right = write_people(tmp / "people.csv", ids, np.repeat([0, 1], 7))
@@ -304,8 +242,8 @@ def test_people_rule_is_scored_out_of_fold_and_applied_only_if_it_gains(two_runs
 @pytest.mark.parametrize("case,needle", [
     ("missing", "1 missing"), ("unknown", "1 unknown"), ("too big", "has 8 photos, more than --group-size 7"),
 ])
-def test_bad_people_csv_is_refused(two_runs, case, needle):
-    tmp, inputs, _, _, _ = two_runs
+def test_bad_people_csv_is_refused(blend_runs, case, needle):
+    tmp, inputs, _, _, _ = blend_runs
     ids = pd.read_csv(tmp / "info.csv")["ImageID"].tolist()
     groups = list(np.repeat([0, 1], 7))
     if case == "missing":
@@ -319,8 +257,8 @@ def test_bad_people_csv_is_refused(two_runs, case, needle):
     assert not (tmp / "sub.csv").exists()
 
 
-def test_groups_people_py_is_not_sure_of_are_answered_photo_by_photo(two_runs):
-    tmp, _, _, truth, paths = two_runs
+def test_groups_people_py_is_not_sure_of_are_answered_photo_by_photo(blend_runs):
+    tmp, _, _, truth, paths = blend_runs
     masks = [0, 0, 0, 0, 0, 1, 2]
     p = np.vstack([person_probs(masks, [1] * 7, [1] * 7, {2: encode(0, 0, 1)}),
                    person_probs(masks, [0] * 7, [1] * 7, {6: encode(2, 0, 2)})])
@@ -337,9 +275,9 @@ def test_groups_people_py_is_not_sure_of_are_answered_photo_by_photo(two_runs):
     assert s["people_changed"] == 2
 
 
-def test_person_vote_option_reaches_the_rule(two_runs):
+def test_person_vote_option_reaches_the_rule(blend_runs):
     """One photo at p(female) = 1e-6 among six at 0.9: --person-vote mean answers female, log male."""
-    tmp = two_runs[0]
+    tmp = blend_runs[0]
     ids = pd.read_csv(tmp / "info.csv")["ImageID"]
     p = np.zeros((14, 18))
     for i in range(14):
@@ -427,8 +365,8 @@ def test_people_py_probs_and_also_group_both_folders_in_one_run(demo_tree, tmp_p
     assert r.exit_code == 2 and "no probabilities for 16 of the photos" in r.output
 
 
-def test_min_sure_chosen_out_of_fold_needs_the_check_and_keeps_unsure_groups_apart(two_runs):
-    tmp, _, _, truth, paths = two_runs
+def test_min_sure_chosen_out_of_fold_needs_the_check_and_keeps_unsure_groups_apart(blend_runs):
+    tmp, _, _, truth, paths = blend_runs
     ids = erring_run(tmp, truth, paths)
     keys = [x.split("/", 1)[1] for x in paths]
     pd.DataFrame({"ImageID": ids, "group": np.repeat([0, 1], 7), "sure": 0.3}).to_csv(tmp / "people.csv", index=False)

@@ -282,7 +282,7 @@ def test_predict_refuses_a_run_whose_folds_differ_and_names_a_partial_run(folds,
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["runs"][0]["partial"] is True and s["runs"][0]["folds"] == [0] and s["runs"][0]["of"] == 3
-    assert "partial run: folds 0 of 3 finished (missing 1, 2" in r.stderr
+    assert "partial run: 1 of 3 folds finished (fold 0; missing 1, 2" in r.stderr
     assert run_train(folds, out, "--fold", "1").exit_code == 0
     cfg = json.loads((run / "fold1" / "config.json").read_text())
     cfg.update(head="multi", loss="focal")  # as an older version's --overwrite left it
