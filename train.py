@@ -29,7 +29,16 @@ from maskfold.images import describe_folder
 from maskfold.labels import PROB_COLS, TASKS
 from maskfold.oof import write_oof
 from maskfold.progress import Log, epoch_line, eta
-from maskfold.runs import fold_lock, folds_digest, prepare_fold, read_folds, results_row, write_summaries
+from maskfold.runs import (
+    fold_lock,
+    folds_digest,
+    labels_digest,
+    prepare_fold,
+    read_folds,
+    results_row,
+    twin_fold,
+    write_summaries,
+)
 from maskfold.signals import loader_worker
 from maskfold.tracking import Tracker, check_wandb
 from maskfold.tta import parse as parse_tta
@@ -332,6 +341,25 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
         dist.destroy_process_group()
 
 
+def copy_twin(cfg: TrainConfig, twin: Path, folds_total: int, facts: dict) -> dict:
+    """The fold as `twin` left it, copied instead of trained again: it learnt from the same labels with the same
+    options (a round whose fixes or pseudo-labels changed nothing)."""
+    start_fold_dir(cfg, folds_total, {**facts, "copied_from": str(twin.resolve())})
+    for f in twin.iterdir():
+        if f.name == "config.json":
+            continue
+        (shutil.copytree if f.is_dir() else shutil.copy2)(f, cfg.fold_dir / f.name)
+    metrics = {**json.loads((twin / "metrics.json").read_text()), "run": cfg.run_name}
+    append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")
+    write_json(cfg.fold_dir / "metrics.json", metrics)  # written last: the mark of a finished fold
+    summary = write_summaries(cfg.out)
+    print(f"note: {twin} learnt from the same labels and training targets with the same options (the fixes or "
+          f"pseudo-labels of this round change nothing for fold {cfg.fold}): copied to {cfg.fold_dir} instead of "
+          "trained again (--overwrite trains it)", file=sys.stderr)
+    return metrics | {"copied_from": str(twin), "files": [str(cfg.fold_dir), str(cfg.out / "results.csv"),
+                                                          str(summary)]}
+
+
 def interrupted_in(cfg: TrainConfig, done: int, resumed: bool) -> str:
     """What a Ctrl-C in the epochs leaves, and the command that carries on."""
     where = f"interrupted in epoch {done + 1} of {cfg.fold_dir}; "
@@ -349,8 +377,11 @@ def main(cfg: TrainConfig):
     check_wandb(cfg.wandb)
     df = read_folds(cfg.folds_csv, cfg.fold)
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
+    from maskfold.trainer import train_targets
+
     facts = {"folds_digest": folds_digest(df), "processes": int(os.environ.get("WORLD_SIZE", "1")),
-             "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist())}
+             "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist()),
+             "labels_digest": labels_digest(df, train_targets(df, cfg.old_age))}
     extra = None
     if cfg.extra is not None:
         from maskfold.pseudo_labels import read_extra
@@ -368,6 +399,9 @@ def main(cfg: TrainConfig):
         if state.finished is not None:
             print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
             return result(state.finished)
+        twin = twin_fold(cfg, facts) if state.resume_from is None and not cfg.overwrite else None
+        if twin is not None:
+            return result(copy_twin(cfg, twin, df["fold"].nunique(), facts))
         train_fold(cfg, df, extra, state, facts, t0)
 
 

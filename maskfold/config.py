@@ -16,7 +16,7 @@ from maskfold.device import Device
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
 UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
 RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total", "extra_digest",
-               "extra_rows")
+               "extra_rows", "labels_digest", "copied_from")
 
 
 def read_config(ctx: typer.Context, param, value: Optional[Path]):

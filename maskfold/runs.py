@@ -49,7 +49,7 @@ def fold_configs(run_dir: Path) -> dict[int, dict]:
 # What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
 # of folds.csv's content, which a rewrite of the same path changes) and the processes it trained in (the
 # effective batch is --batch-size x processes). Folds written before these were recorded are not compared.
-FACT_KEYS = ("folds_digest", "processes", "aug_digest", "extra_digest")
+FACT_KEYS = ("folds_digest", "processes", "aug_digest", "extra_digest", "labels_digest")
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -67,12 +67,49 @@ def folds_digest(df) -> str:
     return hashlib.sha256("\n".join(f"{p},{k}" for p, k in pairs).encode()).hexdigest()[:16]
 
 
+def labels_digest(df, targets) -> str:
+    """A digest of what a fold learns from and is scored against: each photo's label, its training target (after
+    --old-age and the fixes) and its fold."""
+    import hashlib
+
+    rows = sorted(zip(df["path"].astype(str), df["label"].astype(int), map(int, targets), df["fold"].astype(int)))
+    return hashlib.sha256("\n".join(",".join(map(str, r)) for r in rows).encode()).hexdigest()[:16]
+
+
+def twin_fold(cfg: TrainConfig, facts: dict) -> Optional[Path]:
+    """A finished fold of another run under --out that learnt exactly what this one would: the same options but
+    the run's name and the file names, the same labels and targets, the same split, no pseudo-labels added or the
+    same ones, out-of-fold paths that resolve alike. Training it again would repeat it."""
+    mine = {**cfg.record(), **facts}
+    same_place = Path(cfg.folds_csv).resolve().parent
+
+    def extra(c: dict):
+        return c.get("extra_digest") if c.get("extra_rows") else None
+
+    if not Path(cfg.out).is_dir():
+        return None
+    for run in sorted(p for p in Path(cfg.out).iterdir() if p.is_dir() and p.name != cfg.run_name):
+        d = run / f"fold{cfg.fold}"
+        if not ((d / "metrics.json").is_file() and (d / "best.pt").is_file() and (d / "config.json").is_file()):
+            continue
+        theirs = read_json(d / "config.json")
+        if "labels_digest" not in theirs:
+            continue
+        keys = [k for k in differences(mine, theirs) if k not in ("folds_csv", "extra", "extra_digest")]
+        if keys or extra(mine) != extra(theirs) or theirs.get("labels_digest") != mine["labels_digest"]:
+            continue
+        if Path(theirs["folds_csv"]).resolve().parent == same_place:
+            return d
+    return None
+
+
 def explain(keys: list[str]) -> str:
     """The options that differ, with what the recorded facts mean."""
     words = {"folds_digest": "folds_digest: folds.csv was rewritten since, with another person-to-fold map",
              "processes": "processes: the effective batch is --batch-size x the processes of torchrun",
              "aug_digest": "aug_digest: the --aug file's pipeline changed",
-             "extra_digest": "extra_digest: the --extra file's pseudo-labels changed"}
+             "extra_digest": "extra_digest: the --extra file's pseudo-labels changed",
+             "labels_digest": "labels_digest: the labels or training targets of folds.csv changed"}
     return ", ".join(words.get(k, k) for k in keys)
 
 

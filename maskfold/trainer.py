@@ -34,7 +34,7 @@ def train_targets(df, old_age: int) -> np.ndarray:
     says which band the person is in, whatever --old-age does to the ages near it."""
     band = age_label(df["age"].to_numpy(), old_age)
     if "fix" in df.columns and "age_label" in df.columns:
-        fixed = df["fix"].fillna("").astype(str).str.split(";").map(lambda f: "age" in f or "photo" in f).to_numpy()
+        fixed = df["fix"].map(lambda f: isinstance(f, str) and bool({"age", "photo"} & set(f.split(";")))).to_numpy()
         band = np.where(fixed, df["age_label"].to_numpy(), band)
     return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), band)
 

@@ -273,3 +273,34 @@ def test_an_input_predicted_with_other_views_than_its_oof_is_refused(tiny_run, d
     r = invoke(ensemble.app, tmp_path / "p.csv", "--info", ev / "info.csv", "-o", tmp_path / "s.csv")
     one_line(r, "predicted with --tta none, but the out-of-fold answers")
     assert "--oof-tta flip" in r.output and not (tmp_path / "s.csv").exists()
+
+# ---------------------------------------------------------------- a round that changes nothing is not trained again
+
+
+def test_a_fold_whose_labels_and_options_are_a_finished_folds_is_copied_not_trained(tiny_run, demo_tree, tmp_path):
+    import split
+
+    folds, run = tiny_run
+    train_dir = demo_tree / "train"
+    fixes = tmp_path / "fixes.csv"
+    person = pd.read_csv(folds)["person"].iloc[0]
+    pd.DataFrame([(person, "", "gender", "x", "female", 0.5, "")],  # the audit accepted nothing
+                 columns=["person", "path", "field", "label", "suggested", "sure", "apply"]).to_csv(fixes, index=False)
+    same = folds.parent / "folds_same.csv"
+    r = invoke(split.app, train_dir / "train.csv", train_dir / "images", "-o", same, "--folds", "2", "--fixes", fixes)
+    assert r.exit_code == 0 and "a round trained on it repeats the one before" in r.output, r.output
+    out = tmp_path / "runs"
+    shutil.copytree(run, out / run.name)  # beside the session's run, not in its folder
+    run = out / run.name
+    args = (*TINY, "--out", out, "--run-name", "same_labels", "--fold", "0")
+    r = invoke(train.app, same, *args)
+    assert r.exit_code == 0 and "copied to" in r.output, r.output
+    copied = out / "same_labels" / "fold0"
+    assert (copied / "best.pt").read_bytes() == (run / "fold0" / "best.pt").read_bytes()
+    assert json.loads((copied / "config.json").read_text())["copied_from"] == str((run / "fold0").resolve())
+    r = invoke(train.app, same, *args, "--skip-done")  # finished now, like any fold
+    assert r.exit_code == 0 and "is finished; skipped" in r.output
+    # another seed, or other labels: trained
+    r = invoke(train.app, same, *TINY, "--out", out, "--run-name", "other_seed", "--fold", "0", "--seed", "7")
+    assert r.exit_code == 0 and "copied to" not in r.output and "best epoch" in r.output, r.output
+    same.unlink()
