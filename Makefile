@@ -13,6 +13,7 @@ MODEL   ?= mobilenetv3_small_100
 FOLDS   ?= 3
 PEOPLE  ?= 200
 EVAL_PEOPLE ?= 50
+ACCEPT  ?= 0.9   # how sure an audit row must be to be applied (above 1: none; round 2 is then copied, not trained)
 TRAIN   := --no-pretrained --epochs 12 --img-size 96 72 --batch-size 32 --lr 3e-3 --head multi --loss weighted_ce
 
 .PHONY: demo demo-large test clean
@@ -37,7 +38,8 @@ demo: $(STAMP)
 	done
 	# the labels the out-of-fold answers doubt; the surest gender and swap rows applied as fixes; trained again
 	$(PY) audit.py $(WORK)/runs/$(MODEL) --folds $(WORK)/folds.csv -o $(WORK)/label_issues.csv \
-		--preview $(WORK)/label_issues.jpg --accepted $(WORK)/fixes.csv --truth $(DEMO)/train/label_noise.csv --overwrite
+		--preview $(WORK)/label_issues.jpg --accepted $(WORK)/fixes.csv --accept $(ACCEPT) --truth $(DEMO)/train/label_noise.csv \
+		--overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds_fixed.csv --folds $(FOLDS) \
 		--fixes $(WORK)/fixes.csv --overwrite
 	for k in $$(seq 0 $$(($(FOLDS) - 1))); do \
