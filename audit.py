@@ -20,11 +20,11 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from maskfold.blending.oof import read_run_oof
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_table, write_csv
-from maskfold.label_audit import CLEAR_FIELDS, TIERS, audit
+from maskfold.labelling.label_audit import CLEAR_FIELDS, TIERS, audit
 from maskfold.labels import PROB_COLS
-from maskfold.oof import read_run_oof
 from maskfold.runs import FOLD_COLUMNS, fold_configs, read_fold_table
 
 app = make_app()
@@ -77,7 +77,7 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
 
 def runs_old_age(runs: list[Path]) -> int:
     """The --old-age the runs trained with: the age bands their held-out answers are read against."""
-    from maskfold.config import RUN_DEFAULTS
+    from maskfold.training.config import RUN_DEFAULTS
 
     ages = {run: {c.get("old_age", RUN_DEFAULTS["old_age"]) for c in fold_configs(run).values()} for run in runs}
     found = set().union(*ages.values())
@@ -134,7 +134,7 @@ def main(o: AuditOptions):
         write_csv(sure, o.accepted)
         print(f"audit: {len(sure)} person-level rows at least {o.accept} sure in {o.accepted}", file=sys.stderr)
     if o.preview:
-        from maskfold.contact_sheet import audit_sheet
+        from maskfold.pages.contact_sheet import audit_sheet
 
         audit_sheet(issues, df, o.folds.parent, o.preview_rows, o.preview)
     counts = issues["field"].value_counts().to_dict()

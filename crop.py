@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from maskfold.cli import Interrupted, UserError, command, fail, make_app, result
-from maskfold.cropping import (
+from maskfold.crop.cropping import (
     COLUMNS,
     CropOptions,
     Item,
@@ -121,7 +121,7 @@ def main(o: CropOptions):
         raise UserError(f"{e}; --overwrite starts afresh") from None
     finished = set(done["path"])
     todo = [it for it in items if it.rel not in finished]
-    from maskfold.detector import check_facenet
+    from maskfold.crop.detector import check_facenet
     try:
         check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
     except KeyboardInterrupt:
@@ -135,7 +135,7 @@ def main(o: CropOptions):
     elapsed = time.time() - t1
     counts = report["status"].value_counts().to_dict()
     if o.preview_size:
-        from maskfold.contact_sheet import crop_preview
+        from maskfold.pages.contact_sheet import crop_preview
         crop_preview(o.src, o.dst / "preview.jpg", report, o.preview_size)
     summary = {"src": str(o.src), "dst": str(o.dst), "images": len(items), "skipped": len(done),
                "processed": len(todo), **{s: int(counts.get(s, 0)) for s in STATUSES},

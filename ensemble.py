@@ -20,15 +20,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import recipe
+from maskfold.blending import recipe
+from maskfold.blending.oof import OOF, oof_for_inputs, suspects
+from maskfold.blending.recipe import Mean, Recipe
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_info, read_table, write_csv, write_json
-from maskfold.grouping import groups_of
 from maskfold.images import stem_key
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS
-from maskfold.oof import OOF, oof_for_inputs, suspects
+from maskfold.people.grouping import groups_of
 from maskfold.probs import read_probs, read_provenance
-from maskfold.recipe import Mean, Recipe
 
 app = make_app()
 

@@ -21,10 +21,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import grouping
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.files import check_new, check_outside, read_info, read_table, write_csv, write_json
 from maskfold.images import is_image_name, match_ids, stem_key
+from maskfold.people import grouping
 
 app = make_app()
 
@@ -112,8 +112,8 @@ def eval_answers(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
 
 def train_answers(runs: list[Path], ids: list[str]) -> dict[str, np.ndarray]:
     """The runs' out-of-fold probabilities of the train photos, averaged, keyed '<person folder>/<stem>'."""
+    from maskfold.blending.oof import read_run_oof
     from maskfold.labels import PROB_COLS
-    from maskfold.oof import read_run_oof
 
     frames = []
     for run in runs:
@@ -253,7 +253,7 @@ def main(o: PeopleOptions):
         write_json(Path(f"{o.also_out}.json"), {"images": str(o.also.resolve()), "size": o.size, "flatten": True,
                                                 "grouped_with": str(o.images.resolve()), **summary})
     if o.preview:
-        from maskfold.contact_sheet import people_sheet
+        from maskfold.pages.contact_sheet import people_sheet
 
         people_sheet(df, o.images, person, o.preview_groups, o.size, o.preview)
     summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else []) \

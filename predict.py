@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskfold import predicting
 from maskfold.cli import arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info
 from maskfold.labels import PROB_COLS
-from maskfold.predicting import check_kind, checkpoints, image_files, predict_all, warm_up
+from maskfold.prediction import predicting
+from maskfold.prediction.predicting import check_kind, checkpoints, image_files, predict_all, warm_up
+from maskfold.prediction.tta import parse as parse_tta
+from maskfold.prediction.tta import passes as tta_passes
 from maskfold.probs import write_probs
-from maskfold.tta import parse as parse_tta
-from maskfold.tta import passes as tta_passes
 
 app = make_app()
 

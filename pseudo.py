@@ -28,17 +28,17 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import predicting
-from maskfold import pseudo_labels as pl
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info, read_table
-from maskfold.grouping import groups_of
 from maskfold.images import stem_key
+from maskfold.labelling import pseudo_labels as pl
 from maskfold.labels import PROB_COLS, TASKS, decode
+from maskfold.people.grouping import groups_of
+from maskfold.prediction import predicting
+from maskfold.prediction.tta import parse as parse_tta
 from maskfold.probs import read_probs, read_provenance, sha256, write_probs
 from maskfold.runs import fold_configs, run_folds
-from maskfold.tta import parse as parse_tta
 
 app = make_app()
 

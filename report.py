@@ -22,13 +22,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from maskfold import html_page as html
+from maskfold.blending.oof import read_run_oof
 from maskfold.cli import UserError, arg, command, make_app, opt, result
-from maskfold.config import RUN_DEFAULTS, RUN_KEYS
 from maskfold.files import check_new, read_table, write_text
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
-from maskfold.oof import read_run_oof
+from maskfold.pages import html_page as html
 from maskfold.runs import fold_configs, fold_dirs, read_json, run_folds
+from maskfold.training.config import RUN_DEFAULTS, RUN_KEYS
 
 app = make_app()
 
@@ -137,7 +137,7 @@ def folds_table(runs: list[Run]) -> str:
 
 
 def curves(runs: list[Run]) -> str:
-    from maskfold import charts
+    from maskfold.pages import charts
 
     plt = charts._plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -170,7 +170,7 @@ def per_class(runs: list[Run]) -> str:
 
 
 def confusions(runs: list[Run]) -> str:
-    from maskfold import charts
+    from maskfold.pages import charts
 
     imgs = []
     for r in (r for r in runs if r.oof is not None):

@@ -130,7 +130,7 @@ def main(o: SplitOptions):
     df.insert(0, "path", [os.path.relpath(f.resolve(), out_dir) for f in df.pop("file")])
     applied = []
     if o.fixes:
-        from maskfold.fixes import apply_fixes
+        from maskfold.labelling.fixes import apply_fixes
 
         df, applied = apply_fixes(df, o.fixes, out_dir)  # after the folds: the same folds as without the fixes
     cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]

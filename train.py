@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from maskfold.blending.oof import write_oof
 from maskfold.cli import Interrupted, UserError, choose, command, make_app, result
-from maskfold.config import TrainConfig
 from maskfold.device import AMP_DTYPES, resolve_device
 from maskfold.files import append_csv, check_outside, write_csv, write_json
 from maskfold.images import describe_folder
 from maskfold.labels import PROB_COLS, TASKS
-from maskfold.oof import write_oof
-from maskfold.progress import Log, epoch_line, eta
+from maskfold.prediction.tta import parse as parse_tta
 from maskfold.runs import (
     fold_lock,
     folds_digest,
@@ -40,15 +39,16 @@ from maskfold.runs import (
     write_summaries,
 )
 from maskfold.signals import loader_worker
-from maskfold.tracking import Tracker, check_wandb
-from maskfold.tta import parse as parse_tta
+from maskfold.training.config import TrainConfig
+from maskfold.training.progress import Log, epoch_line, eta
+from maskfold.training.tracking import Tracker, check_wandb
 
 app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
-    from maskfold.datasets import AUGS, CUTMIX_MODES, check_aug_file, is_aug_file
-    from maskfold.optim import OPTIMIZERS, SCHEDULERS
+    from maskfold.training.datasets import AUGS, CUTMIX_MODES, check_aug_file, is_aug_file
+    from maskfold.training.optim import OPTIMIZERS, SCHEDULERS
 
     import models
     from losses import LOSSES
@@ -87,7 +87,7 @@ def setup_place(cfg: TrainConfig):
     import torch
     import torch.distributed as dist
 
-    from maskfold.trainer import Place
+    from maskfold.training.trainer import Place
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = resolve_device(cfg.device) == "cuda"
@@ -134,8 +134,8 @@ def check_init_from(cfg: TrainConfig, ck: dict, digest: str) -> None:
 def create_model(cfg: TrainConfig, resume_from: Path | None, digest: str):
     """The fold's network: with the weights of the checkpoint it resumes from, or of --init-from (each
     checked to be of this run's model and head; --init-from, to have not trained on this fold's people)."""
-    from maskfold import checkpoint
-    from maskfold.trainer import seed_all
+    from maskfold.training import checkpoint
+    from maskfold.training.trainer import seed_all
 
     import models
 
@@ -166,7 +166,7 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int, facts: dict) -> None:
     if cfg.overwrite and cfg.fold_dir.exists():
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
-    from maskfold.config import RUN_RECORD
+    from maskfold.training.config import RUN_RECORD
 
     record = cfg.record()
     write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_RECORD})
@@ -178,7 +178,7 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from maskfold.datasets import EpochSampler
+    from maskfold.training.datasets import EpochSampler
 
     distributed = None
     if place.world > 1:
@@ -201,7 +201,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
     early after --patience epochs without a better val F1."""
     import torch.distributed as dist
 
-    from maskfold import checkpoint, trainer
+    from maskfold.training import checkpoint, trainer
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
@@ -251,7 +251,7 @@ def gpu_peak_gib(device: str) -> float | None:
 
 def finish(fold, t0: float, log: Log) -> dict:
     """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
-    from maskfold import charts
+    from maskfold.pages import charts
 
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
@@ -280,9 +280,9 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     """Set up the fold's data, model and loop in this process, train it, and finish it on rank 0."""
     import torch.distributed as dist
 
-    from maskfold import checkpoint, trainer
-    from maskfold.datasets import CachedImages
     from maskfold.images import load_cache
+    from maskfold.training import checkpoint, trainer
+    from maskfold.training.datasets import CachedImages
 
     import losses
     import models
@@ -305,7 +305,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     targets = trainer.train_targets(tr, cfg.old_age)
     soft = None
     if extra is not None:
-        from maskfold.pseudo_labels import soft_cols
+        from maskfold.labelling.pseudo_labels import soft_cols
 
         targets = np.concatenate([targets, extra["label"].to_numpy()])
         if cfg.extra_soft:
@@ -377,19 +377,19 @@ def main(cfg: TrainConfig):
     check_wandb(cfg.wandb)
     df = read_folds(cfg.folds_csv, cfg.fold)
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
-    from maskfold.trainer import train_targets
+    from maskfold.training.trainer import train_targets
 
     facts = {"folds_digest": folds_digest(df), "processes": int(os.environ.get("WORLD_SIZE", "1")),
              "images": describe_folder(Path(df["file"].iloc[0]).parent.parent, df["file"].tolist()),
              "labels_digest": labels_digest(df, train_targets(df, cfg.old_age))}
     extra = None
     if cfg.extra is not None:
-        from maskfold.pseudo_labels import read_extra
+        from maskfold.labelling.pseudo_labels import read_extra
 
         extra, record = read_extra(cfg.extra, cfg.fold, df, facts["folds_digest"], cfg.extra_soft)
         check_outside(cfg.out, Path(record["images"]))
         facts.update(extra_digest=record["sha256"][:16], extra_rows=len(extra))
-    from maskfold.datasets import aug_record
+    from maskfold.training.datasets import aug_record
 
     facts.update(aug_record(cfg.aug))  # an --aug file's pipeline itself: a run's folds must share it
     # Rank 0 alone holds the fold's lock: the other processes of a torchrun start with it and end with it.

@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskfold.label_audit import audit  # noqa: E402
+from maskfold.labelling.label_audit import audit  # noqa: E402
 from maskfold.labels import PROB_COLS  # noqa: E402
 
 from audit import AuditOptions, held_out  # noqa: E402

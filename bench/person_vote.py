@@ -19,11 +19,11 @@ import pandas as pd
 import typer
 
 from common import ROOT  # noqa: F401  (puts the project on the path)
-from maskfold.grouping import read_people
+from maskfold.blending.oof import OOF, read_run_oof
+from maskfold.blending.recipe import VOTES, answers, task_f1
 from maskfold.images import stem_key
 from maskfold.labels import PROB_COLS
-from maskfold.oof import OOF, read_run_oof
-from maskfold.recipe import VOTES, answers, task_f1
+from maskfold.people.grouping import read_people
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

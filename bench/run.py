@@ -101,8 +101,8 @@ def crop_profile(files: list[Path], device: str) -> dict:
     """Where crop.py's time goes, per photo on one core (detection: crop.py's detector, its threads)."""
     from PIL import Image
 
-    from maskfold.detector import Detector
-    from maskfold.facebox import Geometry, crop_box, cut
+    from maskfold.crop.detector import Detector
+    from maskfold.crop.facebox import Geometry, crop_box, cut
     from maskfold.images import read_image
 
     t = time.time()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from maskfold.facebox import agrees, consensus
+from maskfold.crop.facebox import agrees, consensus
 
 # A look-alike signature's photo size (width, height) and its pixels outside the face, where a prior
 # would put the face (rows .3-.8, columns .2-.8).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from maskfold.cli import UserError
-from maskfold.config import RUN_DEFAULTS, RUN_KEYS, TrainConfig
+from maskfold.training.config import RUN_DEFAULTS, RUN_KEYS, TrainConfig
 
 FOLD_COLUMNS = ("path", "person", "age", "mask_label", "gender_label", "label", "fold")
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from maskfold.label_audit import audit as rank
+from maskfold.labelling.label_audit import audit as rank
 from maskfold.labels import PHOTO_STEMS, PROB_COLS, age_label, encode, mask_label
 
 import audit

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskfold import grouping, recipe
+from maskfold.blending import recipe
 from maskfold.labels import encode
+from maskfold.people import grouping
 from maskfold.probs import write_probs
 
 import ensemble
@@ -185,7 +186,7 @@ def test_the_models_answers_are_used_only_where_they_raise_the_checked_purity(tm
 
 
 def test_a_fixed_age_band_reaches_training_at_any_old_age():
-    from maskfold import trainer
+    from maskfold.training import trainer
 
     df = pd.DataFrame({"mask_label": [0, 0, 0, 0], "gender_label": [0, 0, 0, 0], "age": [59, 45, 58, 59],
                        "age_label": [1, 2, 1, 1], "fix": ["age", "photo", "", ""]})
@@ -195,7 +196,7 @@ def test_a_fixed_age_band_reaches_training_at_any_old_age():
 
 
 def test_the_audit_reads_ages_as_the_runs_trained_them():
-    from maskfold.label_audit import person_rows, suggest_age
+    from maskfold.labelling.label_audit import person_rows, suggest_age
 
     rows = pd.DataFrame({"gender_label": [0] * 7, "age_label": [1] * 7, "age": [58] * 7, "label": [1] * 7,
                          "stem": ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]})
@@ -227,7 +228,7 @@ def test_aug_files_that_normalise_or_resize_are_refused(tiny_run, tmp_path):
         r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--aug", aug_file(tmp_path / name, step))
         one_line(r, needle)
     assert not (tmp_path / "runs").exists()
-    from maskfold.datasets import check_aug_file
+    from maskfold.training.datasets import check_aug_file
 
     check_aug_file(str(aug_file(tmp_path / "ok.json", A.HorizontalFlip(), A.RandomResizedCrop((32, 24)))), (32, 24))
 

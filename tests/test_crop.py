@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskfold import cropping
-from maskfold.facebox import Geometry, crop_box
+from maskfold.crop import cropping
+from maskfold.crop.facebox import Geometry, crop_box
 
 import crop
 import demo
@@ -252,7 +252,7 @@ def test_detector_finds_the_boxes_of_facenet_pytorchs_detect_face(tree):
     import torch
     from facenet_pytorch.models.utils.detect_face import detect_face
 
-    from maskfold.detector import Detector
+    from maskfold.crop.detector import Detector
     from maskfold.images import read_image
 
     src, faces = tree
@@ -277,7 +277,7 @@ def test_area_means_from_integral_images_equal_pytorchs_area_resize():
     import torch
     import torch.nn.functional as F
 
-    from maskfold.detector import Detector, area_windows, box_means, integral_images, level_means
+    from maskfold.crop.detector import Detector, area_windows, box_means, integral_images, level_means
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 50, 37, 3), dtype=np.uint8)
@@ -307,7 +307,7 @@ def test_bad_crop_options_end_in_one_line(tree, tmp_path, option, value):
 def test_pyramid_is_the_tail_of_mtcnn_defaults():
     """The default smallest face starts the pyramid where MTCNN's defaults (20 px) reach 384x512 portraits'
     faces: the same levels, to the pixel (112 px would give 55x42 and 39x30 instead of 56x42 and 40x30)."""
-    from maskfold.detector import TAIL_OF_DEFAULTS, pyramid
+    from maskfold.crop.detector import TAIL_OF_DEFAULTS, pyramid
 
     defaults = [size for _, size in pyramid(512, 384, 20)]
     mine = [size for _, size in pyramid(512, 384, TAIL_OF_DEFAULTS)]
@@ -353,7 +353,7 @@ def test_detector_on_a_12_megapixel_photo_finds_the_downscaled_photos_box():
     import cv2
     import torch
 
-    from maskfold.detector import Detector, area_windows, box_means, integral_images
+    from maskfold.crop.detector import Detector, area_windows, box_means, integral_images
 
     img, _ = photo("grace_hopper", "normal", seed=1)
     small = np.asarray(img)
@@ -377,7 +377,7 @@ def test_detector_on_a_12_megapixel_photo_finds_the_downscaled_photos_box():
 def test_a_changed_facenet_helper_is_named_in_one_line(tree, tmp_path, monkeypatch):
     from facenet_pytorch.models.utils import detect_face as module
 
-    from maskfold.detector import Detector
+    from maskfold.crop.detector import Detector
     monkeypatch.setattr(module, "rerec", lambda boxes, square=True: boxes)
     with pytest.raises(Exception, match=r"detect_face.rerec is now \(boxes, square\)"):
         Detector()

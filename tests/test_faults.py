@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskfold import cropping
+from maskfold.crop import cropping
 from maskfold.labels import PROB_COLS
 
 import crop

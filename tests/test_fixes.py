@@ -41,7 +41,7 @@ def run_fixes(demo_tree, tmp_path, rows):
 
 def pair_label(demo_tree, person):
     """What audit.py writes as a swap row's label: the contents of the person's two files as named now."""
-    from maskfold.fixes import swap_label
+    from maskfold.labelling.fixes import swap_label
 
     folder = demo_tree / "train" / "images" / person
     return swap_label(next(folder.glob("incorrect_mask.*")), next(folder.glob("normal.*")))

@@ -28,7 +28,7 @@ def imported_names(path: Path) -> set[str]:
 
 def test_the_package_never_imports_a_script():
     scripts = root_modules()
-    offenders = {p.name: sorted(imported_names(p) & scripts) for p in (ROOT / "maskfold").glob("*.py")}
+    offenders = {p.name: sorted(imported_names(p) & scripts) for p in (ROOT / "maskfold").rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}, offenders
 
 

@@ -87,7 +87,7 @@ def test_a_stale_partial_prediction_is_named_and_scored_on_its_folds(demo_tree, 
 def test_the_same_fold_cannot_train_twice_at_once_and_a_killed_lock_is_taken_over(demo_tree, tmp_path):
     folds = split_to(demo_tree, tmp_path / "folds.csv")
     cmd = [sys.executable, str(ROOT / "train.py"), str(folds), *TINY, "--out", str(tmp_path / "runs"),
-           "--epochs", "30"]
+           "--epochs", "5000"]  # still training when it is killed, however fast the machine
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = tmp_path / "runs" / "test_resnet" / ".fold0.lock"
     deadline = time.time() + 120
@@ -170,8 +170,8 @@ def test_results_name_non_ascii_paths_as_they_are(demo_tree, tmp_path):
 def test_ctrl_c_lines_name_the_command_that_carries_on(demo_tree, tmp_path, monkeypatch):
     """Before any epoch ends the plain command starts the fold again (not --overwrite); crop.py interrupted
     before its first batch says the same command starts it."""
-    from maskfold import detector
-    from maskfold.config import TrainConfig
+    from maskfold.crop import detector
+    from maskfold.training.config import TrainConfig
 
     import crop
 

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskfold import grouping, recipe
+from maskfold.blending import recipe
 from maskfold.labels import PROB_COLS, encode
+from maskfold.people import grouping
 from maskfold.probs import write_probs
 
 import people

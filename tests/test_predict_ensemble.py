@@ -42,12 +42,12 @@ def test_predict_writes_info_order_and_averages_folds(run, demo_tree, tmp_path):
 
 
 def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_path, monkeypatch):
-    from maskfold import tta
+    from maskfold.prediction import tta
 
     seen = []
     real = tta.views
     monkeypatch.setattr(tta, "views", lambda x, names: seen.append(names) or real(x, names))
-    monkeypatch.setattr("maskfold.inference.views", tta.views)
+    monkeypatch.setattr("maskfold.prediction.inference.views", tta.views)
     out = {}
     for spec in ("none", "flip", "flip,shift,scale"):
         r = run_predict(run, demo_tree, tmp_path / f"{spec}.csv", "--tta", spec)
@@ -64,7 +64,7 @@ def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_pa
 def test_tta_views_move_the_image_as_named():
     import torch
 
-    from maskfold.tta import affine, parse, passes, views
+    from maskfold.prediction.tta import affine, parse, passes, views
 
     x = torch.zeros(1, 1, 20, 20)
     x[..., 8:12, 8:12] = 1.0
@@ -213,7 +213,7 @@ def test_blend_bad_inputs(hand, case, needle):
 
 
 def test_bias_undoes_a_planted_offset_and_held_out_fits_never_see_their_fold():
-    from maskfold import recipe
+    from maskfold.blending import recipe
     rng = np.random.default_rng(0)
     y = rng.integers(0, 18, 400)
     logits = rng.normal(size=(400, 18))
@@ -258,7 +258,7 @@ def test_chunked_prediction_equals_one_pass(run, demo_tree):
 
 
 def test_batch_size_option_reaches_the_model(run, demo_tree, tmp_path, monkeypatch):
-    from maskfold import inference
+    from maskfold.prediction import inference
     sizes = []
     real = inference.predict_probs
 
@@ -275,7 +275,7 @@ def test_batch_size_option_reaches_the_model(run, demo_tree, tmp_path, monkeypat
 @pytest.mark.gpu
 def test_probabilities_on_cuda_match_the_cpu(run):
     """The inference loop on a GPU (channels-last, autocast off) gives the CPU's probabilities."""
-    from maskfold import inference
+    from maskfold.prediction import inference
 
     net, ck = predict.load_model(sorted(run.glob("fold*/best.pt"))[0], "cpu")
     images = np.random.default_rng(0).integers(0, 256, (9, *ck["img_size"], 3), dtype=np.uint8)
@@ -304,7 +304,7 @@ def planted(n=600, seed=0):
 
 
 def test_fitted_weights_drop_a_harmful_input_and_each_task_finds_its_input():
-    from maskfold import recipe
+    from maskfold.blending import recipe
 
     y, (good, wrong, mask_only), folds = planted()
     base = recipe.Recipe(np.ones(2))

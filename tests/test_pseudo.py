@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskfold import predicting
+from maskfold.labelling.pseudo_labels import person_answers, qualifying_groups
 from maskfold.labels import NUM_CLASSES, decode
+from maskfold.prediction import predicting
 from maskfold.probs import sha256
-from maskfold.pseudo_labels import person_answers, qualifying_groups
 
 import predict
 import pseudo
@@ -132,7 +132,7 @@ class Spy:
 
 
 def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_path, monkeypatch):
-    import maskfold.datasets as datasets
+    import maskfold.training.datasets as datasets
 
     folds, _ = tiny_run
     monkeypatch.setattr(datasets, "CachedImages", Spy(datasets.CachedImages))
@@ -157,8 +157,8 @@ def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_pa
 
 def test_extra_soft_draws_each_pseudo_label_from_its_folds_probabilities(tiny_run, pseudo_csv, tmp_path,
                                                                          monkeypatch):
-    import maskfold.datasets as datasets
-    from maskfold.pseudo_labels import soft_cols
+    import maskfold.training.datasets as datasets
+    from maskfold.labelling.pseudo_labels import soft_cols
 
     folds, _ = tiny_run
     monkeypatch.setattr(datasets, "CachedImages", Spy(datasets.CachedImages))
@@ -176,7 +176,7 @@ def test_extra_soft_draws_each_pseudo_label_from_its_folds_probabilities(tiny_ru
 
 
 def test_a_soft_label_is_drawn_per_epoch_and_a_real_label_kept():
-    from maskfold.datasets import CachedImages
+    from maskfold.training.datasets import CachedImages
 
     soft = np.full((3, 8), np.nan)
     soft[1] = [0, 0, 1, 0, 1, 1, 0, 0]  # sure: not worn, female, young -> class 2*6 + 3 + 0

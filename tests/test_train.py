@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskfold import trainer
+from maskfold.training import trainer
 
 import split
 import train
@@ -385,7 +385,7 @@ def test_ema_is_validated_kept_when_it_wins_and_resumable(folds, tmp_path):
 
 
 def test_mixup_and_cutmix_share_one_mechanism(folds, tmp_path, monkeypatch):
-    from maskfold import datasets
+    from maskfold.training import datasets
     kinds, real = [], trainer.mix
     monkeypatch.setattr(trainer, "mix", lambda kind, *a: kinds.append(kind) or real(kind, *a))
     assert run_train(folds, tmp_path / "a", "--mixup", "1").exit_code == 0
@@ -547,8 +547,8 @@ def test_pretrained_file_gives_the_backbone_its_weights(folds, tmp_path, monkeyp
 
 @pytest.mark.parametrize("flag,tta", [("flip", "flip"), ("none", "none"), ("flip,scale", "flip,scale")])
 def test_oof_is_written_with_the_tta_the_submission_gets(folds, tmp_path, flag, tta):
-    from maskfold import inference
     from maskfold.images import load_cache
+    from maskfold.prediction import inference
 
     import predict
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from maskfold import datasets
+from maskfold.training import datasets
 
 import split
 import train

@@ -45,7 +45,7 @@ def load_model(path: Path, device: str, create):
     models.py's (the script passes it: the package never imports the files a competitor edits)."""
     import torch
 
-    from maskfold import checkpoint
+    from maskfold.training import checkpoint
 
     ck = checkpoint.read(path)
     net = create(ck["model"], ck["head"], pretrained=False)
@@ -87,8 +87,8 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
 
     from tqdm import tqdm
 
-    from maskfold import inference
     from maskfold.images import load_cache, read_ahead
+    from maskfold.prediction import inference
 
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
     probs = np.zeros((len(nets), len(files), NUM_CLASSES))
@@ -109,7 +109,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
 
 def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
     """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
-    from maskfold import inference
+    from maskfold.prediction import inference
 
     for net, ck in nets:
         blank = np.zeros((min(batch_size, n), *ck["img_size"], 3), np.uint8)

@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskfold.datasets import to_input
 from maskfold.device import autocast
 from maskfold.labels import NUM_CLASSES, probs18
+from maskfold.prediction.tta import parse, views
 from maskfold.signals import stop_if_interrupted
-from maskfold.tta import parse, views
+from maskfold.training.datasets import to_input
 
 
 @torch.no_grad()
@@ -19,7 +19,7 @@ def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, ba
                   amp: torch.dtype | None, channels_last: bool = True, tta: bool | str | tuple = (),
                   desc: str | None = None) -> np.ndarray:
     """18-class probabilities of cached uint8 images, averaged over the image and its `tta` views (names of
-    maskfold.tta.VIEWS; True: the flip)."""
+    maskfold.prediction.tta.VIEWS; True: the flip)."""
     names = parse(tta)
     net.eval()
     out = []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from maskfold.cli import UserError
-from maskfold.facebox import TAIL_OF_DEFAULTS
+from maskfold.crop.facebox import TAIL_OF_DEFAULTS
 
 # facenet-pytorch's private helpers this module calls, with the parameters it passes (2.5.3).
 FACENET_HELPERS = {"generateBoundingBox": ("reg", "probs", "scale", "thresh"),

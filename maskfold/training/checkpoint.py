@@ -14,7 +14,7 @@ from maskfold.files import atomic_path
 from maskfold.labels import NUM_CLASSES, SCHEME
 
 if TYPE_CHECKING:
-    from maskfold.trainer import Fold
+    from maskfold.training.trainer import Fold
 
 
 def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) -> dict:

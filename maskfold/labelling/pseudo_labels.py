@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from maskfold.blending.recipe import answers
 from maskfold.cli import UserError
 from maskfold.labels import TASKS, decode, marginals
 from maskfold.probs import sha256
-from maskfold.recipe import answers
 
 KIND = "pseudo-labels"
 AGES = (20, 45, 60)  # an age inside each band, for the age column of folds.csv's format (train.py uses the label)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskfold import facebox, lookalike
+from maskfold import lookalike
 from maskfold.cli import UserError, arg, opt
+from maskfold.crop import facebox
 from maskfold.device import Device
 from maskfold.files import atomic_path, check_outside
 from maskfold.images import read_ahead, read_image
@@ -163,7 +164,7 @@ def crop_jobs(rows: list[dict], batch: list[Item], images: list) -> list[tuple[d
 def crop_here(todo: list[Item], o: CropOptions, dev: str, earlier: dict):
     """One process around one detector (the GPU path): threads decode the next batch and write the
     last one's crops while this one is detected. Yields (batch, rows, deferred) once its crops are on disk."""
-    from maskfold.detector import Detector
+    from maskfold.crop.detector import Detector
 
     det, geom = Detector(dev, o.scale, o.min_face), geometry(o)
     with ThreadPoolExecutor(o.workers) as pool, ThreadPoolExecutor(1) as ahead:
@@ -191,7 +192,7 @@ _worker: dict = {}
 def start_worker(o: CropOptions, dev: str, threads: int) -> None:
     import torch
 
-    from maskfold.detector import Detector
+    from maskfold.crop.detector import Detector
     from maskfold.signals import child_process
 
     child_process()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskfold.fixes import swap_label
+from maskfold.labelling.fixes import swap_label
 from maskfold.labels import PROB_COLS, age_label, encode, marginals
 
 COLUMNS = ["person", "path", "field", "label", "suggested", "sure"]

@@ -13,13 +13,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from maskfold.config import TrainConfig
-from maskfold.datasets import mix, to_display, to_input
 from maskfold.device import amp_dtype, autocast
-from maskfold.inference import predict_probs
 from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores
-from maskfold.optim import make_optimizer, make_scheduler
+from maskfold.prediction.inference import predict_probs
 from maskfold.signals import stop_if_interrupted
+from maskfold.training.config import TrainConfig
+from maskfold.training.datasets import mix, to_display, to_input
+from maskfold.training.optim import make_optimizer, make_scheduler
 
 
 def seed_all(seed: int) -> None:
@@ -190,7 +190,7 @@ def sync_grads(fold: Fold, stepping: bool):
 def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False,
              tta: bool | str = False) -> tuple[dict, np.ndarray]:
     """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights
-    or of their EMA, with the TTA views `tta` names (maskfold.tta) or without."""
+    or of their EMA, with the TTA views `tta` names (maskfold.prediction.tta) or without."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
     net = fold.ema.module if ema else fold.model

@@ -93,7 +93,7 @@ def check_current(f: Path, s: Source, finished: list[int], of: int | None) -> No
 def check_tta(f: Path, record: dict | None, s: Source) -> None:
     """An input predicted with other test-time views than its run's out-of-fold answers were made with: the CV
     would score another recipe than the one submitted."""
-    from maskfold.tta import parse
+    from maskfold.prediction.tta import parse
 
     if not record or "tta" not in record:
         return

@@ -1,0 +1,1 @@
+"""Train labels under review: the audit, the fixes a person accepts, pseudo-labels of eval photos."""

@@ -1,0 +1,1 @@
+"""What a person looks at: the report's HTML, charts and contact sheets."""

@@ -1,0 +1,1 @@
+"""Which photos are one person: looks, groups and people.csv."""

@@ -1,0 +1,1 @@
+"""Predicting eval photos with trained checkpoints, and the test-time views."""
