@@ -23,9 +23,10 @@ import pandas as pd
 from maskfold.blending.oof import read_run_oof
 from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
 from maskfold.files import check_new, read_table, write_csv
+from maskfold.folds import REQUIRED, read_fold_table
 from maskfold.labelling.label_audit import CLEAR_FIELDS, TIERS, audit
 from maskfold.labels import PROB_COLS
-from maskfold.runs import FOLD_COLUMNS, fold_configs, read_fold_table
+from maskfold.runs import fold_configs
 
 app = make_app()
 
@@ -53,7 +54,7 @@ class AuditOptions:
 def held_out(o: AuditOptions) -> pd.DataFrame:
     """folds.csv's rows with the runs' mean out-of-fold probabilities (photos some run did not score: left out,
     said)."""
-    df = read_fold_table(o.folds, (*FOLD_COLUMNS, "id", "age_label"))
+    df = read_fold_table(o.folds, (*REQUIRED, "id", "age_label"))
     df.index = df["path"]  # out-of-fold files name photos as folds.csv does
     oofs = []
     for run in o.runs:

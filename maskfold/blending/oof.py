@@ -123,7 +123,7 @@ def check_labels(frames: dict[Path, pd.DataFrame], common: pd.Index) -> None:
 
 def labels_from(path: Path, common: pd.Index) -> np.ndarray:
     """The labels of a folds.csv (--labels) for the photos `common` names (resolved paths)."""
-    from maskfold.runs import read_fold_table
+    from maskfold.folds import read_fold_table
 
     df = read_fold_table(path)
     df.index = [os.path.abspath(path.parent / p) for p in df["path"]]

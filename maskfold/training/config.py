@@ -15,8 +15,30 @@ from maskfold.device import Device
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
 UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
-RECORD_ONLY = ("folds_digest", "processes", "images", "aug_digest", "aug_pipeline", "folds_total", "extra_digest",
-               "extra_rows", "labels_digest", "copied_from")
+
+
+@dataclass(frozen=True)
+class FoldFacts:
+    """What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
+    of folds.csv's content, which a rewrite of the same path changes), the processes it trained in (the
+    effective batch is --batch-size x processes), its images, the digest of its labels and training targets,
+    an --aug file's pipeline, --extra's pseudo-labels, and the fold it was copied from, if it was."""
+    folds_digest: str
+    processes: int
+    images: dict
+    labels_digest: str
+    aug_digest: Optional[str] = None
+    aug_pipeline: Optional[dict] = None
+    extra_digest: Optional[str] = None
+    extra_rows: Optional[int] = None
+    copied_from: Optional[str] = None
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+# The facts two folds of a run must share (folds written before one was recorded are not compared on it).
+COMPARED_FACTS = ("folds_digest", "processes", "aug_digest", "extra_digest", "labels_digest")
 
 
 def read_config(ctx: typer.Context, param, value: Optional[Path]):
@@ -39,7 +61,8 @@ def read_config(ctx: typer.Context, param, value: Optional[Path]):
         fail(f"--config {value}: not a mapping of option names to values")
     data = {k.replace("-", "_").lstrip("_"): v for k, v in data.items()}
     known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(k for k in data if k not in known and k not in RECORD_ONLY)
+    recorded = {f.name for f in fields(FoldFacts)} | {"folds_total"}
+    unknown = sorted(k for k in data if k not in known and k not in recorded)
     if unknown:
         fail(f"--config {value}: unknown option(s) {', '.join(unknown)}")
     skipped = sorted(k for k in data if k in PER_CALL and data[k] not in (None, False))

@@ -6,13 +6,18 @@ an epoch costs augmentation only, never JPEG decoding.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import asks the network for a newer version
 import albumentations as A  # noqa: E402
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
+
+from maskfold.signals import loader_worker
+from maskfold.training.config import TrainConfig
 
 FLIP = [A.HorizontalFlip(p=0.5)]
 # Presets; a name, or the path of a pipeline saved by albumentations (A.save, .json or .yaml) with --aug FILE.
@@ -233,3 +238,63 @@ def mix(kind: str, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cutmi
     if kind == "cutmix":
         return cutmix(x, y, cutmix_alpha, cutmix_mode, gen)
     return mixup(x, y, mixup_alpha, gen)
+
+
+def make_loader(ds, cfg: TrainConfig, place, seed: int):
+    """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from maskfold.training.datasets import EpochSampler
+
+    distributed = None
+    if place.world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        distributed = DistributedSampler(ds, place.world, place.rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = EpochSampler(len(ds), distributed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=place.device.startswith("cuda"), drop_last=len(sampler) > cfg.batch_size,
+                        persistent_workers=cfg.workers > 0, multiprocessing_context="fork" if cfg.workers else None,
+                        worker_init_fn=loader_worker if cfg.workers else None,
+                        # its own generator: the base seed a loader draws when its workers start would otherwise
+                        # come from the global one, once a session with persistent workers, so a resumed epoch
+                        # would run other dropout masks than the same epoch uninterrupted
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """A fold's training set (folds.csv's other folds, and --extra's pseudo-labelled photos) and its validation
+    photos, cached at training size."""
+    train: CachedImages
+    targets: np.ndarray
+    val: pd.DataFrame
+    val_images: np.ndarray
+
+
+def fold_data(cfg, df: pd.DataFrame, extra: pd.DataFrame | None, log) -> FoldData:
+    """Decode the fold's photos once into RAM; pseudo-labelled photos train only, never validate."""
+    import time
+
+    from maskfold.images import load_cache
+    from maskfold.training.trainer import train_targets
+
+    tr, va = (df[df["fold"] != cfg.fold].reset_index(drop=True), df[df["fold"] == cfg.fold].reset_index(drop=True))
+    t = time.time()
+    extra_files = extra["file"].tolist() if extra is not None else []
+    tr_images = load_cache(tr["file"].tolist() + extra_files, cfg.img_size)
+    va_images = load_cache(va["file"].tolist(), cfg.img_size)
+    added = f" (+ {len(extra_files)} pseudo-labelled from {cfg.extra})" if extra is not None else ""
+    log(f"cached {len(tr)} train{added} + {len(va)} val images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
+        f"{time.time() - t:.1f}s ({(tr_images.nbytes + va_images.nbytes) / 2**20:.0f} MiB)")
+    targets = train_targets(tr, cfg.old_age)
+    soft = None
+    if extra is not None:
+        from maskfold.labelling.pseudo_labels import soft_cols
+
+        targets = np.concatenate([targets, extra["label"].to_numpy()])
+        if cfg.extra_soft:
+            soft = np.full((len(targets), 8), np.nan)
+            soft[len(tr):] = extra[soft_cols(cfg.fold)].to_numpy()
+    return FoldData(CachedImages(tr_images, targets, cfg.aug, soft), targets, va, va_images)

@@ -1,6 +1,7 @@
 """One fold's training: what trains the model, the epoch loop's steps, and validation."""
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -13,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from maskfold.device import amp_dtype, autocast
+from maskfold.device import amp_dtype, autocast, resolve_device
 from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores
 from maskfold.prediction.inference import predict_probs
 from maskfold.signals import stop_if_interrupted
@@ -231,3 +232,22 @@ def stop_early(fold, epoch: int) -> bool:
     flag = torch.tensor([int(stop)], device=place.device)
     dist.broadcast(flag, 0)
     return bool(flag.item())
+
+
+def setup_place(cfg: TrainConfig):
+    """Device, rank and world size; under torchrun, one process per device."""
+    import torch
+    import torch.distributed as dist
+
+    from maskfold.training.trainer import Place
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = resolve_device(cfg.device) == "cuda"
+    if world == 1 and "LOCAL_RANK" not in os.environ:  # not started by torchrun
+        return Place("cuda" if cuda else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend)
+    return Place(f"cuda:{local}" if cuda else "cpu", dist.get_rank(), world, backend)

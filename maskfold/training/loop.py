@@ -1,0 +1,104 @@
+"""A fold's epochs: train, validate (the EMA too), keep the best, save what --resume needs after each; then
+finish it: plots, metrics.json and the run's rows."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from maskfold.blending.oof import write_oof
+from maskfold.files import append_csv, write_csv, write_json
+from maskfold.labels import PROB_COLS, TASKS
+from maskfold.prediction.tta import parse as parse_tta
+from maskfold.training.config import TrainConfig
+from maskfold.training.progress import Log, epoch_line, eta
+from maskfold.training.results import results_row, write_summaries
+
+
+def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log, tracker) -> None:
+    """The epochs: train, validate (the EMA too), keep the best, save what --resume needs after each; stop
+    early after --patience epochs without a better val F1."""
+    import torch.distributed as dist
+
+    from maskfold.training import checkpoint, trainer
+
+    cfg = fold.cfg
+    for epoch in range(start, cfg.epochs):
+        if trainer.stop_early(fold, epoch):
+            log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
+            break
+        t = time.time()
+        epoch_seed = cfg.seed * 1000 + epoch  # each epoch's randomness depends on (seed, epoch) only: resumable
+        trainer.seed_all(epoch_seed)
+        sampler.set_epoch(epoch, epoch_seed)
+        row = {"epoch": epoch + 1, "lr": fold.opt.param_groups[0]["lr"], **trainer.train_epoch(fold, loader, epoch)}
+        v, probs = trainer.validate(fold, va_images, va["label"].to_numpy())
+        winner, from_ema = (v, probs), False
+        if fold.ema is not None:
+            ve, pe = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=True)
+            row.update(val_f1_ema=ve["val_f1"], val_loss_ema=ve["val_loss"])
+            if ve["val_f1"] > v["val_f1"]:
+                winner, from_ema = (ve, pe), True
+        row.update(v, seconds=round(time.time() - t, 2))
+        fold.history.append(row)
+        best_v, best_p = winner
+        better = best_v["val_f1"] > fold.best["f1"]  # the same in every process: validation is gathered
+        if better:
+            fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
+            if parse_tta(cfg.oof_tta, "--oof-tta"):  # out-of-fold answers made as predict.py makes the submission's
+                best_p = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=from_ema, tta=cfg.oof_tta)[1]
+        if fold.place.rank0:
+            log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
+            tracker.epoch(row)
+            if epoch == start and fold.shown is not None:
+                tracker.batch(fold.shown)
+            if better:
+                checkpoint.save(checkpoint.make(fold, epoch + 1, best_v, full=False, ema=from_ema),
+                                cfg.fold_dir / "best.pt")
+                write_oof(cfg.fold_dir / "oof.csv", va, best_p)
+            write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
+            checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
+        if fold.place.backend is not None:
+            dist.barrier()
+
+
+def gpu_peak_gib(device: str) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+def finish(fold, t0: float, log: Log) -> dict:
+    """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
+    from maskfold.pages import charts
+
+    cfg, best = fold.cfg, fold.best
+    history = pd.DataFrame(fold.history)
+    rates = history["img_per_s"].dropna()
+    rate = float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()) if len(rates) else None
+    oof = pd.read_csv(cfg.fold_dir / "oof.csv")
+    charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
+    charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1)),
+                   cfg.fold_dir / "confusion.png")
+    metrics = {"run": cfg.run_name, "fold": cfg.fold, "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5),
+               "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
+               "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
+               "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
+               "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device)}
+    append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")  # one line per finished fold
+    write_json(cfg.fold_dir / "metrics.json", metrics)
+    summary = write_summaries(cfg.out)
+    log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}; runs compared in {summary}")
+    files = ["best.pt", "last.pt", "oof.csv", "history.csv", "metrics.json", "config.json", "curves.png",
+             "confusion.png", "train.log", "tensorboard"]
+    return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
+
+
+def interrupted_in(cfg: TrainConfig, done: int, resumed: bool) -> str:
+    """What a Ctrl-C in the epochs leaves, and the command that carries on."""
+    where = f"interrupted in epoch {done + 1} of {cfg.fold_dir}; "
+    if done or resumed:
+        return where + f"last.pt holds epoch {done or 'the last one finished'}: the same command with --resume " \
+                       "continues from there"
+    return where + "no epoch was finished: the same command starts it again"

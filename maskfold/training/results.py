@@ -1,0 +1,59 @@
+"""What a finished fold adds to its --out folder: a row of results.csv, and summary.csv's row of its run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from maskfold.cli import UserError
+from maskfold.runs import read_json, run_folds
+from maskfold.training.config import RUN_KEYS, TrainConfig
+
+
+def results_row(cfg: TrainConfig, metrics: dict) -> dict:
+    """results.csv's row of a finished fold: its scores, then every option that can differ between runs."""
+    record = cfg.record()
+    options = {k: ("x".join(map(str, v)) if isinstance(v, list) else v) for k, v in record.items()
+               if k in RUN_KEYS and k not in ("model", "folds_csv")}
+    return {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model,
+            **{k: metrics[k] for k in ("f1", "f1_mask", "f1_gender", "f1_age", "best_epoch", "epochs_run",
+                                       "img_per_s", "minutes")}, **options}
+
+
+def summarize(run_dir: Path) -> dict:
+    """A run at a glance: its finished folds' mean and spread, and the macro F1 of their out-of-fold
+    predictions taken together (the CV score ensemble.py reports for it alone)."""
+    import pandas as pd
+
+    from maskfold.labels import PROB_COLS, TASKS, scores
+
+    folds = run_folds(run_dir)
+    metrics = pd.DataFrame([read_json(run_dir / f"fold{k}" / "metrics.json") for k in sorted(folds.finished)])
+    oof = pd.concat([pd.read_csv(run_dir / f"fold{k}" / "oof.csv") for k in sorted(folds.finished)])
+    cv = scores(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
+    out = {"run": run_dir.name, "folds": len(folds.finished), "of": folds.expected,
+           "cv_f1": round(cv["f1"], 5), **{f"cv_f1_{t}": round(cv[f"f1_{t}"], 5) for t in TASKS}}
+    for key in ("f1", *(f"f1_{t}" for t in TASKS)):
+        out[f"{key}_mean"] = round(float(metrics[key].mean()), 5)
+        out[f"{key}_std"] = round(float(metrics[key].std(ddof=0)), 5)
+    out["minutes"] = round(float(metrics["minutes"].sum()), 2)
+    out["img_per_s"] = round(float(metrics["img_per_s"].mean()), 1) if metrics["img_per_s"].notna().any() else None
+    return out
+
+
+def write_summaries(out: Path) -> Path:
+    """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish)."""
+    import pandas as pd
+
+    from maskfold.files import locked, write_csv
+
+    with locked(out):
+        rows = []
+        for run in sorted(p for p in Path(out).iterdir() if p.is_dir()):
+            try:
+                rows.append(summarize(run))
+            except (UserError, OSError, KeyError, ValueError):
+                continue  # not a run folder, or no finished fold yet
+        df = pd.DataFrame(rows)
+        if len(df):
+            df = df.sort_values("cv_f1", ascending=False)
+        write_csv(df, Path(out) / "summary.csv")
+    return Path(out) / "summary.csv"
