@@ -78,7 +78,7 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
 
 def runs_old_age(runs: list[Path]) -> int:
     """The --old-age the runs trained with: the age bands their held-out answers are read against."""
-    from maskfold.training.config import RUN_DEFAULTS
+    from maskfold.training.options import RUN_DEFAULTS
 
     ages = {run: {c.get("old_age", RUN_DEFAULTS["old_age"]) for c in fold_configs(run).values()} for run in runs}
     found = set().union(*ages.values())

@@ -22,8 +22,8 @@ from maskfold.cli import arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info
 from maskfold.labels import PROB_COLS
-from maskfold.prediction import predicting
-from maskfold.prediction.predicting import check_kind, checkpoints, image_files, predict_all, warm_up
+from maskfold.prediction import sources
+from maskfold.prediction.sources import check_kind, checkpoints, image_files
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.prediction.tta import passes as tta_passes
 from maskfold.probs import write_probs
@@ -52,12 +52,14 @@ def load_model(path: Path, device: str):
     """The checkpoint's own model (models.py's create), on `device`, in eval mode."""
     import models
 
-    return predicting.load_model(path, device, models.create)
+    return sources.load_model(path, device, models.create)
 
 
 @command(app, PredictOptions)
 def main(o: PredictOptions):
     """Average the class probabilities of checkpoints over the eval images."""
+    from maskfold.prediction.inference import predict_all, warm_up
+
     t0 = time.time()
     tta = () if o.no_tta else parse_tta(o.tta)
     check_outside(o.out, o.images)

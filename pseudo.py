@@ -35,7 +35,7 @@ from maskfold.images import stem_key
 from maskfold.labelling import pseudo_labels as pl
 from maskfold.labels import PROB_COLS, TASKS, decode
 from maskfold.people.grouping import groups_of
-from maskfold.prediction import predicting
+from maskfold.prediction import sources
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.probs import read_probs, read_provenance, sha256, write_probs
 from maskfold.runs import fold_configs, run_folds
@@ -121,6 +121,8 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
 
 def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[int, np.ndarray]:
     """Each fold's probabilities of the eval photos: the mean of that fold's checkpoints of every run."""
+    from maskfold.prediction import inference
+
     import models
 
     dev = resolve_device(o.device)
@@ -128,8 +130,8 @@ def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[
     out: dict[int, np.ndarray] = {}
     for tta in sorted({s.tta for s in runs}):
         chosen = [(k, s.best[k]) for s in runs if s.tta == tta for k in sorted(s.best)]
-        nets = [predicting.load_model(p, dev, models.create) for _, p in chosen]
-        each = predicting.predict_all(nets, files, o.batch_size, dev, amp, tta, each=True)
+        nets = [sources.load_model(p, dev, models.create) for _, p in chosen]
+        each = inference.predict_all(nets, files, o.batch_size, dev, amp, tta, each=True)
         for (k, _), p in zip(chosen, each):
             out[k] = out.get(k, 0) + p
     counts = {k: sum(k in s.best for s in runs) for k in out}
@@ -207,9 +209,9 @@ def main(o: PseudoOptions):
     check_outside(o.out, o.images)
     check_new(o.out, overwrite=o.overwrite)
     ids = read_info(o.info)
-    files = predicting.image_files(o.images, ids.tolist())
+    files = sources.image_files(o.images, ids.tolist())
     blend, runs, described = read_inputs(o, ids)
-    predicting.check_kind(o.images, files, described, any_images=False)
+    sources.check_kind(o.images, files, described, any_images=False)
     if o.people is not None:
         check_looks_alone(o.people)
         g, s = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, str(o.info))

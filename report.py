@@ -28,7 +28,7 @@ from maskfold.files import check_new, read_table, write_text
 from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
 from maskfold.pages import html_page as html
 from maskfold.runs import fold_configs, fold_dirs, read_json, run_folds
-from maskfold.training.config import RUN_DEFAULTS, RUN_KEYS
+from maskfold.training.options import RUN_DEFAULTS, RUN_KEYS
 
 app = make_app()
 

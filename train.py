@@ -24,17 +24,17 @@ from maskfold.files import check_outside
 from maskfold.folds import folds_digest, read_folds
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.training.admission import copy_twin, fold_facts, fold_lock, prepare_fold, start_fold_dir, twin_fold
-from maskfold.training.config import FoldFacts, TrainConfig
 from maskfold.training.loop import finish, fit, interrupted_in
-from maskfold.training.progress import Log
-from maskfold.training.tracking import Tracker, check_wandb
+from maskfold.training.options import FoldFacts, TrainConfig
+from maskfold.training.tracking import Log, Tracker, check_wandb
 from maskfold.training.weights import create_model
 
 app = make_app()
 
 
 def check_options(cfg: TrainConfig) -> None:
-    from maskfold.training.datasets import AUGS, CUTMIX_MODES, check_aug_file, is_aug_file
+    from maskfold.training.augment import AUGS, check_aug_file, is_aug_file
+    from maskfold.training.mixing import CUTMIX_MODES
     from maskfold.training.optim import OPTIMIZERS, SCHEDULERS
 
     import models
@@ -75,7 +75,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     import torch.distributed as dist
 
     from maskfold.training import checkpoint, trainer
-    from maskfold.training.datasets import fold_data, make_loader
+    from maskfold.training.data import fold_data, make_loader
 
     import losses
     import models

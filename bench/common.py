@@ -104,7 +104,7 @@ def loaders(files: list[str], size, batch: int, workers: int, device: str, least
     from torchvision import transforms as T
 
     from maskfold.images import load_cache
-    from maskfold.training.datasets import CachedImages, to_input
+    from maskfold.training.data import CachedImages, to_input
 
     def rate(loader, norm):
         """img/s over whole epochs until `least` images, after the first batch (worker start-up)."""

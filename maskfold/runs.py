@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from maskfold.cli import UserError
-from maskfold.training.config import COMPARED_FACTS, RUN_DEFAULTS, RUN_KEYS
+from maskfold.training.options import COMPARED_FACTS, RUN_DEFAULTS, RUN_KEYS
 
 
 def read_json(path: Path) -> dict:

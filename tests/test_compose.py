@@ -228,7 +228,7 @@ def test_aug_files_that_normalise_or_resize_are_refused(tiny_run, tmp_path):
         r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--aug", aug_file(tmp_path / name, step))
         one_line(r, needle)
     assert not (tmp_path / "runs").exists()
-    from maskfold.training.datasets import check_aug_file
+    from maskfold.training.augment import check_aug_file
 
     check_aug_file(str(aug_file(tmp_path / "ok.json", A.HorizontalFlip(), A.RandomResizedCrop((32, 24)))), (32, 24))
 

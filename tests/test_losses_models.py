@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from maskfold.labels import NUM_CLASSES, probs18
-from maskfold.training.datasets import cutmix
+from maskfold.training.mixing import cutmix
 
 import losses
 import models
@@ -110,7 +110,7 @@ def test_unknown_model_names_closest():
 def test_persistent_workers_augment_with_each_epochs_seed():
     from torch.utils.data import DataLoader
 
-    from maskfold.training.datasets import CachedImages, EpochSampler
+    from maskfold.training.data import CachedImages, EpochSampler
     rng = np.random.default_rng(0)
     ds = CachedImages(rng.integers(0, 255, (16, 32, 24, 3), dtype=np.uint8), np.zeros(16, int), "seed")
     sampler = EpochSampler(16)

@@ -171,7 +171,7 @@ def test_ctrl_c_lines_name_the_command_that_carries_on(demo_tree, tmp_path, monk
     """Before any epoch ends the plain command starts the fold again (not --overwrite); crop.py interrupted
     before its first batch says the same command starts it."""
     from maskfold.crop import detector
-    from maskfold.training.config import TrainConfig
+    from maskfold.training.options import TrainConfig
 
     import crop
 

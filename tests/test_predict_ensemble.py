@@ -251,8 +251,10 @@ def test_chunked_prediction_equals_one_pass(run, demo_tree):
     nets = [predict.load_model(p, "cpu") for p in sorted(run.glob("fold*/best.pt"))]
     info = pd.read_csv(demo_tree / "eval" / "info.csv")
     files = predict.image_files(demo_tree / "eval" / "images", info["ImageID"].tolist())
-    whole = predict.predict_all(nets, files, 8, "cpu", False, True)
-    chunked = predict.predict_all(nets, files, 8, "cpu", False, True, chunk=5)  # 21 images: 5 chunks, the last of 1
+    from maskfold.prediction.inference import predict_all
+
+    whole = predict_all(nets, files, 8, "cpu", False, True)
+    chunked = predict_all(nets, files, 8, "cpu", False, True, chunk=5)  # 21 images: 5 chunks, the last of 1
     assert whole.shape == (len(files), 18) and np.allclose(whole.sum(axis=1), len(nets), atol=1e-4)
     assert np.allclose(whole, chunked, atol=1e-5)
 

@@ -10,7 +10,7 @@ import pytest
 
 from maskfold.labelling.pseudo_labels import person_answers, qualifying_groups
 from maskfold.labels import NUM_CLASSES, decode
-from maskfold.prediction import predicting
+from maskfold.prediction import inference, sources
 from maskfold.probs import sha256
 
 import predict
@@ -71,8 +71,8 @@ def test_each_folds_labels_come_from_that_folds_own_models(demo_tree, tiny_run, 
             out[i, :, 3 if fold == "fold0" else 16] = 1
         return out / out.sum(2, keepdims=True)
 
-    monkeypatch.setattr(predicting, "load_model", fake_load)
-    monkeypatch.setattr(predicting, "predict_all", fake_predict)
+    monkeypatch.setattr(sources, "load_model", fake_load)
+    monkeypatch.setattr(inference, "predict_all", fake_predict)
     out = tmp_path / "pseudo.csv"
     r = make_pseudo(demo_tree, eval_probs, out)
     assert r.exit_code == 0, r.output
@@ -132,7 +132,7 @@ class Spy:
 
 
 def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_path, monkeypatch):
-    import maskfold.training.datasets as datasets
+    import maskfold.training.data as datasets
 
     folds, _ = tiny_run
     monkeypatch.setattr(datasets, "CachedImages", Spy(datasets.CachedImages))
@@ -157,7 +157,7 @@ def test_extra_adds_its_folds_rows_to_training_only(tiny_run, pseudo_csv, tmp_pa
 
 def test_extra_soft_draws_each_pseudo_label_from_its_folds_probabilities(tiny_run, pseudo_csv, tmp_path,
                                                                          monkeypatch):
-    import maskfold.training.datasets as datasets
+    import maskfold.training.data as datasets
     from maskfold.labelling.pseudo_labels import soft_cols
 
     folds, _ = tiny_run
@@ -176,7 +176,7 @@ def test_extra_soft_draws_each_pseudo_label_from_its_folds_probabilities(tiny_ru
 
 
 def test_a_soft_label_is_drawn_per_epoch_and_a_real_label_kept():
-    from maskfold.training.datasets import CachedImages
+    from maskfold.training.data import CachedImages
 
     soft = np.full((3, 8), np.nan)
     soft[1] = [0, 0, 1, 0, 1, 1, 0, 0]  # sure: not worn, female, young -> class 2*6 + 3 + 0

@@ -257,7 +257,8 @@ def test_train_help_names_every_registry_entry():
     import subprocess
     import sys
 
-    from maskfold.training.datasets import AUGS, CUTMIX_MODES
+    from maskfold.training.augment import AUGS
+    from maskfold.training.mixing import CUTMIX_MODES
     from maskfold.training.optim import OPTIMIZERS, SCHEDULERS
 
     from conftest import ROOT

@@ -385,7 +385,7 @@ def test_ema_is_validated_kept_when_it_wins_and_resumable(folds, tmp_path):
 
 
 def test_mixup_and_cutmix_share_one_mechanism(folds, tmp_path, monkeypatch):
-    from maskfold.training import datasets
+    from maskfold.training import mixing
     kinds, real = [], trainer.mix
     monkeypatch.setattr(trainer, "mix", lambda kind, *a: kinds.append(kind) or real(kind, *a))
     assert run_train(folds, tmp_path / "a", "--mixup", "1").exit_code == 0
@@ -394,7 +394,7 @@ def test_mixup_and_cutmix_share_one_mechanism(folds, tmp_path, monkeypatch):
     assert run_train(folds, tmp_path / "b", "--mixup", "0.5", "--cutmix", "0.5", "--epochs", "3").exit_code == 0
     assert set(kinds) == {"mixup", "cutmix"}
     x, y = torch.rand(6, 3, 8, 8), torch.arange(6)
-    mixed, ya, yb, lam = datasets.mixup(x, y, 0.4, torch.Generator().manual_seed(0))
+    mixed, ya, yb, lam = mixing.mixup(x, y, 0.4, torch.Generator().manual_seed(0))
     assert torch.allclose(mixed, lam * x + (1 - lam) * x[yb]) and torch.equal(ya, y) and 0 < lam < 1
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from maskfold.training import datasets
+from maskfold.training import augment, data
 
 import split
 import train
@@ -26,7 +26,7 @@ def folds(demo_tree, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["ssr", "dropout", "noise", "colour", "strong"])
 def test_each_face_preset_changes_images_as_its_family_does(name):
-    tf = datasets.build_aug(name)
+    tf = augment.build_aug(name)
     kinds = {type(t).__name__ for t in tf.transforms}
     family = {"ssr": {"Affine"}, "dropout": {"CoarseDropout"}, "noise": {"GaussNoise"}, "colour": {"ColorJitter"},
               "strong": {"Affine", "CoarseDropout", "GaussNoise", "ColorJitter"}}[name]
@@ -46,13 +46,13 @@ def test_aug_file_is_the_pipeline_trained_with_and_recorded(folds, tmp_path, mon
     path = tmp_path / "aug.yaml"
     A.save(A.Compose([A.VerticalFlip(p=1.0)]), str(path), data_format="yaml")
     seen = []
-    real = datasets.CachedImages.__init__
+    real = data.CachedImages.__init__
 
     def spy(self, *a, **kw):
         real(self, *a, **kw)
         seen.append(self.tf)
 
-    monkeypatch.setattr(datasets.CachedImages, "__init__", spy)
+    monkeypatch.setattr(data.CachedImages, "__init__", spy)
     r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--aug", path)
     assert r.exit_code == 0, r.output
     assert [type(t).__name__ for t in seen[0].transforms] == ["VerticalFlip"]

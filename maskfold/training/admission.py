@@ -16,7 +16,7 @@ import pandas as pd
 from maskfold.cli import UserError
 from maskfold.files import append_csv, write_json
 from maskfold.runs import differences, disagreeing, explain, fold_configs, read_json
-from maskfold.training.config import RUN_RECORD, FoldFacts, TrainConfig
+from maskfold.training.options import RUN_RECORD, FoldFacts, TrainConfig
 from maskfold.training.results import results_row, write_summaries
 
 
@@ -154,7 +154,7 @@ def fold_facts(cfg: TrainConfig, df, extra, extra_record: dict | None) -> FoldFa
     """The facts of the fold `cfg` asks for, from its folds.csv rows `df` and --extra's rows and record."""
     from maskfold.folds import folds_digest, labels_digest
     from maskfold.images import describe_folder
-    from maskfold.training.datasets import aug_record
+    from maskfold.training.augment import aug_record
     from maskfold.training.trainer import train_targets
 
     extra_facts = {"extra_digest": extra_record["sha256"][:16], "extra_rows": len(extra)} if extra is not None else {}

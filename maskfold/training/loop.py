@@ -11,9 +11,9 @@ from maskfold.blending.oof import write_oof
 from maskfold.files import append_csv, write_csv, write_json
 from maskfold.labels import PROB_COLS, TASKS
 from maskfold.prediction.tta import parse as parse_tta
-from maskfold.training.config import TrainConfig
-from maskfold.training.progress import Log, epoch_line, eta
+from maskfold.training.options import TrainConfig
 from maskfold.training.results import results_row, write_summaries
+from maskfold.training.tracking import Log, epoch_line, eta
 
 
 def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log, tracker) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from maskfold.cli import UserError
 from maskfold.runs import read_json, run_folds
-from maskfold.training.config import RUN_KEYS, TrainConfig
+from maskfold.training.options import RUN_KEYS, TrainConfig
 
 
 def results_row(cfg: TrainConfig, metrics: dict) -> dict:

@@ -18,9 +18,10 @@ from maskfold.device import amp_dtype, autocast, resolve_device
 from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores
 from maskfold.prediction.inference import predict_probs
 from maskfold.signals import stop_if_interrupted
-from maskfold.training.config import TrainConfig
-from maskfold.training.datasets import mix, to_display, to_input
+from maskfold.training.data import to_display, to_input
+from maskfold.training.mixing import mix
 from maskfold.training.optim import make_optimizer, make_scheduler
+from maskfold.training.options import TrainConfig
 
 
 def seed_all(seed: int) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from maskfold.cli import UserError
-from maskfold.training.config import TrainConfig
+from maskfold.training.options import TrainConfig
 
 
 def trained_on(source: Path, ck: dict) -> dict | None:

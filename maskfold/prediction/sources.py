@@ -1,16 +1,12 @@
-"""Predicting eval photos with trained checkpoints: which checkpoints a run folder means, loading them, matching
-the eval images to info.csv, refusing images of another kind than a run trained on, and the batched, chunked
-inference over all of them (predict.py's and pseudo.py's)."""
+"""What a prediction reads: which checkpoints a run folder means and loading them, the eval images matched to
+info.csv, and the refusal of images of another kind than a run trained on (predict.py's and pseudo.py's)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from maskfold.cli import UserError
 from maskfold.images import describe_folder, is_hidden, kind_differs, match_ids
-from maskfold.labels import NUM_CLASSES
 from maskfold.runs import fold_configs, run_folds
 
 
@@ -76,41 +72,3 @@ def check_kind(images: Path, files: list[Path], runs: list[dict], any_images: bo
         if why:
             print(f"warning: {images}: {why} (--any-images)", file=sys.stderr)
     return given
-
-
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048,
-                each: bool = False):
-    """Summed probabilities of every checkpoint (`each`: one array per checkpoint, stacked). Images are decoded
-    once per image size, a chunk at a time, the next chunk in the background while the checkpoints run on this
-    one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from maskfold.images import load_cache, read_ahead
-    from maskfold.prediction import inference
-
-    sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
-    probs = np.zeros((len(nets), len(files), NUM_CLASSES))
-
-    def decode(start):
-        return {size: load_cache(files[start:start + chunk], size) for size in sizes}
-
-    with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
-                                              file=sys.stderr, disable=None, mininterval=1) as bar:
-        for start, caches in read_ahead(ahead, range(0, len(files), chunk), decode):
-            for i, (net, ck) in enumerate(nets):
-                cache = caches[tuple(ck["img_size"])]
-                probs[i, start:start + len(cache)] = inference.predict_probs(
-                    net, ck["head"], cache, ck["mean"], ck["std"], dev, batch_size, amp, tta=tta)
-                bar.update(len(cache))
-    return probs if each else probs.sum(0)
-
-
-def warm_up(nets, batch_size: int, n: int, dev: str, amp) -> None:
-    """One batch of blanks per model: kernel choice and memory pools are start-up costs, not the rate's."""
-    from maskfold.prediction import inference
-
-    for net, ck in nets:
-        blank = np.zeros((min(batch_size, n), *ck["img_size"], 3), np.uint8)
-        inference.predict_probs(net, ck["head"], blank, ck["mean"], ck["std"], dev, batch_size, amp)
