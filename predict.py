@@ -16,17 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from maskfold.cli import arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
-from maskfold.files import check_new, check_outside, read_info
-from maskfold.labels import PROB_COLS
+from maskfold.files import check_new, check_outside, read_info, record_path
 from maskfold.prediction import sources
 from maskfold.prediction.sources import check_kind, checkpoints, image_files
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.prediction.tta import passes as tta_passes
-from maskfold.probs import write_probs
+from maskfold.probs import frame, write_probs
 
 app = make_app()
 
@@ -78,8 +75,7 @@ def main(o: PredictOptions):
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
     probs /= len(nets)
     probs /= probs.sum(axis=1, keepdims=True)
-    df = pd.DataFrame(probs, columns=PROB_COLS)
-    df.insert(0, "ImageID", ids)
+    df = frame(probs, ids)
     record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": list(tta),
               "images_kind": kind,
               "runs": runs, "checkpoints": [{"path": str(p.resolve()), "model": ck["model"], "head": ck["head"],
@@ -90,7 +86,7 @@ def main(o: PredictOptions):
     result({"out": str(o.out), "images": len(ids), "checkpoints": len(nets),
             "runs": [{k: r[k] for k in ("run", "folds", "of", "partial")} for r in runs], "tta": list(tta),
             "device": dev, "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1),
-            "files": [str(o.out), f"{o.out}.json"]})
+            "files": [str(o.out), str(record_path(o.out))]})
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ import pandas as pd
 
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
-from maskfold.files import check_new, check_outside, read_info, read_table
+from maskfold.files import check_new, check_outside, read_info, read_record, record_path
 from maskfold.images import stem_key
 from maskfold.labelling import pseudo_labels as pl
 from maskfold.labels import PROB_COLS, TASKS, decode
 from maskfold.people.grouping import groups_of
 from maskfold.prediction import sources
 from maskfold.prediction.tta import parse as parse_tta
-from maskfold.probs import read_probs, read_provenance, sha256, write_probs
+from maskfold.probs import aligned, read_provenance, read_truth, sha256, write_probs
 from maskfold.runs import fold_configs, run_folds
 
 app = make_app()
@@ -79,10 +79,7 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
     blend, sources = np.zeros((len(ids), len(PROB_COLS))), {}
     described = []
     for f in o.inputs:
-        df = read_probs(f, "ImageID")
-        if set(df["ImageID"]) != set(ids):
-            raise UserError(f"{f}: its ImageIDs differ from {o.info}")
-        blend += df.set_index("ImageID").loc[ids, PROB_COLS].to_numpy() / len(o.inputs)
+        blend += aligned(f, ids, str(o.info)) / len(o.inputs)
         rec = read_provenance(f)
         if not rec or not rec.get("runs"):
             raise UserError(f"{f}: no record of the runs that made it ({f}.json): pseudo-labels need each fold's "
@@ -141,13 +138,7 @@ def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[
 def check_looks_alone(people: Path) -> None:
     """A people.csv grouped with the model's answers (people.py --probs, from every fold's models) would let
     the other folds' models, which trained on fold k's people, choose which photos pool fold k's answers."""
-    import json
-
-    try:
-        record = json.loads(Path(f"{people}.json").read_text())
-    except (OSError, ValueError):
-        record = {}
-    if record.get("probs"):
+    if read_record(people).get("probs"):
         raise UserError(f"--people {people} was grouped with the model's answers (people.py --probs), which come "
                         "from every fold's models: fold k's pseudo-labels would depend on models that trained on fold "
                         "k's people; group the eval photos by looks alone for pseudo.py (people.py without --probs)")
@@ -218,12 +209,7 @@ def main(o: PseudoOptions):
         groups = pl.qualifying_groups(g, s, o.min_sure, min_photos(o))
     else:
         groups = np.full(len(ids), -1)
-    truth = None
-    if o.truth is not None:
-        t = read_table(o.truth, dtype={"ImageID": str})
-        if not {"ImageID", "ans"} <= set(t.columns) or set(t["ImageID"]) != set(ids):
-            raise UserError(f"{o.truth}: needs ImageID,ans for exactly the ImageIDs of {o.info}")
-        truth = t.set_index("ImageID")["ans"]
+    truth = pd.Series(read_truth(o.truth, ids, str(o.info)), index=ids.to_numpy()) if o.truth is not None else None
     per_fold = {}
     for k, p in fold_probs(o, runs, files).items():
         a, c, soft = pl.person_answers(p, groups, o.group_size)
@@ -257,7 +243,7 @@ def main(o: PseudoOptions):
             print(f"fold {k}: {counts[k]} of {len(ids)} photos ({counts[k] / len(ids):.0%}), {people_kept[k]} people",
                   file=sys.stderr)
     write_probs(df, o.out, record)
-    result(summary | {"files": [str(o.out), f"{o.out}.json"]})
+    result(summary | {"files": [str(o.out), str(record_path(o.out))]})
 
 
 if __name__ == "__main__":

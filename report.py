@@ -25,7 +25,8 @@ import pandas as pd
 from maskfold.blending.oof import read_run_oof
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.files import check_new, read_table, write_text
-from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, scores
+from maskfold.labelling.label_audit import suspect_people
+from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, per_class_f1, scores
 from maskfold.pages import html_page as html
 from maskfold.runs import fold_configs, fold_dirs, read_json, run_folds
 from maskfold.training.options import RUN_DEFAULTS, RUN_KEYS
@@ -158,11 +159,8 @@ def curves(runs: list[Run]) -> str:
 
 
 def per_class(runs: list[Run]) -> str:
-    from sklearn.metrics import f1_score
-
     have = [r for r in runs if r.oof is not None]
-    f1 = {r.path.name: f1_score(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1), labels=range(NUM_CLASSES),
-                                average=None, zero_division=0) for r in have}
+    f1 = {r.path.name: per_class_f1(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1)) for r in have}
     counts = {c: int(sum((r.oof["label"] == c).sum() for r in have[:1])) for c in range(NUM_CLASSES)}
     rows = [[html.cell(class_name(c)), html.cell(counts[c], "{}")] + [html.heat(f1[r.path.name][c]) for r in have]
             for c in range(NUM_CLASSES)]
@@ -192,11 +190,11 @@ def worst_photos(r: Run, n: int) -> str:
     return f"<h3>{html.esc(r.path.name)}</h3><div class='thumbs'>{''.join(tiles)}</div>"
 
 
-def suspect_people(r: Run, n: int) -> str:
+def suspect_people_section(r: Run, n: int) -> str:
     p = r.oof[PROB_COLS].to_numpy()
     df = r.oof.assign(person=[Path(x).parent.name for x in r.oof["path"]],
                       p_label=p[np.arange(len(p)), r.oof["label"].to_numpy()], pred=p.argmax(1))
-    worst = df.groupby("person")["p_label"].mean().sort_values().index[:n]
+    worst = suspect_people(r.oof["path"], r.oof["label"].to_numpy(), p, n)["person"]
     rows = []
     for person in worst:
         ph = df[df["person"] == person].head(14)
@@ -321,7 +319,7 @@ def main(o: ReportOptions):
                          confusions(runs), "<h2>Photos each run gets most wrong</h2>",
                          *(worst_photos(r, o.worst) for r in with_oof),
                          "<h2>People whose labels the out-of-fold predictions doubt</h2>",
-                         *(suspect_people(r, o.suspects) for r in with_oof)]
+                         *(suspect_people_section(r, o.suspects) for r in with_oof)]
     if o.audit and any(r.oof is not None for r in runs):
         sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspects * 3, problems)]
     elif o.audit:

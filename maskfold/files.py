@@ -39,6 +39,21 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def record_path(path: Path) -> Path:
+    """The record a script writes beside an output (`<file>.json`): what made it."""
+    return Path(f"{path}.json")
+
+
+def read_record(path: Path | None) -> dict:
+    """The record beside `path`, or {} where there is none or it cannot be read."""
+    if path is None:
+        return {}
+    try:
+        return json.loads(record_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def json_safe(obj):
     """`obj` with every non-finite float (NaN, infinities, which JSON has not) as null: a record must parse."""
     if isinstance(obj, float):

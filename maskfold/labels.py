@@ -103,3 +103,16 @@ def class_name(c: int) -> str:
     """'13 none/M/30-59': a class code a person can read (mask worn, worn wrongly or none; gender; age)."""
     m, g, a = decode(int(c))
     return f"{int(c)} {('worn', 'wrong', 'none')[m]}/{'MF'[g]}/{('<30', '30-59', '60+')[a]}"
+
+
+def task_f1(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Macro F1 over the 18 classes and of each task."""
+    s = scores(y, pred)
+    return {"f1": s["f1"], **{t: s[f"f1_{t}"] for t in TASKS}}
+
+
+def per_class_f1(y_true, y_pred) -> list[float]:
+    """F1 of each of the 18 classes (0 for a class neither array holds)."""
+    from sklearn.metrics import f1_score
+
+    return [float(f) for f in f1_score(y_true, y_pred, labels=range(NUM_CLASSES), average=None, zero_division=0)]

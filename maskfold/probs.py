@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError
-from maskfold.files import atomic_path, read_table, write_json
+from maskfold.files import atomic_path, read_table, record_path, write_json
 from maskfold.labels import PROB_COLS
 
 
@@ -41,10 +41,6 @@ def read_probs(path: Path, id_col: str | None = None) -> pd.DataFrame:
     return df
 
 
-def provenance_path(path: Path) -> Path:
-    return Path(f"{path}.json")
-
-
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,12 +54,12 @@ def write_probs(df: pd.DataFrame, path: Path, provenance: dict) -> None:
     leaves an old CSV beside a new record, which read_provenance recognises by the hash."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
-        write_json(provenance_path(path), {**provenance, "sha256": sha256(tmp)})
+        write_json(record_path(path), {**provenance, "sha256": sha256(tmp)})
 
 
 def read_provenance(path: Path) -> dict | None:
     """What made a probability CSV, or None for a file without a record (hand-made, or from elsewhere)."""
-    record = provenance_path(path)
+    record = record_path(path)
     if not record.is_file():
         return None
     try:
@@ -74,3 +70,29 @@ def read_provenance(path: Path) -> dict | None:
         raise UserError(f"{record} describes another version of {path} (a run killed between the two, or an "
                         "edited CSV): predict again, or delete the .json to use the CSV without its record")
     return prov
+
+
+def aligned(path: Path, ids: pd.Series, what: str = "info.csv") -> np.ndarray:
+    """A probability CSV's p0..p17 in the order of `ids` (info.csv's ImageIDs), which it must cover exactly."""
+    df = read_probs(path, "ImageID")
+    have, want = set(df["ImageID"]), set(ids)
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        raise UserError(f"{path}: ImageIDs differ from {what} ({len(missing)} missing, {len(extra)} extra, "
+                        f"e.g. {(missing + extra)[0]})")
+    return df.set_index("ImageID").loc[ids, PROB_COLS].to_numpy()
+
+
+def frame(p: np.ndarray, ids, id_col: str = "ImageID") -> pd.DataFrame:
+    """Probabilities as the one CSV format: the id column, then p0..p17."""
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, id_col, list(ids))
+    return df
+
+
+def read_truth(path: Path, ids: pd.Series, what: str = "info.csv") -> np.ndarray:
+    """The demo's hidden answers (ImageID,ans) in the order of `ids`, which they must cover exactly."""
+    t = read_table(path, dtype={"ImageID": str})
+    if not {"ImageID", "ans"} <= set(t.columns) or set(t["ImageID"]) != set(ids):
+        raise UserError(f"{path}: needs ImageID,ans for exactly the ImageIDs of {what}")
+    return t.set_index("ImageID").loc[ids, "ans"].to_numpy(int)

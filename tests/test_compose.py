@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskfold.blending import recipe
-from maskfold.labels import encode
+from maskfold.blending import choices, recipe
+from maskfold.blending.oof import OOF
+from maskfold.labels import encode, task_f1
 from maskfold.people import grouping
 from maskfold.probs import write_probs
 
@@ -86,7 +87,7 @@ def planted_oof(n=600, seed=0):
     from test_predict_ensemble import planted
 
     y, inputs, folds = planted(n, seed)
-    return ensemble.OOF(["good", "wrong", "mask"], inputs, y, folds, [f"/p/{i}.jpg" for i in range(n)])
+    return OOF(["good", "wrong", "mask"], inputs, y, folds, [f"/p/{i}.jpg" for i in range(n)])
 
 
 def test_fitted_weights_are_scored_held_out_and_recorded_as_applied(monkeypatch):
@@ -94,19 +95,18 @@ def test_fitted_weights_are_scored_held_out_and_recorded_as_applied(monkeypatch)
     o = ensemble.EnsembleOptions(inputs=[Path("a"), Path("b"), Path("c")], info=Path("i"), out=Path("o"),
                                  fit_weights="blend")
     base = o.recipe()
-    summary = {}
-    chosen, p = ensemble.choose_weights(o, cv, base, summary)
-    fw = summary["fit_weights"]
+    fit = choices.choose_weights("blend", cv, base)
+    chosen, p, fw = fit.recipe, fit.p_oof, fit.record
     held = recipe.held_out_recipes(base, cv.inputs, cv.y, cv.folds, "blend")
     assert fw["applied"] and fw["applied_weights"] == chosen.describe() != base.describe()
     assert np.allclose(p, held)  # the CV, bias and per-person checks see the held-out answers
-    assert fw["held_out_f1"] == round(recipe.task_f1(cv.y, p.argmax(1))["f1"], 5)
+    assert fw["held_out_f1"] == round(task_f1(cv.y, p.argmax(1))["f1"], 5)
     assert fw["fitted_in_sample_f1"] >= fw["held_out_f1"]
     # a fit on every fold that chooses equal weights changes nothing: not "applied", whatever the held-out gain
     monkeypatch.setattr(recipe, "fit_recipe", lambda base, probs, y, how: base)
-    summary = {}
-    chosen, p = ensemble.choose_weights(o, cv, base, summary)
-    assert not summary["fit_weights"]["applied"] and "equal weights" in summary["fit_weights"]["why"]
+    fit = choices.choose_weights("blend", cv, base)
+    chosen, p = fit.recipe, fit.p_oof
+    assert not fit.record["applied"] and "equal weights" in fit.record["why"]
     assert chosen is base and np.allclose(p, base.combine(cv.inputs))
 
 # ---------------------------------------------------------------- options that only work with others

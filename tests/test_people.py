@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskfold.blending import recipe
+from maskfold.blending import rules
 from maskfold.labels import PROB_COLS, encode
 from maskfold.people import grouping
 from maskfold.probs import write_probs
@@ -19,7 +19,7 @@ from conftest import fake_run, invoke, person_probs, run_ensemble
 def test_mask_assignment_is_the_best_of_every_choice():
     rng = np.random.default_rng(0)
     c = rng.normal(size=(30, 7, 3))
-    got = recipe.assign_masks(c)
+    got = rules.assign_masks(c)
     for person, masks in zip(c, got):
         best = max(itertools.permutations(range(7), 2),
                    key=lambda jk: person[:, 0].sum() + person[jk[0], 1] - person[jk[0], 0] + person[jk[1], 2]
@@ -36,9 +36,9 @@ def test_per_person_rule_corrects_gender_age_and_masks():
     p = np.vstack([a, b])
     groups = np.repeat([0, 1], 7)
     truth = np.concatenate([encode(masks, [1] * 7, [1] * 7), encode(masks, [0] * 7, [0] * 7)])
-    alone = recipe.answers(p)
+    alone = rules.answers(p)
     assert (alone != truth).sum() == 3
-    assert recipe.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
+    assert rules.answers(p, 0.0, groups, 7).tolist() == truth.tolist()
 
 
 def test_one_confident_photo_does_not_outvote_six():
@@ -52,17 +52,17 @@ def test_one_confident_photo_does_not_outvote_six():
         p[i, encode(mask, 0, 1)] = 1 - female
     groups = np.zeros(7, int)
     for vote in ("mean", "clipped", "vote"):
-        assert (recipe.answers(p, 0.0, groups, 7, vote) // 3 % 2 == 1).all(), vote
-    assert (recipe.answers(p, 0.0, groups, 7, "log") // 3 % 2 == 0).all()
+        assert (rules.answers(p, 0.0, groups, 7, vote) // 3 % 2 == 1).all(), vote
+    assert (rules.answers(p, 0.0, groups, 7, "log") // 3 % 2 == 0).all()
 
 
 def test_incomplete_people_keep_their_masks_per_photo():
     """Five photos of a person: gender and age decided together, masks left to each photo (two 'not worn'
     stay two)."""
     p = person_probs([0, 0, 2, 2, 1], [1] * 5, [0] * 5, {0: encode(0, 0, 0)})
-    got = recipe.answers(p, 0.0, np.zeros(5, int), 7)
+    got = rules.answers(p, 0.0, np.zeros(5, int), 7)
     assert got.tolist() == encode([0, 0, 2, 2, 1], [1] * 5, [0] * 5).tolist()
-    assert recipe.answers(p, 0.0, np.full(5, -1), 7).tolist() == recipe.answers(p).tolist()  # ungrouped: alone
+    assert rules.answers(p, 0.0, np.full(5, -1), 7).tolist() == rules.answers(p).tolist()  # ungrouped: alone
 
 
 # ---------------------------------------------------------------- grouping

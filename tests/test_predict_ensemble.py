@@ -213,24 +213,24 @@ def test_blend_bad_inputs(hand, case, needle):
 
 
 def test_bias_undoes_a_planted_offset_and_held_out_fits_never_see_their_fold():
-    from maskfold.blending import recipe
+    from maskfold.blending import rules
     rng = np.random.default_rng(0)
     y = rng.integers(0, 18, 400)
     logits = rng.normal(size=(400, 18))
     logits[np.arange(400), y] += 1.0
     logits[:, 4] += 1.5  # a systematic bias a fitted offset can undo
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    b = recipe.fit_bias(p, y)
+    b = rules.fit_bias(p, y)
     assert b[4] < 0 and scores(y, (np.log(p) + b).argmax(1))["f1"] > scores(y, p.argmax(1))["f1"] + 0.02
     folds = np.arange(400) % 4
-    rows = recipe.held_out_biases(p, y, folds)
+    rows = rules.held_out_biases(p, y, folds)
     scrambled = y.copy()
     scrambled[folds == 0] = 4  # fold 0's labels changed: only the other folds' fits may notice
-    again = recipe.held_out_biases(p, scrambled, folds)
+    again = rules.held_out_biases(p, scrambled, folds)
     assert np.array_equal(rows[folds == 0], again[folds == 0])
     assert not np.array_equal(rows[folds != 0], again[folds != 0])
     seen = []
-    recipe.held_out_biases(p, y, folds, fit=lambda pp, yy: seen.append((len(pp), len(yy))) or np.zeros(18))
+    rules.held_out_biases(p, y, folds, fit=lambda pp, yy: seen.append((len(pp), len(yy))) or np.zeros(18))
     assert seen == [(300, 300)] * 4
 
 

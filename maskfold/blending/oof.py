@@ -220,16 +220,6 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                list(common), of=of)
 
 
-def suspects(cv: OOF, p: np.ndarray, n: int) -> pd.DataFrame:
-    """People whose out-of-fold probabilities most contradict their labels: candidates for relabelling."""
-    y = cv.y
-    df = pd.DataFrame({"person": [Path(i).parent.name for i in cv.paths], "label": y,
-                       "p_label": p[np.arange(len(y)), y], "wrong": p.argmax(1) != y})
-    agg = df.groupby("person").agg(images=("label", "size"), mean_p_label=("p_label", "mean"),
-                                   wrong=("wrong", "sum"))
-    return agg.sort_values("mean_p_label").head(n).reset_index()
-
-
 def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:
     oof = pd.DataFrame(probs, columns=PROB_COLS)
     oof.insert(0, "fold", val["fold"].to_numpy())

@@ -99,3 +99,12 @@ def audit(df: pd.DataFrame, photo_floor: float = 0.02, old_age: int = 60, root: 
     order = out["field"].map(TIERS)
     return out.assign(_tier=order).sort_values(["_tier", "sure"], ascending=[True, False], kind="stable") \
         .drop(columns="_tier").reset_index(drop=True)
+
+
+def suspect_people(paths, y: np.ndarray, p: np.ndarray, n: int) -> pd.DataFrame:
+    """The `n` people (photo paths' folders) whose out-of-fold probabilities give their labels the least mean
+    probability: the people to look at first, however their labels went wrong."""
+    df = pd.DataFrame({"person": [Path(x).parent.name for x in paths], "label": y,
+                       "p_label": p[np.arange(len(y)), y], "wrong": p.argmax(1) != y})
+    agg = df.groupby("person").agg(images=("label", "size"), mean_p_label=("p_label", "mean"), wrong=("wrong", "sum"))
+    return agg.sort_values("mean_p_label").head(n).reset_index()

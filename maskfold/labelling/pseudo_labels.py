@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskfold.blending.recipe import answers
+from maskfold.blending.rules import answers, pool
 from maskfold.cli import UserError
 from maskfold.labels import TASKS, decode, marginals
 from maskfold.probs import sha256
@@ -45,15 +45,8 @@ def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.nda
     soft labels, (N, 8): the photo's mask probabilities, the person's (mean) gender and age probabilities."""
     ans = answers(p, groups=groups, size=size, vote="mean")
     m = marginals(p)
-    grouped = groups >= 0
-    if grouped.any():  # a person's gender and age probabilities: the mean over its photos
-        ids, inv = np.unique(groups[grouped], return_inverse=True)
-        counts = np.bincount(inv, minlength=len(ids))
-        for task in ("gender", "age"):
-            pooled = np.stack([np.bincount(inv, weights=m[task][grouped, j], minlength=len(ids)) / counts
-                               for j in range(TASKS[task])], 1)
-            m[task] = m[task].copy()
-            m[task][grouped] = pooled[inv]
+    for task in ("gender", "age"):  # a person's gender and age probabilities: the mean over its photos
+        m[task] = pool(m[task], groups)
     rows = np.arange(len(p))
     conf = [m[t][rows, a] for t, a in zip(TASKS, decode(ans))]
     return ans, np.minimum.reduce(conf), np.concatenate([m[t] for t in TASKS], 1)
