@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) demo.py $(DEMO) --people $(PEOPLE) --eval-people $(EVAL_PEOPLE) --overwrite
+	$(PY) demo.py $(DEMO) --train-people $(PEOPLE) --eval-people $(EVAL_PEOPLE) --overwrite
 	$(PY) crop.py $(DEMO)/train/images $(WORK)/crops/train --overwrite
 	$(PY) crop.py $(DEMO)/eval/images $(WORK)/crops/eval --overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds.csv --folds $(FOLDS) --overwrite
@@ -37,7 +37,7 @@ demo: $(STAMP)
 		$(PY) train.py $(WORK)/folds.csv --model $(MODEL) --fold $$k --out $(WORK)/runs $(TRAIN) || exit 1; \
 	done
 	# the labels the out-of-fold answers doubt; the surest gender and swap rows applied as fixes; trained again
-	$(PY) audit.py $(WORK)/runs/$(MODEL) --folds $(WORK)/folds.csv -o $(WORK)/label_issues.csv \
+	$(PY) audit.py $(WORK)/runs/$(MODEL) --folds-csv $(WORK)/folds.csv -o $(WORK)/label_issues.csv \
 		--preview $(WORK)/label_issues.jpg --accepted $(WORK)/fixes.csv --accept $(ACCEPT) --truth $(DEMO)/train/label_noise.csv \
 		--overwrite
 	$(PY) split.py $(DEMO)/train/train.csv $(WORK)/crops/train -o $(WORK)/folds_fixed.csv --folds $(FOLDS) \
@@ -74,7 +74,7 @@ demo: $(STAMP)
 		--people $(WORK)/people.csv --truth $(DEMO)/eval/truth.csv --overwrite > /dev/null
 	@echo "--- and on the pseudo-labels too (the submission):"
 	$(PY) ensemble.py $(WORK)/probs_pseudo.csv --info $(DEMO)/eval/info.csv -o $(WORK)/submission.csv \
-		--bias --suspects $(WORK)/suspects.csv --people $(WORK)/people.csv --oof-people $(WORK)/people_train.csv \
+		--bias --suspects-out $(WORK)/suspects.csv --people $(WORK)/people.csv --oof-people $(WORK)/people_train.csv \
 		--truth $(DEMO)/eval/truth.csv --overwrite
 	$(PY) report.py $(WORK)/runs/$(MODEL) $(WORK)/runs/$(MODEL)_fixed $(WORK)/runs/$(MODEL)_pseudo -o $(WORK)/report.html \
 		--blend $(WORK)/submission.csv.json --audit $(WORK)/label_issues.csv --crops $(WORK)/crops/train --crops $(WORK)/crops/eval --title "make demo" --overwrite

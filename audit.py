@@ -1,7 +1,7 @@
 """Train labels the out-of-fold answers doubt, ranked per person: label_issues.csv.
 
-    python audit.py runs/efficientnet_b2 runs/resnet50 --folds work/folds.csv -o work/label_issues.csv
-    python audit.py work/runs/mobilenetv3_small_100 --folds work/folds.csv -o work/label_issues.csv \
+    python audit.py runs/efficientnet_b2 runs/resnet50 --folds-csv work/folds.csv -o work/label_issues.csv
+    python audit.py work/runs/mobilenetv3_small_100 --folds-csv work/folds.csv -o work/label_issues.csv \
         --truth demo_data/train/label_noise.csv        # the demo: how many of the injected errors it finds
 
 Each row: the person (and the photo, for a single photo), the field (gender, age, swap of the
@@ -34,7 +34,7 @@ app = make_app()
 @dataclass(frozen=True, kw_only=True)
 class AuditOptions:
     runs: list[Path] = arg("run folders whose out-of-fold files score the train photos")
-    folds: Path = opt(..., "folds.csv the runs were trained from (split.py)")
+    folds_csv: Optional[Path] = opt(None, "folds.csv the runs were trained from (split.py); required")
     out: Path = opt(..., "label issues CSV to write", "--out", "-o")
     photo_floor: float = opt(0.02, "also list single photos whose label gets less than this held-out probability")
     truth: Optional[Path] = opt(None, "the demo's train/label_noise.csv: print what share of its errors the "
@@ -50,11 +50,13 @@ class AuditOptions:
     preview_rows: int = opt(40, "people on the preview sheet")
     overwrite: bool = opt(False, "replace an existing output file")
 
+    RENAMED = {"--folds": "folds_csv"}  # ClassVar: the old spelling works for one release
+
 
 def held_out(o: AuditOptions) -> pd.DataFrame:
     """folds.csv's rows with the runs' mean out-of-fold probabilities (photos some run did not score: left out,
     said)."""
-    df = read_fold_table(o.folds, (*REQUIRED, "id", "age_label"))
+    df = read_fold_table(o.folds_csv, (*REQUIRED, "id", "age_label"))
     df.index = df["path"]  # out-of-fold files name photos as folds.csv does
     oofs = []
     for run in o.runs:
@@ -65,7 +67,7 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
     for x in oofs:
         common = common.intersection(x.index)
     if not len(common):
-        raise UserError(f"{o.folds}: none of its photos is in the runs' out-of-fold files (another folds.csv?)")
+        raise UserError(f"{o.folds_csv}: none of its photos is in the runs' out-of-fold files (another folds.csv?)")
     if len(common) < len(df):
         print(f"note: {len(common)} of {len(df)} photos were scored out of fold by every run (unfinished folds?); "
               "the others are not audited", file=sys.stderr)
@@ -125,8 +127,10 @@ def main(o: AuditOptions):
     fields = [f.strip() for f in o.accept_fields.split(",") if f.strip()]
     for f in fields:
         choose(f, [k for k in TIERS if k != "photo"], "--accept-fields")
+    if o.folds_csv is None:
+        raise UserError("--folds-csv FOLDS_CSV: the folds.csv the runs were trained from is required")
     df = held_out(o)
-    issues = audit(df, o.photo_floor, runs_old_age(o.runs), o.folds.parent)
+    issues = audit(df, o.photo_floor, runs_old_age(o.runs), o.folds_csv.parent)
     accepted = issues["field"].isin(fields) & (issues["sure"] >= o.accept)
     issues["apply"] = np.where(accepted, "yes", "")  # split.py --fixes applies the rows marked yes, and no other
     write_csv(issues, o.out)
@@ -137,7 +141,7 @@ def main(o: AuditOptions):
     if o.preview:
         from maskfold.pages.contact_sheet import audit_sheet
 
-        audit_sheet(issues, df, o.folds.parent, o.preview_rows, o.preview)
+        audit_sheet(issues, df, o.folds_csv.parent, o.preview_rows, o.preview)
     counts = issues["field"].value_counts().to_dict()
     print(f"audit: {len(issues)} suspect labels in {df['person'].nunique()} people ("
           + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); surest first in {o.out}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Synthetic demo data in the competition's exact layout, quirks included.
 
     python demo.py demo_data
-    python demo.py demo_data --people 300 --eval-people 100 --seed 1
-    python demo.py demo_data --kind easy --people 12 --eval-people 3   # clear cues: fast tests
+    python demo.py demo_data --train-people 300 --eval-people 100 --seed 1
+    python demo.py demo_data --kind easy --train-people 12 --eval-people 3   # clear cues: fast tests
 
 Photos are built from two real portraits that installed packages ship
 (matplotlib's grace_hopper.jpg, scikit-image's astronaut), moved, scaled,
@@ -260,7 +260,7 @@ def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.ra
 @dataclass(frozen=True, kw_only=True)
 class DemoOptions:
     out: Path = arg("folder to create (train/ and eval/ go inside)")
-    people: int = opt(80, "train people (7 photos each)")
+    train_people: int = opt(80, "train people (7 photos each)")
     eval_people: int = opt(20, "eval people (7 photos each)")
     seed: int = opt(0, "random seed; the same seed gives the same files")
     kind: str = opt("hard", "hard: the real data's make-up, cues as ambiguous as faces, shared rooms, label noise; "
@@ -271,12 +271,14 @@ class DemoOptions:
     overwrite: bool = opt(False, "replace an existing demo folder")
     workers: int = opt(min(8, os.cpu_count() or 1), "processes drawing people (the files do not depend on it)")
 
+    RENAMED = {"--people": "train_people"}  # ClassVar: the old spelling works for one release
+
 
 @command(app, DemoOptions)
 def main(o: DemoOptions):
     """Synthetic demo data in the competition's layout."""
     choose(o.kind, ("hard", "easy"), "--kind")
-    if o.people < 6 or o.eval_people < 1:
+    if o.train_people < 6 or o.eval_people < 1:
         raise UserError("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
     noise = o.label_noise if o.label_noise is not None else (0.014 if o.kind == "hard" else 0.0)
     if not 0 <= noise <= 1:
@@ -289,10 +291,10 @@ def main(o: DemoOptions):
     bases = load_portraits()
     make = make_people if o.kind == "easy" else \
         (lambda n, r, offset: hard_demo.make_people(n, r, offset, list(PORTRAITS)))
-    train_people = make(o.people, rng, 0)
-    eval_people = make(o.eval_people, rng, o.people)
+    train_people = make(o.train_people, rng, 0)
+    eval_people = make(o.eval_people, rng, o.train_people)
     noisy = hard_demo.add_noise(train_people, noise, rng)
-    print(f"drawing {o.people} train and {o.eval_people} eval people", file=sys.stderr)
+    print(f"drawing {o.train_people} train and {o.eval_people} eval people", file=sys.stderr)
     train = write_train(o.out / "train", train_people, bases, o.workers)
     write_csv(train, o.out / "train" / "train.csv")
     write_csv(pd.DataFrame(noisy, columns=["id", "kind", "field", "true", "recorded"]),
@@ -301,7 +303,7 @@ def main(o: DemoOptions):
     write_csv(truth[["ImageID", "ans"]], o.out / "eval" / "truth.csv")
     write_csv(truth[["ImageID", "person"]], o.out / "eval" / "people_truth.csv")  # which photos are one person
     write_csv(truth[["ImageID"]].assign(ans=0), o.out / "eval" / "info.csv")
-    result({"out": str(o.out), "kind": o.kind, "train_people": o.people, "train_images": 7 * o.people,
+    result({"out": str(o.out), "kind": o.kind, "train_people": o.train_people, "train_images": 7 * o.train_people,
             "eval_people": o.eval_people, "eval_images": len(truth), "noisy_people": len(noisy),
             "files": [str(o.out / f) for f in ("train/train.csv", "train/images", "eval/info.csv", "eval/images",
                                                "eval/truth.csv", "eval/people_truth.csv", "train/label_noise.csv")]})

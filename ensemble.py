@@ -1,7 +1,7 @@
 """Blend probability CSVs into a submission, and score the very same recipe out of fold.
 
     python ensemble.py work/probs_b2.csv work/probs_r50.csv --info data/eval/info.csv -o submission.csv \
-        --bias --suspects work/suspects.csv --people work/people.csv --oof-people work/people_train.csv
+        --bias --suspects-out work/suspects.csv --people work/people.csv --oof-people work/people_train.csv
     python ensemble.py a.csv b.csv --info data/eval/info.csv -o sub.csv --mask-from 1 --age-from 2
 
 Inputs may list ImageIDs in any order; the submission follows info.csv. Each input's
@@ -52,7 +52,7 @@ class EnsembleOptions:
     labels: Optional[Path] = opt(None, "folds.csv whose labels the CV is scored and fitted against; needed where the "
                                  "inputs' runs were trained on different labels (before and after split.py --fixes)")
     bias: bool = opt(False, "fit per-class biases on OOF for macro F1; applied if they gain on held-out folds")
-    suspects: Optional[Path] = opt(None, "CSV of people whose labels the OOF probabilities doubt")
+    suspects_out: Optional[Path] = opt(None, "write a CSV of the people whose labels the OOF probabilities doubt")
     people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): one answer per person")
     oof_people: Optional[Path] = opt(None, "people.csv of the train photos (people.py --also-out, grouped with the "
                                      "eval photos; or --flatten alone): scores the per-person rule out of fold")
@@ -66,6 +66,8 @@ class EnsembleOptions:
     truth: Optional[Path] = opt(None, "ImageID,ans with true classes (demo): print test F1")
     probs_out: Optional[Path] = opt(None, "also write the blended probabilities")
     overwrite: bool = opt(False, "replace existing output files")
+
+    RENAMED = {"--suspects": "suspects_out"}  # ClassVar: the old spelling works for one release
 
     def recipe(self) -> Recipe:
         w = np.ones(len(self.inputs))
@@ -185,11 +187,11 @@ def answer(o: EnsembleOptions, p: np.ndarray, d: Decisions, people, rule: choice
 @command(app, EnsembleOptions)
 def main(o: EnsembleOptions):
     """Blend probability CSVs into a submission; score the same recipe out of fold."""
-    check_new(o.out, o.probs_out, o.suspects, overwrite=o.overwrite)
+    check_new(o.out, o.probs_out, o.suspects_out, overwrite=o.overwrite)
     blend, rule = o.recipe(), choices.PersonRule(o.group_size, o.person_vote, o.min_sure)
     ids = read_info(o.info)
     probs, records = read_inputs(o.inputs, ids)
-    needs = [name for name, on in (("--bias", o.bias), ("--suspects", o.suspects), ("--oof-people", o.oof_people),
+    needs = [name for name, on in (("--bias", o.bias), ("--suspects-out", o.suspects_out), ("--oof-people", o.oof_people),
                                    ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs, o.labels)
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
@@ -204,8 +206,8 @@ def main(o: EnsembleOptions):
     p = d.recipe.combine(probs)
     ans, plain, per_person, changed = answer(o, p, d, people, rule)
     summary.update(d.record, **changed)
-    if o.suspects:
-        write_csv(suspect_people(cv.paths, cv.y, d.p_oof, 50), o.suspects)
+    if o.suspects_out:
+        write_csv(suspect_people(cv.paths, cv.y, d.p_oof, 50), o.suspects_out)
     if o.probs_out:
         write_csv(frame(p, ids), o.probs_out, float_format="%.6g")
     write_csv(pd.DataFrame({"ImageID": ids, "ans": ans}), o.out)
@@ -214,7 +216,7 @@ def main(o: EnsembleOptions):
     write_json(record_path(o.out), {"kind": "submission", **{k: v for k, v in summary.items() if k != "out"},
                                     "input_files": [str(f.resolve()) for f in o.inputs],
                                     "input_runs": cv.names if cv is not None else None})
-    summary["files"] = [str(f) for f in (o.out, record_path(o.out), o.probs_out, o.suspects) if f]
+    summary["files"] = [str(f) for f in (o.out, record_path(o.out), o.probs_out, o.suspects_out) if f]
     result(summary)
 
 

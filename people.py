@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError, arg, command, make_app, opt, result
-from maskfold.files import check_new, check_outside, read_info, read_table, write_csv, write_json
+from maskfold.files import check_new, check_outside, read_info, read_table, record_path, write_csv, write_json
 from maskfold.images import is_image_name, match_ids, stem_key
 from maskfold.people import grouping
 
@@ -34,7 +34,8 @@ class PeopleOptions:
     images: Path = arg("flat folder of photos (raw photos or crops), or a tree with --flatten")
     out: Path = opt(..., "people CSV to write", "--out", "-o")
     info: Optional[Path] = opt(None, "info.csv: group exactly its ImageIDs (matched by stem)")
-    size: int = opt(7, "photos per person: no group is larger; a folder of whole people gets groups of exactly this")
+    group_size: int = opt(7, "photos per person: no group is larger; a folder of whole people gets groups of exactly "
+                          "this")
     flatten: bool = opt(False, "group every photo below IMAGES as one flat folder (ImageID: the path below it)")
     truth: Optional[Path] = opt(None, "ImageID,person: print the grouping's purity against it")
     probs: Optional[Path] = opt(None, "probability CSV of these photos (predict.py): the model's gender and age join "
@@ -50,6 +51,8 @@ class PeopleOptions:
     preview_groups: int = opt(16, "groups on the preview sheet")
     workers: int = opt(os.cpu_count() or 1, "decoding threads")
     overwrite: bool = opt(False, "replace existing output files")
+
+    RENAMED = {"--size": "group_size"}  # ClassVar: the old spelling works for one release
 
 
 def is_crop_sheet(p: Path) -> bool:
@@ -179,10 +182,10 @@ def choose_grouping(o: PeopleOptions, F: np.ndarray, bad: list[int], answers: di
     """The grouping by looks alone, or with the model's answers where they help: with --also, both groupings are
     made and the answers kept only if they raise the purity of the --also photos (whose person folders are the
     truth); a weak model's answers can split people. Without --also they are used unchecked, as asked."""
-    looks = grouped(F, bad, o.size, None)
+    looks = grouped(F, bad, o.group_size, None)
     if answers is None:
         return looks, {"given": False, "answers_used": False}
-    told = grouped(F, bad, o.size, answers)
+    told = grouped(F, bad, o.group_size, answers)
     if not also:
         print("people: the model's answers used unchecked (--also with a train tree checks that they raise the "
               "purity)", file=sys.stderr)
@@ -198,19 +201,21 @@ def choose_grouping(o: PeopleOptions, F: np.ndarray, bad: list[int], answers: di
                                       "also_purity_with_answers": with_, "also_purity_looks_alone": without}
 
 
-@command(app, PeopleOptions)
-def main(o: PeopleOptions):
-    """Group the photos of a flat folder into people."""
-    t0 = time.time()
-    check_new(o.out, o.preview, o.also_out, overwrite=o.overwrite)
-    check_outside(o.out, o.images)
-    if o.size < 1:
-        raise UserError("--size must be at least 1")
-    if bool(o.also) != bool(o.also_out) or (o.also_probs and not o.also):
-        raise UserError("--also and --also-out go together (and --also-probs needs them)")
-    ids = list_photos(o)
-    person = persons(o, ids)
-    also = list_photos(PeopleOptions(images=o.also, out=o.also_out, flatten=True)) if o.also else []
+@dataclass(frozen=True)
+class Grouped:
+    """The photos grouped in one run: the folder's ImageIDs, then the --also photos'; a group and a margin per
+    photo; the unreadable ones; what the model's answers did."""
+    ids: list[str]
+    also: list[str]
+    label: np.ndarray
+    margin: np.ndarray
+    bad: list[int]
+    answers: dict
+    features_mib: float
+
+
+def group_all(o: PeopleOptions, ids: list[str], also: list[str]) -> Grouped:
+    """The folder's photos and the --also photos grouped together, with each photo's margin."""
     answers = joined(eval_answers(o.probs, ids) if o.probs else None,
                      train_answers(o.also_probs, also) if o.also_probs else None, len(ids), len(also))
     paths = [o.images / i for i in ids] + [o.also / i for i in also]
@@ -221,45 +226,77 @@ def main(o: PeopleOptions):
     ok = np.setdiff1d(np.arange(len(paths)), bad)
     margin = np.full(len(paths), np.nan)
     margin[ok] = grouping.sureness(F[ok], label[ok])
-    df = table(ids, label[:len(ids)], margin[:len(ids)])
-    write_csv(df, o.out)
+    return Grouped(ids, also, label, margin, bad, checked, round(F.nbytes / 2**20, 1))
+
+
+def summarize(o: PeopleOptions, g: Grouped, df: pd.DataFrame, t0: float) -> dict:
     sizes = df.groupby("group").size()
-    summary = {"out": str(o.out), "photos": len(ids), "groups": int(len(sizes)),
+    summary = {"out": str(o.out), "photos": len(g.ids), "groups": int(len(sizes)),
                "sizes": {int(k): int(v) for k, v in sizes.value_counts().sort_index().items()},
-               "share_in_groups_of_size": round(float((df["size"] == o.size).mean()), 4) if len(df) else 0.0,
-               "unreadable": len(bad), "photos_per_s": round(len(ids) / (time.time() - t0), 1),
-               "features_mib": round(F.nbytes / 2**20, 1), "peak_rss_mib": peak_rss_mib()}
-    print(f"people: {summary['groups']} groups of {len(ids)} photos, {summary['share_in_groups_of_size']:.1%} in "
-          f"groups of {o.size}", file=sys.stderr)
-    sure = (df["sure"] > 0).to_numpy()
-    summary["share_sure"] = round(float(sure.mean()), 4)  # in groups ensemble.py uses by default
-    summary["probs"] = checked["answers_used"]  # the model's answers shaped these groups
-    summary["answers"] = checked
+               "share_in_groups_of_size": round(float((df["size"] == o.group_size).mean()), 4) if len(df) else 0.0,
+               "unreadable": len(g.bad), "photos_per_s": round(len(g.ids) / (time.time() - t0), 1),
+               "features_mib": g.features_mib, "peak_rss_mib": peak_rss_mib(),
+               "share_sure": round(float((df["sure"] > 0).mean()), 4),  # in groups ensemble.py uses by default
+               "probs": g.answers["answers_used"], "answers": g.answers}  # probs: the answers shaped the groups
+    print(f"people: {summary['groups']} groups of {len(g.ids)} photos, {summary['share_in_groups_of_size']:.1%} "
+          f"in groups of {o.group_size}", file=sys.stderr)
+    return summary
+
+
+def scored(g: Grouped, person: np.ndarray, sure: np.ndarray, share_sure: float) -> dict:
+    """The purity against the known people (a group that takes --also photos in is not one of these people's,
+    whole)."""
+    everyone = np.concatenate([person.astype(object),
+                               np.array([f"--also {Path(i).parent}" for i in g.also], dtype=object)])
+    first = np.arange(len(g.label)) < len(g.ids)
+    out = {"purity": round(grouping.purity(g.label, everyone, first), 4),
+           "purity_sure": round(grouping.purity(g.label, everyone,
+                                                first & np.concatenate([sure, np.zeros(len(g.also), bool)])), 4)}
+    print(f"people: purity {out['purity']:.4f} (share of photos whose group is exactly their person); "
+          f"{out['purity_sure']:.4f} among the {share_sure:.1%} in groups surer than 0", file=sys.stderr)
+    return out
+
+
+def write_records(o: PeopleOptions, summary: dict) -> list[str]:
+    """people.csv.json (and the --also file's), each with the grouping's summary; the files written."""
+    write_json(record_path(o.out), {"images": str(o.images.resolve()), "size": o.group_size, "flatten": o.flatten,
+                                    **summary})
+    files = [str(o.out), str(record_path(o.out))]
     if o.also:
-        summary.update(also_summary(o, also, label, margin, len(ids)))
-    if person is not None:  # a group that takes --also photos in is not one of these people's, whole
-        everyone = np.concatenate([person.astype(object), np.array([f"--also {Path(i).parent}" for i in also],
-                                                                    dtype=object)])
-        first = np.arange(len(paths)) < len(ids)
-        summary["purity"] = round(grouping.purity(label, everyone, first), 4)
-        summary["purity_sure"] = round(grouping.purity(label, everyone, first & np.concatenate(
-            [sure, np.zeros(len(also), bool)])), 4)
-        print(f"people: purity {summary['purity']:.4f} (share of photos whose group is exactly their person); "
-              f"{summary['purity_sure']:.4f} among the {summary['share_sure']:.1%} in groups surer than 0",
-              file=sys.stderr)
-    write_json(Path(f"{o.out}.json"), {"images": str(o.images.resolve()), "size": o.size, "flatten": o.flatten,
-                                        **summary})
+        write_json(record_path(o.also_out), {"images": str(o.also.resolve()), "size": o.group_size,
+                                             "flatten": True, "grouped_with": str(o.images.resolve()), **summary})
+        files += [str(o.also_out), str(record_path(o.also_out))]
+    return files
+
+
+@command(app, PeopleOptions)
+def main(o: PeopleOptions):
+    """Group the photos of a flat folder into people."""
+    t0 = time.time()
+    check_new(o.out, o.preview, o.also_out, overwrite=o.overwrite)
+    check_outside(o.out, o.images)
+    if o.group_size < 1:
+        raise UserError("--group-size must be at least 1")
+    if bool(o.also) != bool(o.also_out) or (o.also_probs and not o.also):
+        raise UserError("--also and --also-out go together (and --also-probs needs them)")
+    ids = list_photos(o)
+    person = persons(o, ids)
+    also = list_photos(PeopleOptions(images=o.also, out=o.also_out, flatten=True)) if o.also else []
+    g = group_all(o, ids, also)
+    df = table(ids, g.label[:len(ids)], g.margin[:len(ids)])
+    write_csv(df, o.out)
+    summary = summarize(o, g, df, t0)
     if o.also:
-        write_json(Path(f"{o.also_out}.json"), {"images": str(o.also.resolve()), "size": o.size, "flatten": True,
-                                                "grouped_with": str(o.images.resolve()), **summary})
+        summary.update(also_summary(o, also, g.label, g.margin, len(ids)))
+    if person is not None:
+        summary.update(scored(g, person, (df["sure"] > 0).to_numpy(), summary["share_sure"]))
+    files = write_records(o, summary)
     if o.preview:
         from maskfold.pages.contact_sheet import people_sheet
 
-        people_sheet(df, o.images, person, o.preview_groups, o.size, o.preview)
-    summary["files"] = [str(o.out), f"{o.out}.json"] + ([str(o.preview)] if o.preview else []) \
-        + ([str(o.also_out), f"{o.also_out}.json"] if o.also else [])
-    summary["seconds"] = round(time.time() - t0, 1)
-    result(summary)
+        people_sheet(df, o.images, person, o.preview_groups, o.group_size, o.preview)
+        files.append(str(o.preview))
+    result(summary | {"files": files, "seconds": round(time.time() - t0, 1)})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class PredictOptions:
     out: Path = opt(..., "probability CSV to write", "--out", "-o")
     tta: str = opt("flip", "test-time augmentation: views averaged with each image, comma-separated: flip "
                    "(mirrored), shift (6% to each side), scale (zoomed 1.1 and 0.9); none: the image alone")
-    no_tta: bool = opt(False, "the same as --tta none")
+    no_tta: bool = opt(False, "old spelling of --tta none", "--no-tta", hidden=True)
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA: bf16, or fp16 on GPUs without bf16 (off on a CPU, where it is slower)")
@@ -58,6 +58,8 @@ def main(o: PredictOptions):
     from maskfold.prediction.inference import predict_all, warm_up
 
     t0 = time.time()
+    if o.no_tta:
+        print("note: --no-tta is now --tta none; the old spelling goes in the next release", file=sys.stderr)
     tta = () if o.no_tta else parse_tta(o.tta)
     check_outside(o.out, o.images)
     check_new(o.out, overwrite=o.overwrite)

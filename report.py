@@ -40,13 +40,15 @@ class ReportOptions:
     out: Path = opt(Path("report.html"), "HTML page to write", "--out", "-o")
     crops: Optional[list[Path]] = opt(None, "crop.py output folder (repeat): its status counts and preview sheet")
     worst: int = opt(24, "out-of-fold photos per run to show, those it gets most wrong first")
-    suspects: int = opt(8, "people per run whose labels its out-of-fold predictions doubt most")
+    suspect_people: int = opt(8, "people per run whose labels its out-of-fold predictions doubt most")
     blend: Optional[Path] = opt(None, "ensemble.py's record of a submission (<submission>.csv.json): its inputs and "
                                 "weights, the CV of each step, per-class F1 and the answers each step changed")
     audit: Optional[Path] = opt(None, "audit.py's label_issues.csv: its suspect people's photos, surest first, "
                                 "with label and held-out vote")
     title: str = opt("Runs compared", "the page's title")
     overwrite: bool = opt(False, "replace an existing page")
+
+    RENAMED = {"--suspects": "suspect_people"}  # ClassVar: the old spelling works for one release
 
 
 @dataclass
@@ -319,9 +321,9 @@ def main(o: ReportOptions):
                          confusions(runs), "<h2>Photos each run gets most wrong</h2>",
                          *(worst_photos(r, o.worst) for r in with_oof),
                          "<h2>People whose labels the out-of-fold predictions doubt</h2>",
-                         *(suspect_people_section(r, o.suspects) for r in with_oof)]
+                         *(suspect_people_section(r, o.suspect_people) for r in with_oof)]
     if o.audit and any(r.oof is not None for r in runs):
-        sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspects * 3, problems)]
+        sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspect_people * 3, problems)]
     elif o.audit:
         problems.append(f"{o.audit}: no run with out-of-fold files to show its photos")
     if o.blend:  # the headline: what was submitted, first

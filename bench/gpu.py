@@ -181,7 +181,7 @@ def main(
     data, work = out / "data", out / "work"
     times: dict[str, float] = {}
     parts = Parts()
-    step("demo", ["demo.py", str(data), "--people", str(s["people"]), "--eval-people", str(s["eval_people"]),
+    step("demo", ["demo.py", str(data), "--train-people", str(s["people"]), "--eval-people", str(s["eval_people"]),
                   "--overwrite"], times)
     parts.run("crop", crop_part, data, work, dev, s, times)
     parts.run("split", step, "split", ["split.py", str(data / "train/train.csv"), str(work / "crops/train"), "-o",

@@ -23,7 +23,7 @@ export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 log "demo: $PEOPLE train and $EVAL_PEOPLE eval people"
-$PY demo.py "$DATA" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --overwrite > /dev/null
+$PY demo.py "$DATA" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --overwrite > /dev/null
 log "crop"
 $PY crop.py "$DATA/train/images" "$WORK/crops/train" --overwrite > /dev/null
 $PY crop.py "$DATA/eval/images" "$WORK/crops/eval" --overwrite > /dev/null

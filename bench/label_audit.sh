@@ -29,7 +29,7 @@ mkdir -p "$OUT"
 for noise in $NOISES; do
   data=$OUT/data_$noise work=$OUT/work_$noise
   log "noise $noise: demo, crops, folds"
-  $PY demo.py "$data" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$noise" \
+  $PY demo.py "$data" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$noise" \
       --overwrite > /dev/null
   $PY crop.py "$data/train/images" "$work/crops/train" --overwrite > /dev/null
   $PY crop.py "$data/eval/images" "$work/crops/eval" --overwrite > /dev/null
@@ -54,7 +54,7 @@ PYEOF
   for labels in noisy fixed clean; do
     if [ "$labels" = fixed ]; then
       log "noise $noise: audit"
-      $PY audit.py "$work/runs/noisy" --folds "$work/folds_noisy.csv" -o "$work/label_issues.csv" \
+      $PY audit.py "$work/runs/noisy" --folds-csv "$work/folds_noisy.csv" -o "$work/label_issues.csv" \
           --truth "$data/train/label_noise.csv" --accepted "$work/fixes_accepted.csv" --accept "$ACCEPT" \
           --overwrite > "$work/audit.json"
       $PY split.py "$data/train/train.csv" "$work/crops/train" -o "$work/folds_fixed.csv" --folds "$FOLDS" \

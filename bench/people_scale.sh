@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 D=$OUT/data
 if [ ! -f "$OUT/probs.csv" ]; then
   log "demo: $PEOPLE train and $EVAL_PEOPLE eval people"
-  $PY demo.py "$D" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$NOISE" --overwrite >/dev/null
+  $PY demo.py "$D" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed "$SEED" --label-noise "$NOISE" --overwrite >/dev/null
   log "crop the eval photos"
   $PY crop.py "$D/eval/images" "$OUT/crops_eval" --overwrite > /dev/null
   log "predict"

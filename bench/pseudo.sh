@@ -32,7 +32,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 mkdir -p "$WORK"
 if [ ! -f "$WORK/folds.csv" ]; then
   log "demo ($PEOPLE train, $EVAL_PEOPLE eval people), crops, folds"
-  $PY demo.py "$DATA" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
+  $PY demo.py "$DATA" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
   $PY crop.py "$DATA/train/images" "$WORK/crops/train" --overwrite > /dev/null
   $PY crop.py "$DATA/eval/images" "$WORK/crops/eval" --overwrite > /dev/null
   $PY split.py "$DATA/train/train.csv" "$WORK/crops/train" -o "$WORK/folds.csv" --folds "$FOLDS" --overwrite > /dev/null

@@ -11,7 +11,7 @@ scratch="$root/bench/out/recipe"
 rm -rf "$scratch" && mkdir -p "$scratch"
 for f in "$root"/*.py "$root/maskfold"; do ln -s "$f" "$scratch/"; done
 cd "$scratch"
-python demo.py demo --people "$people" --eval-people "$eval_people" --seed 0 > /dev/null
+python demo.py demo --train-people "$people" --eval-people "$eval_people" --seed 0 > /dev/null
 
 # the README's bash block that sets the three variables
 recipe=$(awk '/^```bash$/ {inside = 1; block = ""; next}

@@ -127,7 +127,7 @@ def crop_profile(files: list[Path], device: str) -> dict:
 def people_at_scale(out: Path, eval_people: int, times: dict) -> dict:
     """people.py on a flat folder of `eval_people` x 7 demo photos (1,800 x 7 is the real eval folder)."""
     data = out / "people_data"
-    step("demo_people", ["demo.py", str(data), "--people", "6", "--eval-people", str(eval_people), "--seed", "7",
+    step("demo_people", ["demo.py", str(data), "--train-people", "6", "--eval-people", str(eval_people), "--seed", "7",
                          "--overwrite"], times)
     r = step("people", ["people.py", str(data / "eval/images"), "-o", str(out / "people.csv"), "--info",
                         str(data / "eval/info.csv"), "--truth", str(data / "eval/people_truth.csv"), "--overwrite"],
@@ -184,7 +184,7 @@ def main(
     amp = gpu
     times: dict[str, float] = {}
     data, work = out / "data", out / "work"
-    step("demo", ["demo.py", str(data), "--people", str(people), "--eval-people", str(max(people // 3, 60)),
+    step("demo", ["demo.py", str(data), "--train-people", str(people), "--eval-people", str(max(people // 3, 60)),
                   "--overwrite"], times)
     crop = step("crop_train", ["crop.py", str(data / "train/images"), str(work / "crops/train"), "--overwrite",
                                "--device", dev, "--batch-size", "256" if gpu else "32"], times)

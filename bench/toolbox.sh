@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 D=$OUT/data
 if [ ! -f "$OUT/folds.csv" ]; then
   log "demo, crops, folds"
-  $PY demo.py "$D" --people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
+  $PY demo.py "$D" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
   $PY crop.py "$D/train/images" "$OUT/crops/train" --overwrite > /dev/null
   $PY crop.py "$D/eval/images" "$OUT/crops/eval" --overwrite > /dev/null
   $PY split.py "$D/train/train.csv" "$OUT/crops/train" -o "$OUT/folds.csv" --folds "$FOLDS" --overwrite > /dev/null

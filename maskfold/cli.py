@@ -13,7 +13,7 @@ import signal
 import sys
 import typing
 from dataclasses import MISSING, field, fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -42,12 +42,27 @@ class Script(typer.Typer):
 
     def __call__(self, *args, **kwargs):
         check_pairs(sys.argv[1:], self.pairs)
+        parse_error, abort = click_errors()
         try:
-            return super().__call__(*args, **kwargs)
+            return typer.main.get_command(self).main(*args, standalone_mode=False, **kwargs)
+        except parse_error as e:  # an unknown option, a bad choice, a missing argument: one line
+            fail(f"{e.format_message()} (see --help)")
+        except abort:
+            fail("interrupted", code=130)
         except SystemExit as e:
             if e.code == 130:
                 die_of_ctrl_c()
             raise
+
+
+def click_errors() -> tuple[type, type]:
+    """The command-line parser's errors: typer's own copy of click's where it has one, else click's."""
+    try:
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+    except ImportError:
+        from click.exceptions import Abort, ClickException
+    return ClickException, Abort
 
 
 def die_of_ctrl_c() -> None:
@@ -111,12 +126,12 @@ def arg(help: str, default=MISSING) -> Any:
     return field(default=default, metadata={"cli": typer.Argument(help=help)})
 
 
-def opt(default, help: str, *flags: str, run: bool = False, metavar: str | None = None) -> Any:
+def opt(default, help: str, *flags: str, run: bool = False, metavar: str | None = None, hidden: bool = False) -> Any:
     """An option of a script's options dataclass (`...`: required). `flags` name it where its field
     name would not (`--amp/--no-amp`, `-o`); `run` marks what changes what a model learns (train.py);
     `metavar` is how the help shows its value (`H W` for two numbers)."""
     return field(default=MISSING if default is ... else default,
-                 metadata={"cli": typer.Option(*flags, help=help, metavar=metavar), "run": run})
+                 metadata={"cli": typer.Option(*flags, help=help, metavar=metavar, hidden=hidden), "run": run})
 
 
 def command(app: typer.Typer, options: type):
@@ -130,8 +145,18 @@ def command(app: typer.Typer, options: type):
                                     default=inspect.Parameter.empty if f.default is MISSING else f.default,
                                     annotation=Annotated[hints[f.name], f.metadata["cli"]])
                   for f in fields(options)]
+        renamed = getattr(options, "RENAMED", {})  # old flag -> field: the old spelling works for one release
+        params += [inspect.Parameter(f"old_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[Optional[hints[name]], typer.Option(old, hidden=True)])
+                   for old, name in renamed.items()]
 
         def main(**values):
+            for old, name in renamed.items():
+                given = values.pop(f"old_{name}")
+                if given is not None:
+                    flag = "--" + name.replace("_", "-")
+                    print(f"note: {old} is now {flag}; the old spelling goes in the next release", file=sys.stderr)
+                    values[name] = given
             return body(options(**values))
 
         main.__signature__ = inspect.Signature(params)

@@ -305,3 +305,25 @@ def test_a_fold_whose_labels_and_options_are_a_finished_folds_is_copied_not_trai
     r = invoke(train.app, same, *TINY, "--out", out, "--run-name", "other_seed", "--fold", "0", "--seed", "7")
     assert r.exit_code == 0 and "copied to" not in r.output and "best epoch" in r.output, r.output
     same.unlink()
+
+
+def test_old_spellings_of_renamed_options_still_work_and_say_so(tiny_run, demo_tree, tmp_path):
+    """--size, --folds (audit.py), --suspects, --people (demo.py) and --no-tta: one release more, with a note."""
+    import audit
+    import demo
+
+    folds, run = tiny_run
+    r = invoke(people.app, demo_tree / "eval" / "images", "-o", tmp_path / "p.csv", "--size", "7")
+    assert r.exit_code == 0 and "--size is now --group-size" in r.output, r.output
+    r = invoke(audit.app, run, "--folds", folds, "-o", tmp_path / "i.csv")
+    assert r.exit_code == 0 and "--folds is now --folds-csv" in r.output, r.output
+    r = invoke(audit.app, run, "-o", tmp_path / "j.csv")
+    one_line(r, "--folds-csv FOLDS_CSV")
+    r = invoke(demo.app, tmp_path / "d", "--people", "6", "--eval-people", "1", "--kind", "easy")
+    assert r.exit_code == 0 and "--people is now --train-people" in r.output, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["train_people"] == 6
+    ev = demo_tree / "eval"
+    r = invoke(predict.app, run, "--images", ev / "images", "--info", ev / "info.csv", "-o", tmp_path / "n.csv",
+               "--no-tta")
+    assert r.exit_code == 0 and "--no-tta is now --tta none" in r.output, r.output
+    assert json.loads((tmp_path / "n.csv.json").read_text())["tta"] == []

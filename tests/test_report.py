@@ -45,7 +45,7 @@ def test_report_compares_runs_and_shows_their_photos(two_runs, tmp_path):
 
 def test_report_worst_suspects_and_title_options(two_runs, tmp_path):
     out = tmp_path / "report.html"
-    r = invoke(report.app, two_runs, "-o", out, "--worst", "3", "--suspects", "1", "--title", "loop over lr")
+    r = invoke(report.app, two_runs, "-o", out, "--worst", "3", "--suspect-people", "1", "--title", "loop over lr")
     assert r.exit_code == 0, r.output
     page = out.read_text()
     assert "<title>loop over lr</title>" in page
