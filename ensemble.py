@@ -191,8 +191,8 @@ def main(o: EnsembleOptions):
     blend, rule = o.recipe(), choices.PersonRule(o.group_size, o.person_vote, o.min_sure)
     ids = read_info(o.info)
     probs, records = read_inputs(o.inputs, ids)
-    needs = [name for name, on in (("--bias", o.bias), ("--suspects-out", o.suspects_out), ("--oof-people", o.oof_people),
-                                   ("--fit-weights", o.fit_weights != "none")) if on]
+    needs = [name for name, on in (("--bias", o.bias), ("--suspects-out", o.suspects_out),
+                                   ("--oof-people", o.oof_people), ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs, o.labels)
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     people = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, "info.csv") if o.people else None

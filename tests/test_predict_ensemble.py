@@ -237,7 +237,8 @@ def test_bias_undoes_a_planted_offset_and_held_out_fits_never_see_their_fold():
 def test_cv_from_oof_and_suspects(run, demo_tree, tmp_path):
     assert run_predict(run, demo_tree, tmp_path / "p.csv").exit_code == 0
     r = invoke(ensemble.app, tmp_path / "p.csv", "--info", demo_tree / "eval" / "info.csv", "-o", tmp_path / "s.csv",
-               "--oof", run, "--bias", "--suspects-out", tmp_path / "sus.csv", "--truth", demo_tree / "eval" / "truth.csv")
+               "--oof", run, "--bias", "--suspects-out", tmp_path / "sus.csv", "--truth",
+               demo_tree / "eval" / "truth.csv")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
     oof = pd.concat([pd.read_csv(f) for f in sorted(run.glob("fold*/oof.csv"))])
