@@ -28,7 +28,7 @@ from maskfold.files import check_new, read_info, read_record, record_path, write
 from maskfold.images import stem_key
 from maskfold.labelling.label_audit import suspect_people
 from maskfold.labels import NUM_CLASSES, TASKS, task_f1
-from maskfold.people.grouping import groups_of
+from maskfold.people.people_csv import groups_of
 from maskfold.probs import aligned, frame, read_provenance, read_truth
 
 app = make_app()

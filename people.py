@@ -24,7 +24,8 @@ import pandas as pd
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.files import check_new, check_outside, read_info, read_table, record_path, write_csv, write_json
 from maskfold.images import is_image_name, match_ids, stem_key
-from maskfold.people import grouping
+from maskfold.people import features, grouping
+from maskfold.people.answers import eval_answers, joined, train_answers
 
 app = make_app()
 
@@ -93,49 +94,6 @@ def persons(o: PeopleOptions, ids: list[str]) -> np.ndarray | None:
             raise UserError(f"{o.truth}: no person for {len(missing)} photo(s), first {missing[0]}")
         return np.array([known[stem_key(i)] for i in ids])
     return np.array([str(Path(i).parent) for i in ids]) if o.flatten else None
-
-
-def answers_of(keys: list[str], probs: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
-    """The marginals (mask, gender, age) of each photo's probabilities; `probs` indexed by stem_key."""
-    from maskfold.labels import PROB_COLS, marginals
-
-    missing = [k for k in keys if k not in probs.index]
-    if missing:
-        raise UserError(f"{what}: no probabilities for {len(missing)} of the photos, first {missing[0]} (made for "
-                        "another folder?)")
-    return marginals(probs.loc[keys, PROB_COLS].to_numpy(np.float64))
-
-
-def eval_answers(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
-    from maskfold.probs import read_probs
-
-    df = read_probs(path, "ImageID")
-    return answers_of([stem_key(i) for i in ids], df.set_index(df["ImageID"].map(stem_key)), str(path))
-
-
-def train_answers(runs: list[Path], ids: list[str]) -> dict[str, np.ndarray]:
-    """The runs' out-of-fold probabilities of the train photos, averaged, keyed '<person folder>/<stem>'."""
-    from maskfold.blending.oof import read_run_oof
-    from maskfold.labels import PROB_COLS
-
-    frames = []
-    for run in runs:
-        if not run.is_dir():
-            raise UserError(f"--also-probs {run}: no such run folder")
-        df = read_run_oof(run, resolve=False)
-        frames.append(df.set_index(df.index.map(lambda p: f"{Path(p).parent.name}/{Path(p).stem}"))[PROB_COLS])
-    mean = pd.concat(frames).groupby(level=0).mean()
-    return answers_of([stem_key(i) for i in ids], mean, f"--also-probs {', '.join(map(str, runs))}")
-
-
-def joined(a: dict | None, b: dict | None, na: int, nb: int) -> dict[str, np.ndarray] | None:
-    """Answers of two photo lists, one after the other (a list without answers: uniform, so it constrains nothing)."""
-    if a is None and b is None:
-        return None
-    flat = {"mask": 3, "gender": 2, "age": 3}
-    a = a or {t: np.full((na, k), 1 / k) for t, k in flat.items()}
-    b = b or {t: np.full((nb, k), 1 / k) for t, k in flat.items()}
-    return {t: np.concatenate([a[t], b[t]]) for t in flat}
 
 
 def peak_rss_mib() -> float:
@@ -219,7 +177,7 @@ def group_all(o: PeopleOptions, ids: list[str], also: list[str]) -> Grouped:
     answers = joined(eval_answers(o.probs, ids) if o.probs else None,
                      train_answers(o.also_probs, also) if o.also_probs else None, len(ids), len(also))
     paths = [o.images / i for i in ids] + [o.also / i for i in also]
-    F, bad = grouping.features(paths, o.workers)
+    F, bad = features.features(paths, o.workers)
     for i in bad[:5]:
         print(f"warning: unreadable, left in a group of its own: {paths[i]}", file=sys.stderr)
     label, checked = choose_grouping(o, F, bad, answers, also)

@@ -31,10 +31,11 @@ import pandas as pd
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info, read_record, record_path
+from maskfold.folds import COLUMNS
 from maskfold.images import stem_key
 from maskfold.labelling import pseudo_labels as pl
 from maskfold.labels import PROB_COLS, TASKS, decode
-from maskfold.people.grouping import groups_of
+from maskfold.people.people_csv import groups_of
 from maskfold.prediction import sources
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.probs import aligned, read_provenance, read_truth, sha256, write_probs
@@ -177,7 +178,7 @@ def table(o: PseudoOptions, ids: pd.Series, files: list[Path], groups: np.ndarra
         df[pl.sure_col(k)] = np.round(c, 4)
         df[pl.soft_cols(k)] = np.round(soft, 4)
     kept = np.any([keep for *_, keep in per_fold.values()], axis=0)
-    return df[kept].reset_index(drop=True)
+    return df.loc[kept, [*COLUMNS, *(c for c in df.columns if c not in COLUMNS)]].reset_index(drop=True)
 
 
 def accuracy(df: pd.DataFrame, truth: pd.Series, folds: list[int]) -> dict:

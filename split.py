@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from maskfold.cli import UserError, arg, command, make_app, opt, result
-from maskfold.files import check_new, check_outside, read_table, write_csv
+from maskfold.files import check_new, check_outside, read_table
+from maskfold.folds import write_folds
 from maskfold.images import find_by_stem, is_hidden
 from maskfold.labels import GENDERS, PHOTO_STEMS, age_label, encode, gender_label, mask_label
 
@@ -133,15 +134,13 @@ def main(o: SplitOptions):
         from maskfold.labelling.fixes import apply_fixes
 
         df, applied = apply_fixes(df, o.fixes, out_dir)  # after the folds: the same folds as without the fixes
-    cols = ["path", "person", "id", "gender", "age", "mask_label", "gender_label", "age_label", "label", "fold"]
-    cols += ["fix"] if o.fixes else []
     for line in applied:
         print(f"fixed: {line}", file=sys.stderr)
     if o.fixes and not applied:
         print(f"warning: no row of {o.fixes} is marked to apply: {o.out} has the labels as given, and a round "
               "trained on it repeats the one before", file=sys.stderr)
     print(pd.crosstab(df["label"], df["fold"]).to_string(), file=sys.stderr)
-    write_csv(df[cols], o.out)
+    write_folds(df, o.out, ("fix",) if o.fixes else ())
     result({"out": str(o.out), "images": len(df), "people": int(df["person"].nunique()), "folds": o.folds,
             "images_per_fold": df["fold"].value_counts().sort_index().tolist(), "extra_files": len(extra),
             **({"fixes_applied": len(applied), "photos_changed": int((df["fix"] != "").sum())} if o.fixes else {}),

@@ -23,7 +23,7 @@ from maskfold.blending.oof import OOF, read_run_oof
 from maskfold.blending.recipe import VOTES, answers, task_f1
 from maskfold.images import stem_key
 from maskfold.labels import PROB_COLS
-from maskfold.people.grouping import read_people
+from maskfold.people.people_csv import read_people
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -181,7 +181,6 @@ def main(
     gpu = dev == "cuda"
     people, model, size, batch, epochs = (60, "mobilenetv3_small_100", (96, 72), 32, 4) if quick else \
         (2700 if gpu else 200, "efficientnet_b2", (256, 192), 256 if gpu else 32, 3)
-    amp = gpu
     times: dict[str, float] = {}
     data, work = out / "data", out / "work"
     step("demo", ["demo.py", str(data), "--train-people", str(people), "--eval-people", str(max(people // 3, 60)),
@@ -205,7 +204,21 @@ def main(
                                    "--ema", "0.999"], times)
     people_scale = people_at_scale(out, 600 if quick else 1800, times)
     report_scale = report_at_scale(work, work / "runs" / model, times)
+    result = {"device": dev, "quick": quick, "model": model, "img_size": list(size), "batch": batch,
+              **measure(data, work, dev, quick, model, size, batch, epochs, times, crop, trained, pred, ema),
+              "people": people_scale, "report": report_scale, "pipeline_s": times, "date": time.strftime("%Y-%m-%d")}
+    for k, goal in GOALS.items():
+        print(f"{k:24s} {result[k]:>8}   goal >= {goal}  {'ok' if result[k] >= goal else 'MISSED'}", file=sys.stderr)
+    with atomic_path(out / "bench.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
+
+def measure(data: Path, work: Path, dev: str, quick: bool, model: str, size, batch: int, epochs: int, times: dict,
+            crop: dict, trained: dict, pred: dict, ema: dict) -> dict:
+    """The ratios: crop.py against the habit, the loaders, train.py and predict.py against model-only steps of
+    the same model in the same run, and where each step's time goes."""
+    amp = dev == "cuda"
     # the habit is slow: every photo of the quick run, about 500 of a full one
     vs = crop_against_habit(data / "train/images", work, dev, None if quick else 500, times)
     files = sorted(f for f in (work / "habit_src").rglob("*") if f.is_file())
@@ -224,8 +237,7 @@ def main(
                "predict": {"decode_resize_ms": round(1000 * eval_decode, 3), "forward_ms": round(1000 / infer_only, 3),
                            "predict_py_ms_per_pass": round(1000 / pred["img_per_s"], 3), "tta": pred["tta"],
                            "images": pred["images"]}}
-    result = {
-        "device": dev, "quick": quick, "model": model, "img_size": list(size), "batch": batch,
+    return {
         **vs, "crop_train_img_per_s": crop["img_per_s"],
         "crop_statuses": {k: crop[k] for k in ("face", "person", "prior", "unreadable")},
         "train_img_per_s": trained["img_per_s"], "train_vs_model_only": round(trained["img_per_s"] / train_only, 3),
@@ -236,14 +248,8 @@ def main(
         "projected_5fold_10epoch_minutes": round(trained["minutes"] / epochs * 10 * 5, 1),
         "loader_vs_peer": round(mine / peer, 2), "loader_img_per_s": round(mine, 1), "peer_img_per_s": round(peer, 1),
         "predict_img_per_s": pred["img_per_s"], "predict_vs_model_only": round(pred["img_per_s"] / infer_only, 3),
-        "people": people_scale, "report": report_scale,
-        "profile": profile, "pipeline_s": times, "date": time.strftime("%Y-%m-%d"),
+        "profile": profile,
     }
-    for k, goal in GOALS.items():
-        print(f"{k:24s} {result[k]:>8}   goal >= {goal}  {'ok' if result[k] >= goal else 'MISSED'}", file=sys.stderr)
-    with atomic_path(out / "bench.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

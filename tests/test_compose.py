@@ -19,7 +19,7 @@ import people
 import predict
 import pseudo
 import train
-from conftest import fake_run, invoke, run_ensemble
+from conftest import fake_run, invoke, person_probs, run_ensemble
 
 TINY = ("--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32", "24", "--batch-size", "16",
         "--workers", "0", "--device", "cpu")
@@ -327,3 +327,61 @@ def test_old_spellings_of_renamed_options_still_work_and_say_so(tiny_run, demo_t
                "--no-tta")
     assert r.exit_code == 0 and "--no-tta is now --tta none" in r.output, r.output
     assert json.loads((tmp_path / "n.csv.json").read_text())["tta"] == []
+
+
+# ---------------------------------------------------------------- the recipe as a competitor runs it
+
+
+def test_a_blend_below_its_best_input_says_so(blend_runs):
+    """G is right on every photo, W surely wrong: their blend scores below G alone, and says to submit G."""
+    tmp, _, _, truth, paths = blend_runs
+    m, g, a = truth // 6, truth // 3 % 2, truth % 3
+    ids = pd.read_csv(tmp / "info.csv")["ImageID"]
+    inputs = []
+    for name, p in (("G", person_probs(m, g, a, {})), ("W", person_probs((m + 1) % 3, 1 - g, a, {}, sure=0.95))):
+        oof = pd.DataFrame(p, columns=[f"p{i}" for i in range(18)])
+        oof.insert(0, "fold", [0] * 7 + [1] * 7)
+        oof.insert(0, "label", truth)
+        oof.insert(0, "path", paths)
+        run = fake_run(tmp / "runs", name, oof, tmp / "work" / "folds.csv")
+        df = pd.DataFrame(p, columns=[f"p{i}" for i in range(18)])
+        df.insert(0, "ImageID", ids)
+        write_probs(df, tmp / f"{name}.csv", {"runs": [{"run": str(run), "folds": [0, 1]}]})
+        inputs.append(tmp / f"{name}.csv")
+    r, s = run_ensemble(tmp, inputs)
+    assert r.exit_code == 0, r.output
+    assert s["cv_f1"] < s["cv_inputs"][0] == 1.0 and s["blend_below_input"] == 1
+    assert "is below input 1's alone" in r.stderr and "--fit-weights blend" in r.stderr
+    r, s = run_ensemble(tmp, inputs[:1], "--overwrite")  # one input: nothing to compare
+    assert "is below input" not in r.stderr and "blend_below_input" not in s
+
+
+def test_small_mistakes_get_their_line(tiny_run, demo_tree, tmp_path):
+    from maskfold.cli import UserError, choose
+
+    with pytest.raises(UserError, match="did you mean adamw"):
+        choose("adamW", ["sgd", "adam", "adamw", "madgrad"], "--opt")
+    folds, run = tiny_run
+    ev = demo_tree / "eval"
+    r = invoke(predict.app, run.parent, "--images", ev / "images", "--info", ev / "info.csv", "-o", tmp_path / "p.csv")
+    one_line(r, "a folder of runs")
+    assert f"e.g. {run}" in r.output
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(["path", "person", "age", "mask_label", "gender_label", "label", "fold"]) + "\n")
+    r = invoke(train.app, empty, *TINY, "--out", tmp_path / "runs")
+    one_line(r, "no rows")
+
+
+def test_results_csv_forgets_a_deleted_run(tiny_run, tmp_path):
+    folds, run = tiny_run
+    out = tmp_path / "runs"
+    shutil.copytree(run.parent, out)
+    for name in ("a", "b"):
+        r = invoke(train.app, folds, *TINY, "--out", out, "--run-name", name, "--fold", "0", "--seed", str(len(name)))
+        assert r.exit_code == 0, r.output
+    assert {"a", "b"} <= set(pd.read_csv(out / "results.csv")["run"])
+    shutil.rmtree(out / "a")
+    r = invoke(train.app, folds, *TINY, "--out", out, "--run-name", "b", "--fold", "1", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    assert "a" not in set(pd.read_csv(out / "results.csv")["run"])
+    assert "a" not in set(pd.read_csv(out / "summary.csv")["run"])

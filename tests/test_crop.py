@@ -5,22 +5,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from maskfold import demo_photos
 from maskfold.crop import cropping
 from maskfold.crop.facebox import Geometry, crop_box
 
 import crop
-import demo
 from conftest import invoke, iou
 
 
 def photo(portrait: str, stem: str, seed: int = 0, cx: float = 0.0, cy: float = 0.0):
     """A 384x512 photo of a real portrait and where its face is, in photo pixels (cx, cy: face offset)."""
     rng = np.random.default_rng(seed)
-    p = demo.make_people(6, rng, 0)[0] | {"portrait": portrait, "flip": False, "face_w": 150.0, "cx": cx, "cy": cy}
-    base = demo.load_portraits()[portrait]
-    img = demo.draw_photo(p, stem, base, demo.person_layers(p, base), np.random.default_rng(seed))
-    s, dx, dy = demo.affine(p, np.zeros(2))
-    face = np.array(demo.PORTRAITS[portrait]["box"], dtype=float) * s + [dx, dy, dx, dy]
+    p = demo_photos.make_people(6, rng, 0)[0] | {"portrait": portrait, "flip": False, "face_w": 150.0, "cx": cx,
+                                                  "cy": cy}
+    base = demo_photos.load_portraits()[portrait]
+    img = demo_photos.draw_photo(p, stem, base, demo_photos.person_layers(p, base), np.random.default_rng(seed))
+    s, dx, dy = demo_photos.affine(p, np.zeros(2))
+    face = np.array(demo_photos.PORTRAITS[portrait]["box"], dtype=float) * s + [dx, dy, dx, dy]
     return img, face
 
 

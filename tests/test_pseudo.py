@@ -300,7 +300,7 @@ def test_pseudo_refuses_what_cannot_give_honest_labels(demo_tree, tiny_run, eval
 
 
 def test_the_report_labels_a_run_trained_with_pseudo_labels():
-    import report
+    from maskfold.pages import report_sections as report
 
     runs = [report.Run(Path(f"runs/{name}"), config, pd.DataFrame(), {}, 3) for name, config in
             (("r1", {"model": "resnet18", "lr": 0.001}),

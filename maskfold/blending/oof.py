@@ -153,11 +153,10 @@ def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list
             return
 
 
-def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],
-                   needs: list[str], labels: Path | None = None) -> OOF | None:
-    """Each input's out-of-fold probabilities, aligned on the photos they share, with the labels they are scored
-    against (the runs' own, which must agree, or those of the folds.csv `labels`); None (with a note) when some
-    input cannot be paired and nothing asked for them."""
+def pair_runs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],
+              needs: list[str]) -> list[list[Source]] | None:
+    """The runs behind each input: its record's, or --oof RUN given once per input in the inputs' order; None
+    (with a note) when some input cannot be paired and nothing asked for out-of-fold probabilities."""
     if oof_runs and len(oof_runs) != len(inputs):
         raise UserError(f"{len(inputs)} inputs but {len(oof_runs)} --oof runs: give one --oof per input, in the "
                         "inputs' order, or none (each input's record names its runs)")
@@ -181,6 +180,17 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
             raise UserError(f"{', '.join(needs)} need out-of-fold probabilities, but {unpaired[0]}: pair every input "
                             "with --oof RUN")
         print(f"note: no CV score: {unpaired[0]}", file=sys.stderr)
+        return None
+    return pairs
+
+
+def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],
+                   needs: list[str], labels: Path | None = None) -> OOF | None:
+    """Each input's out-of-fold probabilities, aligned on the photos they share, with the labels they are scored
+    against (the runs' own, which must agree, or those of the folds.csv `labels`); None (with a note) when some
+    input cannot be paired and nothing asked for them."""
+    pairs = pair_runs(inputs, records, oof_runs, needs)
+    if pairs is None:
         return None
     frames: dict[tuple[Path, tuple | None], pd.DataFrame] = {}
     whole: dict[Path, pd.DataFrame] = {}

@@ -1,10 +1,8 @@
-"""Which photos of a flat folder are one person: look-alike features, groups of at most 7, how sure each is.
+"""Which photos are one person: groups of at most 7 from their looks (features.py) and the model's answers,
+how sure each photo's group is, and the purity of a grouping against known people.
 
 The 7 photos of one person share setting, light, clothes and hair and differ mostly where the
-mask is. Each photo gets unit-length looks: the photo outside the face region (crop.py's
-look-alike signature: the layout of raw portraits) and each of its L*a*b* channels there, its
-upper half (the layout of face crops, whose lower half is the mask), and its colour histogram,
-reduced to their 256 main directions. Grouping is written by
+mask is. Grouping is written by
 hand (the field has no capacity-bounded clustering): merges along each photo's nearest neighbours,
 most similar first, never past 7 photos; where the folder holds whole people (a multiple of 7
 photos) the last fragments are completed into groups of 7; then the doubtful photos move or swap
@@ -12,18 +10,10 @@ between groups while that raises the similarity within groups.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pandas as pd
 
-from maskfold import lookalike
-from maskfold.cli import UserError
-from maskfold.files import read_table
-from maskfold.images import read_image, stem_key
+from maskfold.people.features import project
 
 SURE = 0.99  # an answer the model gives at least this probability counts as known (at 0.9, the out-of-fold
 # answers of 1.7% of the train photos were wrong that surely and split their person: purity 0.9767 against 1.0)
@@ -53,64 +43,6 @@ def with_answers(F: np.ndarray, answers: dict[str, np.ndarray] | None, weight: f
     extra = np.concatenate([np.sqrt(answers["gender"]), np.sqrt(answers["age"])], 1) * weight / np.sqrt(2)
     G = np.concatenate([F, extra.astype(np.float32)], 1)
     return G / np.linalg.norm(G, axis=1, keepdims=True)
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    v = v - v.mean()
-    return v / (np.linalg.norm(v) + 1e-6)
-
-
-def look(image: np.ndarray) -> np.ndarray:
-    """A photo's look-alike features (float32, unit length): the photo outside the face as RGB, and as each
-    L*a*b* channel on its own (1,800 demo people: purity 0.78 without these, 0.90 with), the upper half, the
-    colour histogram."""
-    outside = cv2.resize(image, lookalike.LOOK_SIZE, interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(outside, cv2.COLOR_RGB2LAB).astype(np.float32)
-    channels = np.concatenate([unit(lab[..., c][lookalike.OUTSIDE_FACE]) for c in range(3)]) / np.sqrt(3)
-    top = cv2.resize(image, (12, 16), interpolation=cv2.INTER_AREA)[:8].astype(np.float32)  # a crop's mask is below
-    hsv = cv2.cvtColor(cv2.resize(image, (48, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
-    hist = np.sqrt(cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel())
-    v = np.concatenate([lookalike.signature(outside), unit(top.ravel()),
-                        hist / (np.linalg.norm(hist) + 1e-6), channels])
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-def features(paths: list[Path], workers: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Features of every readable photo (decoded at about a quarter of its size) and the unreadable ones;
-    one thread per core, OpenCV's own threads off (they fought the decoding threads: 22.8 s against 12.4 s
-    for 12,600 photos on 2 cores)."""
-    cv2.setNumThreads(1)
-
-    def one(p):
-        try:
-            return look(read_image(p, reduce=4))
-        except UserError:
-            return None
-
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        looks = list(pool.map(one, paths))
-    bad = [i for i, v in enumerate(looks) if v is None]
-    dim = next((len(v) for v in looks if v is not None), 1)
-    return np.stack([v if v is not None else np.zeros(dim, np.float32) for v in looks]), bad
-
-
-def project(F: np.ndarray, dims: int = 256) -> np.ndarray:
-    """The features' main directions only (PCA scores, unit length again): a 14x smaller neighbour search on
-    3,680-dimension looks, and purer groups than without. Only the top eigenvectors are computed, of the
-    covariance or, for fewer photos than dimensions, of the Gram matrix (the same scores)."""
-    from scipy.linalg import eigh
-
-    n, d = F.shape
-    if d <= dims or n <= dims:
-        return F
-    X = F - F.mean(0)
-    if n < d:
-        values, vectors = eigh(X @ X.T, subset_by_index=[n - dims, n - 1], driver="evr")
-        G = vectors * np.sqrt(np.clip(values, 0, None))
-    else:
-        _, vectors = eigh(X.T @ X, subset_by_index=[d - dims, d - 1], driver="evr")
-        G = X @ vectors
-    return (G / (np.linalg.norm(G, axis=1, keepdims=True) + 1e-6)).astype(np.float32)
 
 
 def neighbours(F: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -324,32 +256,3 @@ def purity(label: np.ndarray, person: np.ndarray, among: np.ndarray | None = Non
     if among is not None:
         exact = exact[among] if among.dtype == bool else exact[np.asarray(among)]
     return float(exact.mean()) if len(exact) else 0.0
-
-
-def read_people(path: Path, size: int) -> pd.DataFrame:
-    """people.csv (ImageID,group,...) indexed by stem_key(ImageID), checked: no duplicates, no group over `size`."""
-    df = read_table(path, dtype={"ImageID": str})
-    if not {"ImageID", "group"} <= set(df.columns):
-        raise UserError(f"{path}: needs ImageID and group columns (make it with people.py)")
-    df["key"] = [stem_key(i) for i in df["ImageID"]]
-    if df["key"].duplicated().any():
-        raise UserError(f"{path}: photo {df['key'][df['key'].duplicated()].iloc[0]} listed twice")
-    sizes = df.groupby("group").size()
-    if (sizes > size).any():
-        raise UserError(f"{path}: group {sizes.idxmax()} has {sizes.max()} photos, more than --group-size {size}")
-    df["group"] = pd.factorize(df["group"])[0]
-    return df.set_index("key")
-
-
-def groups_of(path: Path, keys: list[str], size: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Group number per key (-1: answered alone), from a people.csv that must name exactly these photos,
-    and each photo's group's sureness (people.py's `sure`; infinite for a file without it)."""
-    people = read_people(path, size)
-    have = set(people.index)
-    missing, extra = [k for k in keys if k not in have], sorted(have - set(keys))
-    if missing or extra:
-        raise UserError(f"{path}: its photos differ from {what} ({len(missing)} missing, {len(extra)} unknown, "
-                        f"e.g. {(missing + extra)[0]})")
-    groups = people.loc[keys, "group"].to_numpy()
-    sure = people.loc[keys, "sure"].to_numpy(float) if "sure" in people.columns else np.full(len(keys), np.inf)
-    return groups, sure

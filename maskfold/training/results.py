@@ -40,12 +40,20 @@ def summarize(run_dir: Path) -> dict:
 
 
 def write_summaries(out: Path) -> Path:
-    """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish)."""
+    """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish), and
+    results.csv without the rows of folds deleted since (a removed run folder leaves no row behind)."""
     import pandas as pd
 
-    from maskfold.files import locked, write_csv
+    from maskfold.files import locked, read_table, write_csv
 
     with locked(out):
+        results = Path(out) / "results.csv"
+        if results.is_file():
+            df = read_table(results)
+            there = [(Path(out) / str(r) / f"fold{int(k)}" / "metrics.json").is_file()
+                     for r, k in zip(df["run"], df["fold"])]
+            if not all(there):
+                write_csv(df[there], results)
         rows = []
         for run in sorted(p for p in Path(out).iterdir() if p.is_dir()):
             try:
