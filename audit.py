@@ -116,19 +116,26 @@ def score_against(issues: pd.DataFrame, accepted: pd.DataFrame, df: pd.DataFrame
     return out
 
 
-@command(app, AuditOptions)
+def accept_fields(o: AuditOptions) -> list[str]:
+    return [f.strip() for f in o.accept_fields.split(",") if f.strip()]
+
+
+def check(o: AuditOptions) -> None:
+    if o.folds_csv is None:
+        raise UserError("--folds-csv FOLDS_CSV: the folds.csv the runs were trained from is required")
+    if not 0 <= o.accept <= 1:
+        raise UserError(f"--accept {o.accept}: a sureness from 0 to 1")
+    for f in accept_fields(o):
+        choose(f, [k for k in TIERS if k != "photo"], "--accept-fields")
+
+
+@command(app, AuditOptions, check)
 def main(o: AuditOptions):
     """Rank the train labels the out-of-fold answers doubt, per person."""
     for path in (o.out, o.accepted, o.preview):
         if path:
             check_new(path, overwrite=o.overwrite)
-    if not 0 <= o.accept <= 1:
-        raise UserError(f"--accept {o.accept}: a sureness from 0 to 1")
-    fields = [f.strip() for f in o.accept_fields.split(",") if f.strip()]
-    for f in fields:
-        choose(f, [k for k in TIERS if k != "photo"], "--accept-fields")
-    if o.folds_csv is None:
-        raise UserError("--folds-csv FOLDS_CSV: the folds.csv the runs were trained from is required")
+    fields = accept_fields(o)
     df = held_out(o)
     issues = audit(df, o.photo_floor, runs_old_age(o.runs), o.folds_csv.parent)
     accepted = issues["field"].isin(fields) & (issues["sure"] >= o.accept)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from maskfold import hard_demo
-from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
+from maskfold.cli import Choice, UserError, arg, command, make_app, opt, result
 from maskfold.demo_photos import PORTRAITS, draw_photo, load_portraits, make_people, person_layers, photo_format, save
 from maskfold.files import write_csv
 from maskfold.labels import PHOTO_STEMS, age_label, encode, gender_label, mask_label
@@ -105,13 +105,18 @@ def write_eval(out: Path, people: list[dict], bases: dict, seed: int, rng: np.ra
     return truth
 
 
+class Kind(Choice):
+    hard = "hard"
+    easy = "easy"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DemoOptions:
     out: Path = arg("folder to create (train/ and eval/ go inside)")
     train_people: int = opt(80, "train people (7 photos each)")
     eval_people: int = opt(20, "eval people (7 photos each)")
     seed: int = opt(0, "random seed; the same seed gives the same files")
-    kind: str = opt("hard", "hard: the real data's make-up, cues as ambiguous as faces, shared rooms, label noise; "
+    kind: Kind = opt(Kind.hard, "hard: the real data's make-up, cues as ambiguous as faces, shared rooms, label noise; "
                     "easy: a clear cue per gender and age band (fast tests)")
     label_noise: Optional[float] = opt(None, "share of train people whose labels are wrong (a gender flip, "
                                        "incorrect_mask and normal swapped, an age moved across 30 or 60); default "
@@ -122,15 +127,22 @@ class DemoOptions:
     RENAMED = {"--people": "train_people"}  # ClassVar: the old spelling works for one release
 
 
-@command(app, DemoOptions)
+def label_noise(o: DemoOptions) -> float:
+    return o.label_noise if o.label_noise is not None else (0.014 if o.kind == "hard" else 0.0)
+
+
+def check(o: DemoOptions) -> None:
+    if o.train_people < 6 or o.eval_people < 1:
+        raise UserError("--train-people must be at least 6 (one per gender x age stratum) and --eval-people at "
+                        "least 1")
+    if not 0 <= label_noise(o) <= 1:
+        raise UserError(f"--label-noise {label_noise(o)}: a share of the train people, from 0 to 1")
+
+
+@command(app, DemoOptions, check)
 def main(o: DemoOptions):
     """Synthetic demo data in the competition's layout."""
-    choose(o.kind, ("hard", "easy"), "--kind")
-    if o.train_people < 6 or o.eval_people < 1:
-        raise UserError("--people must be at least 6 (one per gender x age stratum) and --eval-people at least 1")
-    noise = o.label_noise if o.label_noise is not None else (0.014 if o.kind == "hard" else 0.0)
-    if not 0 <= noise <= 1:
-        raise UserError(f"--label-noise {noise}: a share of the train people, from 0 to 1")
+    noise = label_noise(o)
     if o.out.exists() and any(o.out.iterdir()):
         if not o.overwrite:
             raise UserError(f"{o.out} exists and is not empty (pass --overwrite to replace it)")

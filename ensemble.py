@@ -22,8 +22,9 @@ import pandas as pd
 
 from maskfold.blending import choices, rules
 from maskfold.blending.oof import OOF, oof_for_inputs
-from maskfold.blending.recipe import FITS, Mean, Recipe
-from maskfold.cli import UserError, arg, choose, command, make_app, opt, result
+from maskfold.blending.recipe import Fit, Mean, Recipe
+from maskfold.blending.rules import Vote
+from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.files import check_new, read_info, read_record, record_path, write_csv, write_json
 from maskfold.images import stem_key
 from maskfold.labelling.label_audit import suspect_people
@@ -40,7 +41,7 @@ class EnsembleOptions:
     info: Path = opt(..., "info.csv: the ImageIDs and their order")
     out: Path = opt(..., "submission CSV to write (ImageID,ans)", "--out", "-o")
     weights: Optional[str] = opt(None, "comma-separated weight per input")
-    fit_weights: str = opt("none", "choose the weights for out-of-fold macro F1 by greedy ensemble selection: blend "
+    fit_weights: Fit = opt(Fit.none, "choose the weights for out-of-fold macro F1 by greedy ensemble selection: blend "
                            "(one set), task (one set per task: mask, gender and age each from their own blend) or "
                            "none; fitted with each fold held out, applied only if that beats equal weights")
     mean: Mean = opt(Mean.arithmetic, "arithmetic or geometric mean of probabilities")
@@ -57,7 +58,7 @@ class EnsembleOptions:
     oof_people: Optional[Path] = opt(None, "people.csv of the train photos (people.py --also-out, grouped with the "
                                      "eval photos; or --flatten alone): scores the per-person rule out of fold")
     group_size: int = opt(7, "photos per person: a complete person gets 1 worn wrongly, 1 not worn, the rest worn")
-    person_vote: str = opt("mean", "how a person's photos pool gender and age: mean (of probabilities), log (their "
+    person_vote: Vote = opt(Vote.mean, "how a person's photos pool gender and age: mean (of probabilities), log (their "
                            "product: one sure photo can veto six), clipped (log floored at 0.05) or vote")
     fit_min_sure: bool = opt(False, "choose --min-sure out of fold (each fold's from the others): the sureness "
                              "below which a group's photos keep their own answers")
@@ -70,38 +71,46 @@ class EnsembleOptions:
     RENAMED = {"--suspects": "suspects_out"}  # ClassVar: the old spelling works for one release
 
     def recipe(self) -> Recipe:
-        w = np.ones(len(self.inputs))
-        if self.weights:
-            try:
-                w = np.array([float(x) for x in self.weights.split(",")])
-            except ValueError:
-                raise UserError(f"--weights {self.weights}: not numbers") from None
-            if len(w) != len(self.inputs) or (w < 0).any() or w.sum() <= 0:
-                raise UserError(f"--weights: {len(w)} non-negative weights for {len(self.inputs)} inputs")
-        choose(self.person_vote, rules.VOTES, "--person-vote")
-        choose(self.fit_weights, FITS, "--fit-weights")
-        if self.fit_weights != "none" and self.weights:
-            raise UserError("--fit-weights chooses the weights: drop --weights, or --fit-weights none")
-        if self.fit_weights == "task" and any((self.mask_from, self.gender_from, self.age_from)):
-            raise UserError("--fit-weights task gives each task its own blend: drop --mask-from/--gender-from/"
-                            "--age-from, or use --fit-weights blend")
-        if self.group_size < 2:
-            raise UserError(f"--group-size {self.group_size}: a person has at least 2 photos (1 worn wrongly, "
-                            "1 not worn); without --people every photo is answered alone")
-        per_person = (("--group-size", self.group_size != 7), ("--person-vote", self.person_vote != "mean"),
-                      ("--min-sure", self.min_sure != 0.0), ("--fit-min-sure", self.fit_min_sure),
-                      ("--oof-people", self.oof_people is not None))
-        for flag, given in per_person:
-            if given and self.people is None:
-                raise UserError(f"{flag} shapes the per-person answers: give --people people.csv (without it every "
-                                "photo is answered alone)")
-        if self.fit_min_sure and self.min_sure != 0.0:
-            raise UserError("--fit-min-sure chooses --min-sure out of fold: drop --min-sure, or --fit-min-sure")
         sources = (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
-        for t, i in sources:
-            if i is not None and not 1 <= i <= len(self.inputs):
-                raise UserError(f"--{t}-from {i}: there are {len(self.inputs)} inputs")
-        return Recipe(w, self.mean, sources)
+        return Recipe(input_weights(self), self.mean, sources)
+
+
+def input_weights(o: EnsembleOptions) -> np.ndarray:
+    """--weights as numbers, one non-negative weight per input (equal without it)."""
+    w = np.ones(len(o.inputs))
+    if o.weights:
+        try:
+            w = np.array([float(x) for x in o.weights.split(",")])
+        except ValueError:
+            raise UserError(f"--weights {o.weights}: not numbers") from None
+        if len(w) != len(o.inputs) or (w < 0).any() or w.sum() <= 0:
+            raise UserError(f"--weights: {len(w)} non-negative weights for {len(o.inputs)} inputs")
+    return w
+
+
+def check(o: EnsembleOptions) -> None:
+    """The rules between the options: one line for each that cannot hold."""
+    input_weights(o)
+    if o.fit_weights != "none" and o.weights:
+        raise UserError("--fit-weights chooses the weights: drop --weights, or --fit-weights none")
+    if o.fit_weights == "task" and any((o.mask_from, o.gender_from, o.age_from)):
+        raise UserError("--fit-weights task gives each task its own blend: drop --mask-from/--gender-from/"
+                        "--age-from, or use --fit-weights blend")
+    if o.group_size < 2:
+        raise UserError(f"--group-size {o.group_size}: a person has at least 2 photos (1 worn wrongly, "
+                        "1 not worn); without --people every photo is answered alone")
+    per_person = (("--group-size", o.group_size != 7), ("--person-vote", o.person_vote != "mean"),
+                  ("--min-sure", o.min_sure != 0.0), ("--fit-min-sure", o.fit_min_sure),
+                  ("--oof-people", o.oof_people is not None))
+    for flag, given in per_person:
+        if given and o.people is None:
+            raise UserError(f"{flag} shapes the per-person answers: give --people people.csv (without it every "
+                            "photo is answered alone)")
+    if o.fit_min_sure and o.min_sure != 0.0:
+        raise UserError("--fit-min-sure chooses --min-sure out of fold: drop --min-sure, or --fit-min-sure")
+    for t, i in (("mask", o.mask_from), ("gender", o.gender_from), ("age", o.age_from)):
+        if i is not None and not 1 <= i <= len(o.inputs):
+            raise UserError(f"--{t}-from {i}: there are {len(o.inputs)} inputs")
 
 
 def read_inputs(files: list[Path], ids: pd.Series) -> tuple[list[np.ndarray], list[dict | None]]:
@@ -184,7 +193,7 @@ def answer(o: EnsembleOptions, p: np.ndarray, d: Decisions, people, rule: choice
     return (per_person if d.people else plain), plain, per_person, record
 
 
-@command(app, EnsembleOptions)
+@command(app, EnsembleOptions, check)
 def main(o: EnsembleOptions):
     """Blend probability CSVs into a submission; score the same recipe out of fold."""
     check_new(o.out, o.probs_out, o.suspects_out, overwrite=o.overwrite)

@@ -227,16 +227,19 @@ def write_records(o: PeopleOptions, summary: dict) -> list[str]:
     return files
 
 
-@command(app, PeopleOptions)
+def check(o: PeopleOptions) -> None:
+    if o.group_size < 1:
+        raise UserError("--group-size must be at least 1")
+    if bool(o.also) != bool(o.also_out) or (o.also_probs and not o.also):
+        raise UserError("--also and --also-out go together (and --also-probs needs them)")
+
+
+@command(app, PeopleOptions, check)
 def main(o: PeopleOptions):
     """Group the photos of a flat folder into people."""
     t0 = time.time()
     check_new(o.out, o.preview, o.also_out, overwrite=o.overwrite)
     check_outside(o.out, o.images)
-    if o.group_size < 1:
-        raise UserError("--group-size must be at least 1")
-    if bool(o.also) != bool(o.also_out) or (o.also_probs and not o.also):
-        raise UserError("--also and --also-out go together (and --also-probs needs them)")
     ids = list_photos(o)
     person = persons(o, ids)
     also = list_photos(PeopleOptions(images=o.also, out=o.also_out, flatten=True)) if o.also else []

@@ -150,7 +150,7 @@ def min_photos(o: PseudoOptions) -> int:
     return o.group_size if o.min_photos is None else o.min_photos
 
 
-def check_options(o: PseudoOptions) -> None:
+def check(o: PseudoOptions) -> None:
     if not 0 <= o.min_conf <= 1:
         raise UserError(f"--min-conf {o.min_conf}: a probability, 0 to 1")
     if o.group_size < 2 or not 1 <= min_photos(o) <= o.group_size:
@@ -194,10 +194,9 @@ def accuracy(df: pd.DataFrame, truth: pd.Series, folds: list[int]) -> dict:
     return out
 
 
-@command(app, PseudoOptions)
+@command(app, PseudoOptions, check)
 def main(o: PseudoOptions):
     """Pseudo-labels of the eval photos, each fold's from that fold's own models."""
-    check_options(o)
     check_outside(o.out, o.images)
     check_new(o.out, overwrite=o.overwrite)
     ids = read_info(o.info)

@@ -109,13 +109,16 @@ class SplitOptions:
     overwrite: bool = opt(False, "replace an existing output file")
 
 
-@command(app, SplitOptions)
-def main(o: SplitOptions):
-    """Person-level stratified K folds of the train photos."""
+def check(o: SplitOptions) -> None:
     if not o.train_csv.is_file():
         raise UserError(f"{o.train_csv}: no such file")
     if not o.images.is_dir():
         raise UserError(f"{o.images}: no such folder")
+
+
+@command(app, SplitOptions, check)
+def main(o: SplitOptions):
+    """Person-level stratified K folds of the train photos."""
     check_outside(o.out, o.images)
     check_new(o.out, overwrite=o.overwrite)
     people = read_train_csv(o.train_csv, o.allow_duplicate_ids)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 from maskfold.cli import Interrupted, UserError, choose, command, make_app, result
-from maskfold.device import AMP_DTYPES
 from maskfold.files import check_outside
 from maskfold.folds import folds_digest, read_folds
 from maskfold.prediction.tta import parse as parse_tta
@@ -32,17 +31,16 @@ from maskfold.training.weights import create_model
 app = make_app()
 
 
-def check_options(cfg: TrainConfig) -> None:
+def check(cfg: TrainConfig) -> None:
+    """The options' rules, and names that must be in the registries of losses.py, models.py and the package."""
     from maskfold.training.augment import AUGS, check_aug_file, is_aug_file
-    from maskfold.training.mixing import CUTMIX_MODES
     from maskfold.training.optim import OPTIMIZERS, SCHEDULERS
 
     import models
     from losses import LOSSES
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
-                                 (cfg.scheduler, SCHEDULERS, "--scheduler"),
-                                 (cfg.cutmix_mode, CUTMIX_MODES, "--cutmix-mode"), (cfg.head, models.HEADS, "--head")):
+                                 (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
     models.check_name(cfg.model)
     if is_aug_file(cfg.aug):
@@ -55,7 +53,6 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError(f"--task-weights {cfg.task_weights}: not numbers") from None
     if len(weights) != 3:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
-    choose(cfg.amp_dtype, AMP_DTYPES, "--amp-dtype")
     parse_tta(cfg.oof_tta, "--oof-tta")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
         raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
@@ -67,6 +64,7 @@ def check_options(cfg: TrainConfig) -> None:
         raise UserError("--extra-soft draws the labels of --extra's photos: give --extra pseudo.csv")
     if cfg.init_from is not None and not cfg.init_from.is_file():
         raise UserError(f"--init-from {cfg.init_from}: no such checkpoint")
+    check_wandb(cfg.wandb)
 
 
 def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, state, facts: FoldFacts,
@@ -117,12 +115,10 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
         dist.destroy_process_group()
 
 
-@command(app, TrainConfig)
+@command(app, TrainConfig, check)
 def main(cfg: TrainConfig):
     """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
     t0 = time.time()
-    check_options(cfg)
-    check_wandb(cfg.wandb)
     df = read_folds(cfg.folds_csv, cfg.fold)
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
     extra = record = None

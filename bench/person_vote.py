@@ -20,9 +20,9 @@ import typer
 
 from common import ROOT  # noqa: F401  (puts the project on the path)
 from maskfold.blending.oof import OOF, read_run_oof
-from maskfold.blending.recipe import VOTES, answers, task_f1
+from maskfold.blending.rules import VOTES, answers
 from maskfold.images import stem_key
-from maskfold.labels import PROB_COLS
+from maskfold.labels import PROB_COLS, task_f1
 from maskfold.people.people_csv import read_people
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -18,8 +18,8 @@ import pandas as pd
 import typer
 
 from common import ROOT  # noqa: F401  (puts the project on the path)
-from maskfold.blending.recipe import task_f1
 from maskfold.images import load_cache
+from maskfold.labels import task_f1
 from maskfold.prediction.inference import predict_probs
 from maskfold.runs import run_folds
 

@@ -13,11 +13,23 @@ import signal
 import sys
 import typing
 from dataclasses import MISSING, field, fields
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 
 from maskfold.signals import watching_ctrl_c
+
+
+class Choice(str, Enum):
+    """A fixed choice of an option: the command line checks it and --help lists its values; in code, records and
+    messages it is its value (`f"{Vote.mean}"` is 'mean')."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class UserError(Exception):
@@ -134,10 +146,11 @@ def opt(default, help: str, *flags: str, run: bool = False, metavar: str | None 
                  metadata={"cli": typer.Option(*flags, help=help, metavar=metavar, hidden=hidden), "run": run})
 
 
-def command(app: typer.Typer, options: type):
+def command(app: typer.Typer, options: type, check=None):
     """Register `main(o: Options)` as the script's command: every field of the frozen dataclass
     `options` becomes a command-line parameter, and main receives them as one object, which is also
-    the record of what ran."""
+    the record of what ran. `check(o)`, the script's one place for the rules between its options, runs
+    first: a main never validates its options itself."""
     hints = typing.get_type_hints(options)
 
     def register(body):
@@ -157,7 +170,10 @@ def command(app: typer.Typer, options: type):
                     flag = "--" + name.replace("_", "-")
                     print(f"note: {old} is now {flag}; the old spelling goes in the next release", file=sys.stderr)
                     values[name] = given
-            return body(options(**values))
+            o = options(**values)
+            if check is not None:
+                check(o)
+            return body(o)
 
         main.__signature__ = inspect.Signature(params)
         main.__doc__ = body.__doc__

@@ -7,7 +7,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from maskfold.cli import UserError
+from maskfold.cli import Choice, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,11 @@ def resolve_device(device: Device) -> str:
     return "cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu"
 
 
-AMP_DTYPES = ("auto", "bf16", "fp16")
+class AmpDtype(Choice):
+    """--amp-dtype: bf16 where the GPU has it (else fp16 with a gradient scaler), or one forced."""
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 def amp_dtype(device: str, amp: bool | None, choice: str = "auto") -> torch.dtype | None:

@@ -1,6 +1,8 @@
-"""The GPU proof script, in the reduced form it has for a machine without one."""
+"""The benchmark scripts: the GPU proof in the reduced form it has for a machine without one, and every script's
+imports."""
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,11 @@ def test_gpu_script_without_a_gpu_says_so_in_one_line(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--out", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: no CUDA device")
+
+
+def test_every_bench_script_imports_what_it_uses():
+    """A benchmark is run by hand, rarely: a moved function must not wait for that day to show."""
+    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
+    for p in scripts:
+        r = subprocess.run([sys.executable, str(p), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 0, f"{p.name}: {r.stderr[-500:]}"

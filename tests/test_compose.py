@@ -133,7 +133,7 @@ def test_min_sure_beside_fit_min_sure_is_refused(blend_runs):
 def test_pseudo_min_photos_follows_the_group_size():
     o = pseudo.PseudoOptions(inputs=[Path("p.csv")], info=Path("i"), images=Path("e"), out=Path("o"),
                              people=Path("people.csv"), group_size=5)
-    pseudo.check_options(o)  # refused before: the default --min-photos 7 exceeded --group-size 5
+    pseudo.check(o)  # refused before: the default --min-photos 7 exceeded --group-size 5
     assert pseudo.min_photos(o) == 5
 
 

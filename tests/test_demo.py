@@ -59,7 +59,14 @@ def test_label_noise_is_applied_to_the_files_and_recorded_for_scoring(tmp_path):
 
 
 def test_bad_kind_or_noise_is_one_line(tmp_path):
-    r = invoke(demo.app, tmp_path / "d", "--kind", "medium")
-    assert r.exit_code == 2 and "--kind medium" in r.output
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "demo.py"), str(tmp_path / "d"), "--kind", "medium"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'medium' is not one of 'hard', 'easy'" in r.stderr
+    assert r.stderr.startswith("error: Invalid value for '--kind'") and not (tmp_path / "d").exists()
     r = invoke(demo.app, tmp_path / "d", "--label-noise", "1.5")
     assert r.exit_code == 2 and "--label-noise" in r.output

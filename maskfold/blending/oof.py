@@ -107,18 +107,28 @@ def check_tta(f: Path, record: dict | None, s: Source) -> None:
                         f"submission; predict it with --tta {theirs}")
 
 
+def first_difference(frames: dict[Path, pd.DataFrame], common: pd.Index, column: str):
+    """The first run whose `column` (label, fold) differs from the first run's on the photos `common`:
+    (first run, that run, how many photos differ, the first such photo, its two values), or None."""
+    runs = list(frames)
+    ours = frames[runs[0]].loc[common, column].to_numpy()
+    for r in runs[1:]:
+        theirs = frames[r].loc[common, column].to_numpy()
+        if (theirs != ours).any():
+            i = int(np.argmax(theirs != ours))
+            return runs[0], r, int((theirs != ours).sum()), common[i], ours[i], theirs[i]
+    return None
+
+
 def check_labels(frames: dict[Path, pd.DataFrame], common: pd.Index) -> None:
     """Runs trained on different labels (before and after split.py --fixes): their out-of-fold files hold
     different truths, and a CV scored against any one of them depends on which input came first."""
-    runs = list(frames)
-    labels = frames[runs[0]].loc[common, "label"].to_numpy()
-    for r in runs[1:]:
-        other = frames[r].loc[common, "label"].to_numpy()
-        if (other != labels).any():
-            i = int(np.argmax(other != labels))
-            raise UserError(f"{runs[0]} and {r} were trained on different labels ({int((other != labels).sum())} "
-                            f"photos differ, e.g. {common[i]}: {labels[i]} in one, {other[i]} in the other): give "
-                            "--labels FOLDS_CSV, the folds.csv whose labels the CV scores against (the fixed one)")
+    d = first_difference(frames, common, "label")
+    if d is not None:
+        a, b, n, photo, x, y = d
+        raise UserError(f"{a} and {b} were trained on different labels ({n} photos differ, e.g. {photo}: {x} in one, "
+                        f"{y} in the other): give --labels FOLDS_CSV, the folds.csv whose labels the CV scores "
+                        "against (the fixed one)")
 
 
 def labels_from(path: Path, common: pd.Index) -> np.ndarray:
@@ -137,20 +147,16 @@ def labels_from(path: Path, common: pd.Index) -> np.ndarray:
 def check_splits(frames: dict[Path, pd.DataFrame], common: pd.Index, needs: list[str]) -> None:
     """Runs split from different folds.csv files: each out-of-fold answer is honest, but a bias or rule fitted
     with one run's folds held out would be fitted on another run's answers for photos its models trained on."""
-    runs = list(frames)
-    folds = frames[runs[0]].loc[common, "fold"].to_numpy()
-    for r in runs[1:]:
-        other = frames[r].loc[common, "fold"].to_numpy()
-        if (other != folds).any():
-            i = int(np.argmax(other != folds))
-            what = (f"{runs[0]} and {r} were split differently (photo {common[i]} is in fold {folds[i]} of one and "
-                    f"{other[i]} of the other)")
-            fitted = [n for n in needs if n in ("--bias", "--oof-people", "--fit-weights")]
-            if fitted:
-                raise UserError(f"{what}: {', '.join(fitted)} would be fitted on answers of models that saw the "
-                                "held-out labels; blend runs of one folds.csv")
-            print(f"warning: {what}: the CV of their blend mixes two splits", file=sys.stderr)
-            return
+    d = first_difference(frames, common, "fold")
+    if d is None:
+        return
+    a, b, _, photo, x, y = d
+    what = f"{a} and {b} were split differently (photo {photo} is in fold {x} of one and {y} of the other)"
+    fitted = [n for n in needs if n in ("--bias", "--oof-people", "--fit-weights")]
+    if fitted:
+        raise UserError(f"{what}: {', '.join(fitted)} would be fitted on answers of models that saw the held-out "
+                        "labels; blend runs of one folds.csv")
+    print(f"warning: {what}: the CV of their blend mixes two splits", file=sys.stderr)
 
 
 def pair_runs(inputs: list[Path], records: list[dict | None], oof_runs: list[Path],

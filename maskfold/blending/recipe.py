@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from maskfold.cli import Choice
 from maskfold.labels import TASKS, decode, joint, macro_f1, marginals
 
 
@@ -53,7 +54,11 @@ class Recipe:
                    for t, i in self.sources if i is not None}}
 
 
-FITS = ("none", "blend", "task")
+class Fit(Choice):
+    """How ensemble.py chooses weights: not at all, one set for the blend, or one set per task."""
+    none = "none"
+    blend = "blend"
+    task = "task"
 
 
 def greedy_weights(n: int, score, steps: int = 20) -> np.ndarray:

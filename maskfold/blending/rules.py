@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from maskfold.cli import Choice
 from maskfold.labels import NUM_CLASSES, macro_f1, marginals
 
 
@@ -33,7 +34,14 @@ def log_scores(p: np.ndarray, bias: np.ndarray) -> np.ndarray:
 # "log" sums log-probabilities (a product of the photos' beliefs: one photo at 1e-6 outvotes six at 0.9),
 # "mean" sums probabilities, "clipped" sums log-probabilities floored at 0.05 (no photo can say "never"),
 # "vote" counts each photo's best answer (ties broken by the mean).
-VOTES = ("mean", "log", "clipped", "vote")
+class Vote(Choice):
+    mean = "mean"
+    log = "log"
+    clipped = "clipped"
+    vote = "vote"
+
+
+VOTES = tuple(v.value for v in Vote)
 
 
 def pooled(m: np.ndarray, vote: str) -> np.ndarray:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CUTMIX_MODES = ("box", "vertical", "half")
+from maskfold.training.options import CutMixMode
+
+CUTMIX_MODES = tuple(m.value for m in CutMixMode)
 
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, mode: str, gen: torch.Generator):

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from maskfold.cli import arg, opt
-from maskfold.device import Device
+from maskfold.cli import Choice, arg, opt
+from maskfold.device import AmpDtype, Device
 
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
+class CutMixMode(Choice):
+    """The pasted region: a box, a full-height strip, or a half (the strip and the half keep the mask whole)."""
+    box = "box"
+    vertical = "vertical"
+    half = "half"
+
+
 UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
 
 
@@ -112,7 +120,8 @@ class TrainConfig:
                    "ssr, dropout, noise, colour: the flip and shift-scale-rotate, coarse dropout, noise or colour; "
                    "strong: all four), or an albumentations pipeline saved as .json or .yaml (A.save)", run=True)
     cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
-    cutmix_mode: str = opt("box", "CutMix region: box, vertical (a full-height strip) or half", run=True)
+    cutmix_mode: CutMixMode = opt(CutMixMode.box, "CutMix region: box, vertical (a full-height strip) or half",
+                                  run=True)
     cutmix_alpha: float = opt(1.0, "CutMix: the pasted share is drawn from Beta(a, a)", run=True)
     mixup: float = opt(0.0, "probability of Mixup per batch (with --cutmix: at most 1 together)", run=True)
     mixup_alpha: float = opt(0.4, "Mixup: the share of the first image is drawn from Beta(a, a)", run=True)
@@ -142,8 +151,8 @@ class TrainConfig:
     workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
                               "--amp/--no-amp")
-    amp_dtype: str = opt("auto", "auto: bf16 where the GPU has it, else fp16 with a gradient scaler; bf16 or fp16 "
-                         "force one (on a CPU too)")
+    amp_dtype: AmpDtype = opt(AmpDtype.auto, "auto: bf16 where the GPU has it, else fp16 with a gradient scaler; "
+                              "bf16 or fp16 force one (on a CPU too)")
     compile: bool = opt(False, "torch.compile the model", "--compile/--no-compile")
     channels_last: bool = opt(True, "channels-last memory format")
     wandb: Optional[str] = opt(None, "log to this Weights & Biases project too (TensorBoard files are written "
@@ -177,7 +186,7 @@ class TrainConfig:
 
     def record(self) -> dict:
         """config.json: every option as it ran, in JSON types."""
-        return {k: (str(v) if isinstance(v, Path) else v.value if isinstance(v, Device) else
+        return {k: (str(v) if isinstance(v, Path) else v.value if isinstance(v, Enum) else
                     list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
@@ -186,5 +195,6 @@ RUN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("run")) +
 RUN_RECORD = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_CALL)
 # What a learning option was before a config.json recorded it: its default (a run trained before an option
 # existed trained as its default says, and stays comparable with folds trained after).
-RUN_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+RUN_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else
+                f.default.value if isinstance(f.default, Enum) else f.default
                 for f in fields(TrainConfig) if f.metadata.get("run") and f.default is not MISSING}
