@@ -13,7 +13,7 @@ MODEL   ?= mobilenetv3_small_100
 FOLDS   ?= 3
 PEOPLE  ?= 200
 EVAL_PEOPLE ?= 50
-ACCEPT  ?= 0.9   # how sure an audit row must be to be applied (above 1: none; round 2 is then copied, not trained)
+ACCEPT  ?= 0.9   # how sure an audit row must be to be applied (1: only certain rows, often none: round 2 is then copied)
 TRAIN   := --no-pretrained --epochs 12 --img-size 96 72 --batch-size 32 --lr 3e-3 --head multi --loss weighted_ce
 
 .PHONY: demo demo-large test clean
