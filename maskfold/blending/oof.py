@@ -133,10 +133,10 @@ def check_labels(frames: dict[Path, pd.DataFrame], common: pd.Index) -> None:
 
 def labels_from(path: Path, common: pd.Index) -> np.ndarray:
     """The labels of a folds.csv (--labels) for the photos `common` names (resolved paths)."""
-    from maskfold.folds import read_fold_table
+    from maskfold.folds import read_fold_table, resolved_paths
 
     df = read_fold_table(path)
-    df.index = [os.path.abspath(path.parent / p) for p in df["path"]]
+    df.index = resolved_paths(df, path)
     missing = common.difference(df.index)
     if len(missing):
         raise UserError(f"--labels {path}: {len(missing)} of the runs' out-of-fold photos are not in it, e.g. "

@@ -17,6 +17,7 @@ import pandas as pd
 
 from maskfold.blending.rules import answers, pool
 from maskfold.cli import UserError
+from maskfold.folds import resolved_paths
 from maskfold.labels import TASKS, decode, marginals
 from maskfold.probs import sha256
 
@@ -104,7 +105,7 @@ def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
             if file_digest(p) != ck["sha256"]:
                 raise UserError(f"{where} is stale: {p} (fold {k} of {run['run']}) was trained again after it was "
                                 "made; make it again with pseudo.py")
-    df["file"] = [os.path.abspath(path.parent / p) for p in df["path"]]
+    df["file"] = resolved_paths(df, path)
     absent = [i for i, f in enumerate(df["file"]) if not os.path.isfile(f)]
     if absent:
         raise UserError(f"{where}: row {absent[0] + 2}: no such photo {df['file'].iloc[absent[0]]}")
