@@ -32,6 +32,7 @@ from maskfold.crop.cropping import (
     crop_in_processes,
     crop_path,
     faces_by_folder,
+    threads_per_process,
 )
 from maskfold.device import resolve_device
 from maskfold.files import append_csv, read_table, remove_stale_temps, write_csv, write_json
@@ -126,6 +127,9 @@ def main(o: CropOptions):
         check_facenet()  # here, before any worker forks: 3 s to import, and a worker that fails to start would hang
     except KeyboardInterrupt:
         raise Interrupted("interrupted before any crop of this run was written; the same command starts it") from None
+    processes = dev == "cpu" and o.workers > 1
+    threads = threads_per_process(o, processes)[1]
+    print(f"crop: {len(todo)} photos on {dev}, {threads}", file=sys.stderr)
     t1 = time.time()
     try:
         report = finish_report(o.dst, done, run_crops(o, dev, todo, done))
@@ -140,7 +144,7 @@ def main(o: CropOptions):
     summary = {"src": str(o.src), "dst": str(o.dst), "images": len(items), "skipped": len(done),
                "processed": len(todo), **{s: int(counts.get(s, 0)) for s in STATUSES},
                "img_per_s": round(len(todo) / elapsed, 1) if todo else None, "seconds": round(time.time() - t0, 1),
-               "device": dev, "workers": f"{o.workers} {'processes' if dev == 'cpu' and o.workers > 1 else 'threads'}",
+               "device": dev, "workers": f"{o.workers} {'processes' if processes else 'threads'}", "threads": threads,
                "files": [str(o.dst / REPORT), str(o.dst / "crop_summary.json")]
                + ([str(o.dst / "preview.jpg")] if o.preview_size else [])}
     write_json(o.dst / "crop_summary.json", summary)

@@ -38,10 +38,11 @@ def check_name(name: str) -> None:
         raise UserError(f"--model {name}: not a timm model{hint}")
 
 
-def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretrained_file: Path | None = None
-           ) -> nn.Module:
+def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretrained_file: Path | None = None,
+           drop_path: float = 0.0) -> nn.Module:
     """timm's `name` with our head; ImageNet weights from `pretrained_file` (a state dict of that model, .pth or
-    .safetensors), else, with `pretrained`, from the hub or its local cache."""
+    .safetensors), else, with `pretrained`, from the hub or its local cache; `drop_path`: timm's stochastic depth
+    (drop_path_rate)."""
     import timm
 
     if head not in HEADS:
@@ -49,6 +50,8 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretr
     check_name(name)
     num_classes = NUM_CLASSES if head == "single" else 0
     kw = dict(num_classes=num_classes, drop_rate=drop_rate)
+    if drop_path:
+        kw["drop_path_rate"] = drop_path
     if pretrained_file is not None:
         if not Path(pretrained_file).is_file():
             raise UserError(f"--pretrained-file {pretrained_file}: no such file")
@@ -57,6 +60,10 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretr
         hub_or_cache_only()
     try:
         model = timm.create_model(name, pretrained=pretrained or pretrained_file is not None, **kw)
+    except TypeError as e:
+        if drop_path and "drop_path_rate" in str(e):
+            raise UserError(f"--drop-path: {name} has no stochastic depth (timm's drop_path_rate)") from None
+        raise
     except Exception as e:  # hub errors come in many types: offline, proxy, missing file
         if not (pretrained or pretrained_file):
             raise

@@ -52,8 +52,9 @@ class PseudoOptions:
     out: Path = opt(..., "pseudo-label CSV to write (train.py --extra)", "--out", "-o")
     people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): a person's photos share its "
                                  "answer; without it, each photo its own")
-    min_conf: float = opt(0.7, "keep an answer only this sure: the least of its mask, gender and age probability "
-                          "(a person's gender and age: the mean over its photos)")
+    min_conf: str = opt("0.7", "keep an answer only where each task is this sure: one probability for all, or per "
+                        "task (mask=0.9,gender=0.9,age=0.8; a task not named keeps 0.7); a person's gender and age "
+                        "probability is the mean over its photos")
     min_sure: float = opt(0.0, "with --people: use only groups surer than this (people.py's sure)")
     min_photos: Optional[int] = opt(None, "with --people: use only groups of at least this many photos (default: "
                                     "--group-size, whole people)")
@@ -62,6 +63,8 @@ class PseudoOptions:
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA (off on a CPU)")
+    threads: Optional[int] = opt(None, "torch's compute threads (default: OMP_NUM_THREADS if set, else the cores "
+                                 "this process may use less the one that decodes ahead)", metavar="N")
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -120,11 +123,13 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
 def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[int, np.ndarray]:
     """Each fold's probabilities of the eval photos: the mean of that fold's checkpoints of every run."""
     from maskfold.prediction import inference
+    from maskfold.threads import set_threads
 
     import models
 
     dev = resolve_device(o.device)
     amp = amp_dtype(dev, o.amp)
+    print(f"pseudo: predicting on {dev}, {set_threads(o.threads, workers=1)}", file=sys.stderr)
     out: dict[int, np.ndarray] = {}
     for tta in sorted({s.tta for s in runs}):
         chosen = [(k, s.best[k]) for s in runs if s.tta == tta for k in sorted(s.best)]
@@ -151,8 +156,7 @@ def min_photos(o: PseudoOptions) -> int:
 
 
 def check(o: PseudoOptions) -> None:
-    if not 0 <= o.min_conf <= 1:
-        raise UserError(f"--min-conf {o.min_conf}: a probability, 0 to 1")
+    pl.parse_min_conf(o.min_conf)
     if o.group_size < 2 or not 1 <= min_photos(o) <= o.group_size:
         raise UserError(f"--min-photos {min_photos(o)}, --group-size {o.group_size}: need 1 <= --min-photos <= "
                         "--group-size, and --group-size >= 2")
@@ -172,7 +176,7 @@ def table(o: PseudoOptions, ids: pd.Series, files: list[Path], groups: np.ndarra
         "person": [f"eval_group{g}" if g >= 0 else f"eval_{stem_key(i)}" for g, i in zip(groups, ids)],
         "id": "", "gender": np.where(gender == 0, "male", "female"), "age": np.array(pl.AGES)[age],
         "mask_label": mask, "gender_label": gender, "age_label": age, "label": ans, "fold": -1,
-        "sure": np.round(conf, 4), "ImageID": ids.to_numpy()})
+        "sure": np.round(conf.min(axis=1), 4), "ImageID": ids.to_numpy()})
     for k, (a, c, soft, keep) in per_fold.items():
         df[pl.label_col(k)] = np.where(keep, a, -1)
         df[pl.sure_col(k)] = np.round(c, 4)
@@ -210,11 +214,11 @@ def main(o: PseudoOptions):
     else:
         groups = np.full(len(ids), -1)
     truth = pd.Series(read_truth(o.truth, ids, str(o.info)), index=ids.to_numpy()) if o.truth is not None else None
-    per_fold = {}
+    per_fold, min_conf = {}, pl.parse_min_conf(o.min_conf)
     for k, p in fold_probs(o, runs, files).items():
         a, c, soft = pl.person_answers(p, groups, o.group_size)
-        keep = (c >= o.min_conf) & ((groups >= 0) if o.people is not None else True)
-        per_fold[k] = (a, c, soft, keep)
+        keep = pl.confident(c, min_conf) & ((groups >= 0) if o.people is not None else True)
+        per_fold[k] = (a, c.min(axis=1), soft, keep)
     df = table(o, ids, files, groups, blend, per_fold)
     folds = sorted(per_fold)
     counts = {k: int((df[pl.label_col(k)] >= 0).sum()) for k in folds}
@@ -226,7 +230,7 @@ def main(o: PseudoOptions):
               "runs": [{"run": str(s.run.resolve()), "tta": list(s.tta),
                         "checkpoints": {str(k): {"path": str(p.resolve()), "sha256": pl.file_digest(p)}
                                         for k, p in sorted(s.best.items())}} for s in runs],
-              "min_conf": o.min_conf, "min_sure": o.min_sure if o.people else None,
+              "min_conf": min_conf, "min_sure": o.min_sure if o.people else None,
               "min_photos": min_photos(o) if o.people else None, "per_person": o.people is not None,
               "eval_photos": len(ids), "photos_per_fold": counts, "people_per_fold": people_kept}
     summary = {"out": str(o.out), "eval_photos": len(ids), "rows": len(df),

@@ -22,6 +22,7 @@ from maskfold.cli import Interrupted, UserError, choose, command, make_app, resu
 from maskfold.files import check_outside
 from maskfold.folds import folds_digest, read_folds
 from maskfold.prediction.tta import parse as parse_tta
+from maskfold.threads import set_threads
 from maskfold.training.admission import copy_twin, fold_facts, fold_lock, prepare_fold, start_fold_dir, twin_fold
 from maskfold.training.loop import finish, fit, interrupted_in
 from maskfold.training.options import FoldFacts, TrainConfig
@@ -34,12 +35,12 @@ app = make_app()
 def check(cfg: TrainConfig) -> None:
     """The options' rules, and names that must be in the registries of losses.py, models.py and the package."""
     from maskfold.training.augment import AUGS, check_aug_file, is_aug_file
-    from maskfold.training.optim import OPTIMIZERS, SCHEDULERS
+    from maskfold.training.optim import SCHEDULERS, optimizer_names, parse_kwargs
 
     import models
     from losses import LOSSES
 
-    for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, OPTIMIZERS, "--optimizer"),
+    for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, optimizer_names(), "--optimizer"),
                                  (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.head, models.HEADS, "--head")):
         choose(value, valid, option)
     models.check_name(cfg.model)
@@ -60,6 +61,13 @@ def check(cfg: TrainConfig) -> None:
         raise UserError("--cutmix and --mixup are probabilities that add up to at most 1")
     if not 0 <= cfg.ema < 1 or cfg.clip_grad < 0 or cfg.patience < 0:
         raise UserError("--ema must be in [0, 1), --clip-grad and --patience non-negative")
+    parse_kwargs(cfg.opt_kwargs)
+    if not 0 < cfg.epoch_fraction <= 1 or cfg.avg_best < 0 or cfg.avg_best == 1:
+        raise UserError("--epoch-fraction must be in (0, 1], --avg-best 0 (off) or 2 and more")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1 or not 0 <= cfg.drop_path < 1:
+        raise UserError("--layer-decay must be in (0, 1], --drop-path in [0, 1)")
+    if cfg.workers < 0 or (cfg.threads is not None and cfg.threads < 1):
+        raise UserError("--workers must be >= 0 and --threads >= 1")
     if cfg.extra_soft and cfg.extra is None:
         raise UserError("--extra-soft draws the labels of --extra's photos: give --extra pseudo.csv")
     if cfg.init_from is not None and not cfg.init_from.is_file():
@@ -79,14 +87,19 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     import models
 
     place = trainer.setup_place(cfg)
+    threads = set_threads(cfg.threads, cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     net, ck = create_model(cfg, state.resume_from, facts.folds_digest, models.create)
     if place.rank0:
         start_fold_dir(cfg, df["fold"].nunique(), facts)
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
     log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.head} loss={cfg.loss} opt={cfg.optimizer} "
-        f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else ""))
+        f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else "")
+        + f"; {threads}, {cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}")
     data = fold_data(cfg, df, extra, log)
-    batches = max(len(data.train) // (cfg.batch_size * place.world), 1)
+    loader, sampler = make_loader(data.train, cfg, place, cfg.seed, data.targets)
+    batches = max(len(loader), 1)
+    if not sampler.plain:
+        log(f"sampler {cfg.sampler.value}: {len(sampler)} photos drawn an epoch (per process) of {len(data.train)}")
     crit = losses.Criterion(cfg.loss, cfg.head, data.targets, cfg.focal_gamma, cfg.smoothing,
                             [float(w) for w in cfg.task_weights.split(",")])
     mean, std = models.norm_stats(net)
@@ -97,7 +110,6 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     if ck is not None:
         log(f"resumed from {state.resume_from} after epoch {start}")
     trainer.wrap(fold)
-    loader, sampler = make_loader(data.train, cfg, place, cfg.seed)
     tracker = Tracker(cfg.fold_dir, cfg.record(), f"{cfg.run_name}/fold{cfg.fold}", cfg.wandb) if place.rank0 else None
     try:
         fit(fold, loader, sampler, data.val, data.val_images, start, log, tracker)

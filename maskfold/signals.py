@@ -61,8 +61,15 @@ def child_process() -> None:
 def loader_worker(worker_id: int) -> None:
     """A data loader worker's start (worker_init_fn). Its batches reach the main process through
     multiprocessing's fd sharer, whose thread prints a traceback when the main process stops mid-handover
-    (Ctrl-C); the main process says what happened, so that one is not printed."""
+    (Ctrl-C); the main process says what happened, so that one is not printed. OpenCV (albumentations' steps)
+    computes with one thread in a worker: the workers are the parallelism, and more threads would spin on the
+    model's cores."""
     child_process()
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
     default = sys.excepthook
     sharer = os.path.join("multiprocessing", "resource_sharer.py")
 

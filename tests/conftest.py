@@ -162,3 +162,14 @@ def ctrl_c_handler_restored():
     before = signal.getsignal(signal.SIGINT)
     yield
     signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A script run in-process sets torch's threads for its own process (maskfold.threads); the next test gets the
+    suite's back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

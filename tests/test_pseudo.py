@@ -356,3 +356,28 @@ def test_min_conf_and_min_photos_choose_the_rows(demo_tree, eval_probs, tmp_path
         assert r.exit_code == 0, r.output
         counts[n] = len(pd.read_csv(tmp_path / f"p{n}.csv"))
     assert counts == {"7": 14, "3": 21}
+
+
+def test_min_conf_per_task_keeps_the_rows_each_task_is_sure_of(demo_tree, eval_probs, tmp_path):
+    from maskfold.labels import decode
+
+    loose = make_pseudo(demo_tree, eval_probs, tmp_path / "loose.csv", "--min-conf", "0")
+    assert loose.exit_code == 0, loose.output
+    df = pd.read_csv(tmp_path / "loose.csv")
+    rows = df[df["label_fold0"] >= 0]
+    m, g, a = decode(rows["label_fold0"].to_numpy())
+    idx = np.arange(len(rows))
+    conf = {t: rows[[f"{t}{i}_fold0" for i in range(n)]].to_numpy()[idx, c]
+            for (t, n), c in zip({"mask": 3, "gender": 2, "age": 3}.items(), (m, g, a))}
+    v = np.unique(conf["age"])  # the CSV rounds: cut half way between two of its values, near the median
+    k = len(v) // 2
+    cut = round(float(v[k - 1] + v[k]) / 2, 8)
+    r = make_pseudo(demo_tree, eval_probs, tmp_path / "age.csv", "--min-conf", f"age={cut},mask=0,gender=0")
+    assert r.exit_code == 0, r.output
+    kept = pd.read_csv(tmp_path / "age.csv")
+    assert set(kept.loc[kept["label_fold0"] >= 0, "ImageID"]) == set(rows.loc[conf["age"] >= cut, "ImageID"])
+    assert 0 < (conf["age"] >= cut).sum() < len(rows)
+    assert json.loads((tmp_path / "age.csv.json").read_text())["min_conf"] == {"mask": 0, "gender": 0, "age": cut}
+    for bad in ("height=0.9", "mask=1.5", "mask=high"):
+        r = make_pseudo(demo_tree, eval_probs, tmp_path / "bad.csv", "--min-conf", bad)
+        assert r.exit_code == 2 and "--min-conf" in r.output and not (tmp_path / "bad.csv").exists(), r.output

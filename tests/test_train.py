@@ -37,7 +37,7 @@ def run_train(folds, out, *extra):
 REGISTRY = ([["--loss", name] for name in ("ce", "weighted_ce", "focal", "label_smoothing", "f1")]
             + [["--loss", name, "--head", "multi", "--task-weights", "1,0.5,2"]
                for name in ("ce", "weighted_ce", "focal", "label_smoothing", "f1")]
-            + [["--optimizer", name] for name in ("sgd", "adam", "adamw", "madgrad")]
+            + [["--optimizer", name] for name in ("sgd", "adam", "adamw", "madgrad", "adamp", "lion", "lamb")]
             + [["--scheduler", name, "--warmup-epochs", "1" if name == "cosine" else "0"]
                for name in ("none", "step", "cyclic", "cosine", "onecycle")]
             + [["--cutmix", "1", "--cutmix-mode", mode] for mode in ("box", "vertical", "half")]
@@ -45,7 +45,8 @@ REGISTRY = ([["--loss", name] for name in ("ce", "weighted_ce", "focal", "label_
             + [["--old-age", "58", "--amp"]])
 
 
-BUILT = {"--optimizer": {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "madgrad": "MADGRAD"},
+BUILT = {"--optimizer": {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "madgrad": "MADGRAD", "adamp": "AdamP",
+                         "lion": "Lion", "lamb": "Lamb"},
          "--scheduler": {"none": "LambdaLR", "step": "StepLR", "cyclic": "CyclicLR", "cosine": "SequentialLR",
                          "onecycle": "OneCycleLR"},
          "--loss": {"ce": "function", "weighted_ce": "function", "focal": "Focal", "label_smoothing": "function",
@@ -112,7 +113,11 @@ def test_loop_skips_finished_and_refuses_other_options(folds, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--loss", "focall"], "did you mean focal"),
-    (["--optimizer", "adamx"], "choose from sgd, adam, adamw, madgrad"),
+    (["--optimizer", "adamx"], "--optimizer adamx: unknown; choose from"),
+    (["--opt-kwargs", "betas"], "is not key=value"),
+    (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1]"),
+    (["--epoch-fraction", "0"], "--epoch-fraction must be in (0, 1]"),
+    (["--avg-best", "1"], "--avg-best 0 (off) or 2 and more"),
     (["--scheduler", "cosin"], "did you mean cosine"),
     (["--fold", "7"], "--fold 7"),
     (["--model", "resnet_18"], "closest: resnet18"),
@@ -141,7 +146,7 @@ def _cli(folds, out, *extra):
 def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     """With dropout, loader workers and an EMA: each draws randomness that a resumed session must replay."""
     args = ["--epochs", "3", "--batch-size", "8", "--img-size", "48", "36", "--workers", "2", "--aug", "seed",
-            "--drop-rate", "0.5", "--ema", "0.9"]
+            "--drop-rate", "0.5", "--ema", "0.9", "--sampler", "sqrt", "--epoch-fraction", "0.8", "--avg-best", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(_cli(folds, tmp_path / "a", *args), capture_output=True, text=True, env=env)
     assert full.returncode == 0, full.stderr
@@ -161,8 +166,9 @@ def test_resume_after_sigkill_matches_uninterrupted(folds, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
     ma, mb = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (full, resumed))
-    for k in ("f1", "acc", "best_epoch", "val_loss"):
+    for k in ("f1", "acc", "best_epoch", "val_loss", "avg_best"):
         assert ma[k] == mb[k], k
+    assert len(ma["avg_best"]["epochs"]) == 2  # the average of the two best epochs, the same after the kill
     ha, hb = (pd.read_csv(tmp_path / d / "test_resnet" / "fold0" / "history.csv") for d in "ab")
     assert ha["train_loss"].tolist() == hb["train_loss"].tolist()  # the same dropout masks in every epoch
     oa, ob = (pd.read_csv(tmp_path / d / "test_resnet" / "fold0" / "oof.csv") for d in "ab")
@@ -540,7 +546,7 @@ def test_pretrained_file_gives_the_backbone_its_weights(folds, tmp_path, monkeyp
     monkeypatch.setattr(models, "create", lambda *a, **kw: seen.append(a) or real(*a, **kw))
     r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs", "--pretrained-file", weights)
     assert r.exit_code == 0, r.output
-    assert seen[0][-1] == weights
+    assert seen[0][4] == weights  # name, head, pretrained, drop_rate, pretrained_file
     r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs2", "--pretrained-file", tmp_path / "none.pth")
     assert r.exit_code == 2 and "--pretrained-file" in r.output
 

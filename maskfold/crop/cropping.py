@@ -5,10 +5,10 @@ crops on disk and report rows, and lends faces to the photos left without one.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,8 @@ from maskfold.crop import facebox
 from maskfold.device import Device
 from maskfold.files import atomic_path, check_outside
 from maskfold.images import read_ahead, read_image
+from maskfold.threads import choose as choose_threads
+from maskfold.threads import usable_cores
 
 FACE, CROP = ["face_x1", "face_y1", "face_x2", "face_y2"], ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
 COLUMNS = ["path", "status", "prob", *FACE, *CROP, "width", "height", "note"]
@@ -30,8 +32,10 @@ class CropOptions:
     dst: Path = arg("output tree, mirroring SRC")
     device: Device = opt(Device.auto, "where MTCNN runs")
     batch_size: int = opt(32, "photos per detection batch (32 suits a CPU, 256 a GPU)")
-    workers: int = opt(min(8, os.cpu_count() or 1), "CPU: processes, each decoding, detecting and writing whole "
+    workers: int = opt(min(8, usable_cores()), "CPU: processes, each decoding, detecting and writing whole "
                        "persons; GPU: decode / write threads")
+    threads: Optional[int] = opt(None, "torch's compute threads in all (CPU: shared by the processes; default: "
+                                 "OMP_NUM_THREADS if set, else the cores this process may use)", metavar="N")
     scale: float = opt(1.0, "detect on a copy downscaled by this factor first (photos much larger than 384x512)")
     min_face: float = opt(round(facebox.TAIL_OF_DEFAULTS, 2), "smallest face MTCNN looks for, in source pixels "
                           "(the default, 20/0.709^5, gives the pyramid levels MTCNN's defaults use for such faces)")
@@ -50,8 +54,8 @@ class CropOptions:
             raise UserError(f"{self.src}: no such folder")
         check_outside(self.dst, self.src)
         if not (0 < self.scale <= 1) or self.batch_size < 1 or self.workers < 1 or self.aspect <= 0 \
-                or self.min_face < 12:
-            raise UserError("--scale must be in (0, 1], --batch-size, --workers and --aspect positive, "
+                or self.min_face < 12 or (self.threads is not None and self.threads < 1):
+            raise UserError("--scale must be in (0, 1], --batch-size, --workers, --threads and --aspect positive, "
                             "--min-face at least 12 (MTCNN's smallest window)")
 
 
@@ -164,8 +168,11 @@ def crop_jobs(rows: list[dict], batch: list[Item], images: list) -> list[tuple[d
 def crop_here(todo: list[Item], o: CropOptions, dev: str, earlier: dict):
     """One process around one detector (the GPU path): threads decode the next batch and write the
     last one's crops while this one is detected. Yields (batch, rows, deferred) once its crops are on disk."""
+    import torch
+
     from maskfold.crop.detector import Detector
 
+    torch.set_num_threads(threads_per_process(o, processes=False)[0])
     det, geom = Detector(dev, o.scale, o.min_face), geometry(o)
     with ThreadPoolExecutor(o.workers) as pool, ThreadPoolExecutor(1) as ahead:
         writing = None
@@ -210,13 +217,23 @@ def crop_in_worker(task: tuple[list[Item], dict]):
     return batch, rows, later
 
 
+def threads_per_process(o: CropOptions, processes: bool = True) -> tuple[int, str]:
+    """Each detecting process's torch threads and the words for them: --threads (or OMP_NUM_THREADS, or the usable
+    cores) shared by the --workers processes on a CPU; all of them for the one process of the GPU path."""
+    total, why = choose_threads(o.threads)
+    if not processes:
+        return total, f"threads {total} ({why})"
+    each = max(1, total // o.workers)
+    return each, f"{o.workers} processes x {each} thread{'s' if each > 1 else ''} ({why})"
+
+
 def crop_in_processes(todo: list[Item], o: CropOptions, dev: str, earlier: dict):
     """The CPU path: each process decodes, detects and writes whole persons with its own share of the
     cores (one process per core beats threads fighting over them: 1.5x measured on 2 cores)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    threads = max(1, (os.cpu_count() or 1) // o.workers)
+    threads = threads_per_process(o)[0]
     tasks = ((b, {g: earlier[g] for g in {it.group for it in b} if g in earlier}) for b in chunks(todo, o.batch_size))
     pool = ctx.Pool(o.workers, start_worker, (o, dev, threads))  # now, before any thread starts
     with pool:

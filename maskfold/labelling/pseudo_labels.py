@@ -39,18 +39,49 @@ def soft_cols(k: int) -> list[str]:
 
 
 def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each photo's class and how sure it is. Photos of one group (>= 0) share the person's gender and age (the
-    mean of its photos' probabilities; a complete person gets one photo worn wrongly and one not worn) and their
-    sureness: the smallest of the person's gender and age probability and the photo's own mask probability.
-    Photos alone (-1) keep their own answer, sure as the smallest of its three tasks' probabilities. Also the
+    """Each photo's class and how sure it is of each task (N, 3: mask, gender, age). Photos of one group (>= 0)
+    share the person's gender and age (the mean of its photos' probabilities; a complete person gets one photo worn
+    wrongly and one not worn) and their
+    sureness of those: the person's gender and age probability beside the photo's own mask probability.
+    Photos alone (-1) keep their own answer and sureness. Also the
     soft labels, (N, 8): the photo's mask probabilities, the person's (mean) gender and age probabilities."""
     ans = answers(p, groups=groups, size=size, vote="mean")
     m = marginals(p)
     for task in ("gender", "age"):  # a person's gender and age probabilities: the mean over its photos
         m[task] = pool(m[task], groups)
     rows = np.arange(len(p))
-    conf = [m[t][rows, a] for t, a in zip(TASKS, decode(ans))]
-    return ans, np.minimum.reduce(conf), np.concatenate([m[t] for t in TASKS], 1)
+    conf = np.stack([m[t][rows, a] for t, a in zip(TASKS, decode(ans))], 1)
+    return ans, conf, np.concatenate([m[t] for t in TASKS], 1)
+
+
+def parse_min_conf(spec: str, default: float = 0.7) -> dict[str, float]:
+    """--min-conf: one probability for every task ('0.7'), or some tasks' ('mask=0.9,gender=0.9,age=0.8'; a task
+    not named keeps `default`)."""
+    from maskfold.cli import UserError
+
+    out = dict.fromkeys(TASKS, default)
+    parts = [x.strip() for x in str(spec).split(",") if x.strip()]
+    try:
+        if len(parts) == 1 and "=" not in parts[0]:
+            out = dict.fromkeys(TASKS, float(parts[0]))
+        else:
+            for part in parts:
+                task, _, value = part.partition("=")
+                if task.strip() not in TASKS:
+                    raise UserError(f"--min-conf {spec}: {task.strip() or part} is not a task (mask, gender, age)")
+                out[task.strip()] = float(value)
+    except ValueError:
+        raise UserError(f"--min-conf {spec}: give a probability, or task=probability pairs "
+                        "(mask=0.9,gender=0.9,age=0.8)") from None
+    bad = {t: v for t, v in out.items() if not 0 <= v <= 1}
+    if not parts or bad:
+        raise UserError(f"--min-conf {spec}: each a probability, 0 to 1")
+    return out
+
+
+def confident(conf: np.ndarray, min_conf: dict[str, float]) -> np.ndarray:
+    """Rows whose every task is at least its --min-conf sure (conf: (N, 3), mask, gender, age)."""
+    return np.all(conf >= np.array([min_conf[t] for t in TASKS]), axis=1)
 
 
 def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min_photos: int) -> np.ndarray:

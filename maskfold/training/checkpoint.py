@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from maskfold.training.trainer import Fold
 
 
-def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) -> dict:
-    """A checkpoint that describes itself, holding the weights or (ema) their EMA; `full` adds what --resume
-    needs."""
+def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False, weights: nn.Module | None = None
+         ) -> dict:
+    """A checkpoint that describes itself, holding the weights, (ema) their EMA or `weights` (--avg-best's
+    average); `full` adds what --resume needs."""
     cfg = fold.cfg
-    weights = fold.ema.module if ema else fold.net
+    weights = weights if weights is not None else fold.ema.module if ema else fold.net
     ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
           "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric, "ema": ema,
           "trained_on": fold.trained_on, "state_dict": weights.state_dict()}
@@ -29,7 +30,8 @@ def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False) ->
         ck.update(optimizer=fold.opt.state_dict(), scheduler=fold.sched.state_dict(), torch_rng=torch.get_rng_state(),
                   history=fold.history, best=fold.best, steps=fold.steps,
                   ema_state=fold.ema.module.state_dict() if fold.ema is not None else None,
-                  scaler=fold.scaler.state_dict() if fold.scaler is not None else None)
+                  scaler=fold.scaler.state_dict() if fold.scaler is not None else None,
+                  top=[[f1, e, state] for f1, e, state in fold.top])
     return ck
 
 
@@ -39,6 +41,7 @@ def restore(fold: Fold, ck: dict) -> int:
     fold.sched.load_state_dict(ck["scheduler"])
     torch.set_rng_state(ck["torch_rng"])
     fold.history, fold.best, fold.steps = ck["history"], ck["best"], ck.get("steps", 0)
+    fold.top = [tuple(t) for t in ck.get("top") or []]
     if fold.ema is not None and ck.get("ema_state") is not None:
         fold.ema.module.load_state_dict(ck["ema_state"])
     if fold.scaler is not None and ck.get("scaler") is not None:

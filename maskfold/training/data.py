@@ -53,10 +53,20 @@ class CachedImages(Dataset):
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (epoch seed, index): each index carries its epoch's augmentation seed, so the loader's
     workers can persist across epochs instead of being forked again to learn the new epoch. The order
-    is a permutation seeded by the epoch seed alone (or a DistributedSampler's share, under torchrun)."""
+    is a permutation seeded by the epoch seed alone (or a DistributedSampler's share, under torchrun).
+    With `weights` (--sampler balanced or sqrt) an epoch is `draws` indices drawn with replacement by those
+    weights, and with `draws` < n alone (--epoch-fraction) the first `draws` of the permutation; every process
+    under torchrun makes the same draw from the epoch seed and takes every world-th of it from its rank on, so
+    the processes share one draw and no slot of it is trained twice."""
 
-    def __init__(self, n: int, distributed=None):
+    def __init__(self, n: int, distributed=None, weights: torch.Tensor | None = None, draws: int | None = None,
+                 rank: int = 0, world: int = 1):
         self.n, self.distributed, self.seed = n, distributed, 0
+        self.weights, self.draws, self.rank, self.world = weights, draws or n, rank, world
+
+    @property
+    def plain(self) -> bool:
+        return self.weights is None and self.draws == self.n
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         self.seed = seed
@@ -64,16 +74,33 @@ class EpochSampler(torch.utils.data.Sampler):
             self.distributed.set_epoch(epoch)
 
     def __iter__(self):
-        if self.distributed is not None:
+        if self.plain and self.distributed is not None:
             order = list(self.distributed)
         else:
             g = torch.Generator().manual_seed(self.seed)
             torch.empty((), dtype=torch.int64).random_(generator=g)  # the draw a seeded DataLoader makes first
-            order = torch.randperm(self.n, generator=g).tolist()
+            if self.weights is None:
+                order = torch.randperm(self.n, generator=g)[:self.draws].tolist()
+            else:
+                order = torch.multinomial(self.weights, self.draws, replacement=True, generator=g).tolist()
+            if self.world > 1:
+                order = order[self.rank::self.world][:len(self)]
         return iter([(self.seed, i) for i in order])
 
     def __len__(self) -> int:
-        return len(self.distributed) if self.distributed is not None else self.n
+        if self.plain and self.distributed is not None:
+            return len(self.distributed)
+        return self.draws // self.world if self.world > 1 else self.draws
+
+
+def sampling_weights(targets: np.ndarray, kind: str) -> torch.Tensor | None:
+    """Each photo's chance to be drawn: uniform (None), balanced (1 / its class's count: every class drawn as
+    often), sqrt (1 / the square root of its class's count: half way)."""
+    if kind == "uniform":
+        return None
+    counts = np.bincount(targets, minlength=int(targets.max()) + 1).astype(np.float64)
+    w = 1.0 / counts[targets] if kind == "balanced" else 1.0 / np.sqrt(counts[targets])
+    return torch.as_tensor(w / w.sum(), dtype=torch.float64)
 
 
 def to_input(x: torch.Tensor, mean, std, device, channels_last: bool = True) -> torch.Tensor:
@@ -92,18 +119,19 @@ def to_display(x: torch.Tensor, mean, std) -> np.ndarray:
     return ((x.float() * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_loader(ds, cfg: TrainConfig, place, seed: int):
-    """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed)."""
-    import torch
+def make_loader(ds, cfg: TrainConfig, place, seed: int, targets: np.ndarray | None = None):
+    """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed and, with
+    --sampler or --epoch-fraction, its draw)."""
     from torch.utils.data import DataLoader
 
-    from maskfold.training.data import EpochSampler
-
     distributed = None
-    if place.world > 1:
+    kind = getattr(cfg.sampler, "value", cfg.sampler)
+    weights = sampling_weights(np.asarray(targets), kind) if kind != "uniform" else None
+    draws = max(int(round(cfg.epoch_fraction * len(ds))), 1)
+    if place.world > 1 and weights is None and draws == len(ds):
         from torch.utils.data.distributed import DistributedSampler
         distributed = DistributedSampler(ds, place.world, place.rank, shuffle=True, seed=seed, drop_last=True)
-    sampler = EpochSampler(len(ds), distributed)
+    sampler = EpochSampler(len(ds), distributed, weights, draws, place.rank, place.world)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=place.device.startswith("cuda"), drop_last=len(sampler) > cfg.batch_size,
                         persistent_workers=cfg.workers > 0, multiprocessing_context="fork" if cfg.workers else None,

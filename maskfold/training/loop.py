@@ -21,7 +21,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
     early after --patience epochs without a better val F1."""
     import torch.distributed as dist
 
-    from maskfold.training import checkpoint, trainer
+    from maskfold.training import averaging, checkpoint, trainer
 
     cfg = fold.cfg
     for epoch in range(start, cfg.epochs):
@@ -32,7 +32,8 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
         epoch_seed = cfg.seed * 1000 + epoch  # each epoch's randomness depends on (seed, epoch) only: resumable
         trainer.seed_all(epoch_seed)
         sampler.set_epoch(epoch, epoch_seed)
-        row = {"epoch": epoch + 1, "lr": fold.opt.param_groups[0]["lr"], **trainer.train_epoch(fold, loader, epoch)}
+        lr = max(g["lr"] for g in fold.opt.param_groups)  # the head's, with --layer-decay
+        row = {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch)}
         v, probs = trainer.validate(fold, va_images, va["label"].to_numpy())
         winner, from_ema = (v, probs), False
         if fold.ema is not None:
@@ -43,6 +44,7 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
         row.update(v, seconds=round(time.time() - t, 2))
         fold.history.append(row)
         best_v, best_p = winner
+        averaging.remember(fold, epoch + 1, best_v["val_f1"], fold.ema.module if from_ema else fold.net)
         better = best_v["val_f1"] > fold.best["f1"]  # the same in every process: validation is gathered
         if better:
             fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
@@ -61,6 +63,36 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
             checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
         if fold.place.backend is not None:
             dist.barrier()
+    average_best(fold, va, va_images, log)
+
+
+def average_best(fold, va: pd.DataFrame, va_images: np.ndarray, log: Log) -> None:
+    """--avg-best N: the N best epochs' weights averaged become best.pt (and oof.csv its answers) when the average
+    validates better than the best epoch alone; what was averaged and how it scored goes to metrics.json."""
+    from maskfold.training import averaging, checkpoint, trainer
+
+    made = averaging.averaged_net(fold)
+    if made is None:
+        return
+    net, epochs = made
+    net.to(fold.place.device)
+    labels = va["label"].to_numpy()
+    v, probs = trainer.validate(fold, va_images, labels, net=net)
+    kept = v["val_f1"] > fold.best["f1"]
+    fold.averaged = {"epochs": epochs, "f1": round(v["val_f1"], 5), "best_epoch_f1": round(fold.best["f1"], 5),
+                     "kept": kept}
+    log(f"--avg-best {fold.cfg.avg_best}: epochs {', '.join(map(str, epochs))} averaged: val macro F1 "
+        f"{v['val_f1']:.4f} against {fold.best['f1']:.4f} of epoch {fold.best['epoch']} alone; "
+        + ("the average is the fold's checkpoint" if kept else "the best epoch stays the fold's checkpoint"))
+    if not kept:
+        return
+    fold.best = {"f1": v["val_f1"], "epoch": fold.best["epoch"], "ema": False, "averaged": epochs, **v}
+    if parse_tta(fold.cfg.oof_tta, "--oof-tta"):
+        probs = trainer.validate(fold, va_images, labels, tta=fold.cfg.oof_tta, net=net)[1]
+    if fold.place.rank0:
+        ck = checkpoint.make(fold, max(epochs), v, full=False, weights=net)
+        checkpoint.save(ck | {"averaged_epochs": epochs}, fold.cfg.fold_dir / "best.pt")
+        write_oof(fold.cfg.fold_dir / "oof.csv", va, probs)
 
 
 def gpu_peak_gib(device: str) -> float | None:
@@ -69,14 +101,25 @@ def gpu_peak_gib(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
 
 
+def mean_after_first(history: pd.DataFrame, col: str) -> float | None:
+    """An epoch rate's mean, the first epoch left out where there are more (it starts the workers)."""
+    v = history[col].dropna() if col in history else pd.Series(dtype=float)
+    return float(v.iloc[1:].mean() if len(v) > 1 else v.mean()) if len(v) else None
+
+
+def rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def finish(fold, t0: float, log: Log) -> dict:
     """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
+    import torch
+
     from maskfold.pages import charts
 
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
-    rates = history["img_per_s"].dropna()
-    rate = float(rates.iloc[1:].mean() if len(rates) > 1 else rates.mean()) if len(rates) else None
+    rate = mean_after_first(history, "img_per_s")
     oof = pd.read_csv(cfg.fold_dir / "oof.csv")
     charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
     charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1)),
@@ -85,7 +128,9 @@ def finish(fold, t0: float, log: Log) -> dict:
                "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
-               "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device)}
+               "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device),
+               "avg_best": fold.averaged, "threads": torch.get_num_threads(),
+               "loader_wait_ms": rounded(mean_after_first(history, "loader_wait_ms"), 3)}
     append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")  # one line per finished fold
     write_json(cfg.fold_dir / "metrics.json", metrics)
     summary = write_summaries(cfg.out)

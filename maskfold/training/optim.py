@@ -1,51 +1,102 @@
-"""Optimizers and learning-rate schedules, as registries of plain names.
+"""Optimizers from timm's factory (every name `timm.optim.list_optimizers()` knows: sgd, adamw, madgrad, adamp,
+lion, lamb, adabelief, ...) over timm's parameter groups (no weight decay on biases and norms; with --layer-decay,
+a learning rate that shrinks layer by layer from the head down), and learning-rate schedules by plain name.
 
 Every schedule steps once per batch; epoch-based settings are converted to steps.
 """
 from __future__ import annotations
 
+import ast
+
 import torch
+
+from maskfold.cli import UserError
 
 S = torch.optim.lr_scheduler
 
 
-def _madgrad(params, lr, wd):
-    from madgrad import MADGRAD  # the seed team's favourite; not in torch
+def optimizer_names() -> list[str]:
+    from timm.optim import list_optimizers
 
-    return MADGRAD(params, lr=lr, weight_decay=wd)
+    return list_optimizers()
 
 
-OPTIMIZERS = {
-    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True),
-    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
-    "madgrad": _madgrad,
-}
+def parse_kwargs(spec: str | None) -> dict:
+    """--opt-kwargs 'betas=(0.9,0.99) eps=1e-6': space-separated key=value pairs, each value a Python literal (a
+    word that is none stays a string)."""
+    out = {}
+    for part in (spec or "").split():
+        key, eq, value = part.partition("=")
+        if not eq or not key.isidentifier():
+            raise UserError(f"--opt-kwargs {spec}: {part} is not key=value (e.g. 'betas=(0.9,0.99) eps=1e-6')")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
-# (optimizer, peak lr, total steps, warm-up steps, steps per epoch, step-size epochs, step gamma) -> schedule
+
+def param_groups(net: torch.nn.Module, weight_decay: float, layer_decay: float | None) -> list[dict]:
+    """timm's groups: biases and norm weights without weight decay; with `layer_decay`, each layer of the backbone
+    at lr x layer_decay ** (its depth below the top), our task heads (models.MultiHead) at the full rate."""
+    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+
+    backbone, heads = (net.backbone, net.heads) if hasattr(net, "heads") and hasattr(net, "backbone") else (net, None)
+    skip = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ()
+    if layer_decay is None:
+        return param_groups_weight_decay(net, weight_decay=weight_decay, no_weight_decay_list=skip)
+    groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, no_weight_decay_list=skip,
+                                      layer_decay=layer_decay)
+    if heads is not None:
+        groups += [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(heads, weight_decay=weight_decay)]
+    return groups
+
+
+def make_optimizer(name: str, net: torch.nn.Module, lr: float, wd: float, kwargs: str | None = None,
+                   layer_decay: float | None = None) -> torch.optim.Optimizer:
+    """timm's optimizer `name` at `lr` (each group at lr x its lr_scale)."""
+    from timm.optim import create_optimizer_v2
+
+    groups = param_groups(net, wd, layer_decay)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    try:
+        opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=wd, **parse_kwargs(kwargs))
+    except TypeError as e:  # a keyword the optimizer does not take
+        raise UserError(f"--opt-kwargs {kwargs}: {name} refuses it ({e})") from None
+    for g in opt.param_groups:  # the factory sets every group's lr to `lr`; the layer's scale comes back
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    return opt
+
+
+def cosine(span: int, floor: float = 0.01):
+    """A half cosine from each group's peak down to `floor` of it over `span` steps, then flat."""
+    import math
+
+    return lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, span) / span))
+
+
+# (optimizer, peak lrs of its groups, total steps, warm-up steps, steps per epoch, step-size epochs, step gamma)
 SCHEDULERS = {
-    "none": lambda opt, lr, total, warm, steps, size, gamma: S.LambdaLR(opt, lambda s: 1.0),
-    "step": lambda opt, lr, total, warm, steps, size, gamma: S.StepLR(opt, step_size=max(size * steps, 1),
-                                                                      gamma=gamma),
-    "cyclic": lambda opt, lr, total, warm, steps, size, gamma: S.CyclicLR(
-        opt, base_lr=lr / 10, max_lr=lr, step_size_up=max(steps, 1), mode="triangular2", cycle_momentum=False),
-    "cosine": lambda opt, lr, total, warm, steps, size, gamma: S.CosineAnnealingLR(opt, T_max=max(total - warm, 1),
-                                                                                   eta_min=lr * 0.01),
-    "onecycle": lambda opt, lr, total, warm, steps, size, gamma: S.OneCycleLR(
-        opt, max_lr=lr, total_steps=total, pct_start=max(warm / total, 0.05)),
+    "none": lambda opt, lrs, total, warm, steps, size, gamma: S.LambdaLR(opt, lambda s: 1.0),
+    "step": lambda opt, lrs, total, warm, steps, size, gamma: S.StepLR(opt, step_size=max(size * steps, 1),
+                                                                       gamma=gamma),
+    "cyclic": lambda opt, lrs, total, warm, steps, size, gamma: S.CyclicLR(
+        opt, base_lr=[lr / 10 for lr in lrs], max_lr=lrs, step_size_up=max(steps, 1), mode="triangular2",
+        cycle_momentum=False),
+    "cosine": lambda opt, lrs, total, warm, steps, size, gamma: S.LambdaLR(opt, cosine(max(total - warm, 1))),
+    "onecycle": lambda opt, lrs, total, warm, steps, size, gamma: S.OneCycleLR(
+        opt, max_lr=lrs, total_steps=total, pct_start=max(warm / total, 0.05)),
 }
-
-
-def make_optimizer(name: str, params, lr: float, wd: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS[name](params, lr, wd)
 
 
 def make_scheduler(name: str, opt, lr: float, epochs: int, steps: int, warmup: int, step_size: int,
                    step_gamma: float):
     """The schedule `name` over epochs x steps batches, after a linear warm-up of `warmup` epochs
-    (onecycle warms up by itself)."""
+    (onecycle warms up by itself); each parameter group keeps its own peak (--layer-decay)."""
     total, warm = epochs * steps, warmup * steps
-    main = SCHEDULERS[name](opt, lr, total, warm, steps, step_size, step_gamma)
+    lrs = [g["lr"] for g in opt.param_groups]
+    main = SCHEDULERS[name](opt, lrs, total, warm, steps, step_size, step_gamma)
     if not warm or name == "onecycle":
         return main
     return S.SequentialLR(opt, [S.LinearLR(opt, start_factor=0.01, total_iters=warm), main], milestones=[warm])

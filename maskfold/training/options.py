@@ -2,7 +2,6 @@
 marks the options that change what a model learns (those a run's folds must share)."""
 from __future__ import annotations
 
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 
 from maskfold.cli import Choice, arg, opt
 from maskfold.device import AmpDtype, Device
+from maskfold.threads import default_workers
 
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
@@ -20,6 +20,13 @@ class CutMixMode(Choice):
     box = "box"
     vertical = "vertical"
     half = "half"
+
+
+class SamplerKind(Choice):
+    """How an epoch draws its photos: each once, or with replacement by 1 / class count or by its square root."""
+    uniform = "uniform"
+    balanced = "balanced"
+    sqrt = "sqrt"
 
 
 UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
@@ -101,7 +108,15 @@ class TrainConfig:
     loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
     focal_gamma: float = opt(2.0, "focal loss: gamma", run=True)
     smoothing: float = opt(0.1, "label_smoothing loss: smoothing", run=True)
-    optimizer: str = opt("adamw", "sgd, adam, adamw or madgrad", "--optimizer", "--opt", run=True)
+    optimizer: str = opt("adamw", "any optimizer of timm's factory: sgd (nesterov), adam, adamw, madgrad, adamp, "
+                         "lion, lamb, adabelief, nadamw, ... (all: python -c 'import timm.optim as o; "
+                         "print(o.list_optimizers())')",
+                         "--optimizer", "--opt", run=True)
+    opt_kwargs: Optional[str] = opt(None, "the optimizer's other settings, key=value pairs as Python literals: "
+                                    "'betas=(0.9,0.99) eps=1e-6'", metavar="'K=V ...'", run=True)
+    layer_decay: Optional[float] = opt(None, "layer-wise learning-rate decay (e.g. 0.75 for ViT/BEiT/ConvNeXt "
+                                       "fine-tuning): each layer below the head at this times the rate of the one "
+                                       "above; off by default", run=True)
     lr: float = opt(1e-3, "peak learning rate", run=True)
     weight_decay: float = opt(1e-4, "weight decay", run=True)
     scheduler: str = opt("cosine", "none, step, cyclic, cosine or onecycle (each steps every optimizer step)",
@@ -110,6 +125,14 @@ class TrainConfig:
     step_size: int = opt(3, "step scheduler: epochs between decays", run=True)
     step_gamma: float = opt(0.5, "step scheduler: decay factor", run=True)
     epochs: int = opt(10, "epochs", run=True)
+    sampler: SamplerKind = opt(SamplerKind.uniform, "which photos an epoch trains on: uniform (each once), balanced "
+                               "(drawn with replacement, every one of the 18 classes as often) or sqrt (drawn by 1 / "
+                               "the square root of the class's count: half way)", run=True)
+    epoch_fraction: float = opt(1.0, "an epoch is this share of the training photos (drawn afresh every epoch)",
+                                run=True)
+    avg_best: int = opt(0, "average the weights of the N best epochs (by val F1) into the fold's checkpoint when "
+                        "that validates better than the best epoch alone; recorded in metrics.json (0: off)",
+                        run=True, metavar="N")
     batch_size: int = opt(64, "batch size per process", "--batch-size", "-b", run=True)
     accum_steps: int = opt(1, "batches per optimizer step (gradient accumulation: an effective batch of "
                            "batch-size x this)", run=True)
@@ -129,6 +152,8 @@ class TrainConfig:
                      "each epoch, kept as the fold's best when it wins", run=True)
     old_age: int = opt(60, "train ages >= this as the old band (60: no change)", run=True)
     drop_rate: float = opt(0.0, "dropout before the classifier", run=True)
+    drop_path: float = opt(0.0, "stochastic depth: the rate at which the deepest residual block is skipped while "
+                           "training (timm's drop_path_rate; models with residual blocks)", run=True)
     seed: int = opt(42, "random seed", run=True)
     patience: int = opt(0, "stop after this many epochs without a better val F1 (0: never); every output of a "
                         "finished fold is still written", run=True)
@@ -148,7 +173,10 @@ class TrainConfig:
                        "scores what is submitted (the best epoch is chosen without it); a run's folds share it",
                        run=True)
     device: Device = opt(Device.auto, "where to train")
-    workers: int = opt(min(8, os.cpu_count() or 1), "augmentation worker processes", "--workers", "-j")
+    workers: int = opt(default_workers(), "augmentation worker processes (default: half the cores, at most 8)",
+                       "--workers", "-j")
+    threads: Optional[int] = opt(None, "torch's compute threads (default: OMP_NUM_THREADS if set, else the cores this "
+                                 "process may use less --workers; under torchrun, its share of them)", metavar="N")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
                               "--amp/--no-amp")
     amp_dtype: AmpDtype = opt(AmpDtype.auto, "auto: bf16 where the GPU has it, else fp16 with a gradient scaler; "

@@ -74,6 +74,8 @@ class Fold:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": -1})
     trained_on: dict | None = None  # the fold and person-to-fold map: which people these weights learnt from
+    top: list = field(default_factory=list)  # --avg-best: (val F1, epoch, weights on the CPU) of the best epochs
+    averaged: dict | None = None  # --avg-best's outcome: the epochs averaged, their F1, whether it was kept
 
 
 def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: list[float], std: list[float],
@@ -83,7 +85,7 @@ def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: 
     net = net.to(place.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, net, cfg.lr, cfg.weight_decay, cfg.opt_kwargs, cfg.layer_decay)
     sched = make_scheduler(cfg.scheduler, opt, cfg.lr, cfg.epochs, steps, cfg.warmup_epochs, cfg.step_size,
                            cfg.step_gamma)
     amp = amp_dtype(place.device, cfg.amp, cfg.amp_dtype)
@@ -145,10 +147,12 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
     # A bar on a terminal only (tmux): a log that captures stderr gets the one line per epoch, not carriage returns.
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
                disable=None if fold.place.rank0 else True, mininterval=1, dynamic_ncols=True)
+    waited, t_done = 0.0, time.perf_counter()  # time spent waiting for the loader's next batch, in steady state
     for step, (x, y) in enumerate(bar):
         stop_if_interrupted()
+        waited += time.perf_counter() - t_done
         if step == 2 and batches > 4:  # steady state: after the first batches have warmed up workers and kernels
-            t_steady, seen = time.time(), 0
+            t_steady, seen, waited = time.time(), 0, 0.0
         x = to_input(x, fold.mean, fold.std, dev, cfg.channels_last)
         y = y.to(dev)
         y_b, lam = y, 1.0
@@ -175,10 +179,13 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
         if time.time() - shown > 2:  # the running loss, once every 2 s (each read waits for the device)
             bar.set_postfix(loss=f"{total.item() / n:.4f}", refresh=False)
             shown = time.time()
+        t_done = time.perf_counter()
     s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
     # images per second of all processes together (each trains its share of every batch under torchrun)
     rate = seen * fold.place.world / (time.time() - t_steady) if seen else None
-    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate}
+    # loader_wait_ms: per image, the time this process waited for batches (the rest is the model's and the step's)
+    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate,
+            "loader_wait_ms": 1000 * waited / seen if seen else None}
 
 
 def sync_grads(fold: Fold, stepping: bool):
@@ -190,12 +197,13 @@ def sync_grads(fold: Fold, stepping: bool):
 
 
 def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False,
-             tta: bool | str = False) -> tuple[dict, np.ndarray]:
-    """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights
-    or of their EMA, with the TTA views `tta` names (maskfold.prediction.tta) or without."""
+             tta: bool | str = False, net: nn.Module | None = None) -> tuple[dict, np.ndarray]:
+    """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights,
+    of their EMA or of `net` (--avg-best's average), with the TTA views `tta` names (maskfold.prediction.tta)
+    or without."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
-    net = fold.ema.module if ema else fold.model
+    net = net if net is not None else fold.ema.module if ema else fold.model
     probs = predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
                           fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last, tta=tta)
     if place.world > 1:

@@ -48,7 +48,7 @@ def create_model(cfg: TrainConfig, resume_from: Path | None, digest: str, create
     from maskfold.training.trainer import seed_all
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
-    net = create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate, cfg.pretrained_file)
+    net = create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate, cfg.pretrained_file, cfg.drop_path)
     source = resume_from or cfg.init_from
     if source is None:
         return net, None

@@ -1,0 +1,51 @@
+"""How many threads torch computes with: the cores this process may use, less those its own workers keep busy.
+
+torch starts with one intra-op thread per core of the machine, whatever else runs there; its OpenMP threads
+spin while they wait for a core, so two training processes on the same cores each ran 3.7 times slower than
+with one thread each (three: 7.6 times; bench/README.md). `--threads N` chooses, an `OMP_NUM_THREADS` the user
+set is taken when no --threads is given, and every script says in its log what it took and why.
+"""
+from __future__ import annotations
+
+import os
+
+from maskfold.cli import UserError
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a taskset, a container's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(cap: int = 8) -> int:
+    """Loader workers that leave the model half the cores: one on two cores, eight from sixteen."""
+    return max(1, min(cap, usable_cores() // 2))
+
+
+def choose(requested: int | None, workers: int = 0, processes: int = 1) -> tuple[int, str]:
+    """(threads, why): --threads; else OMP_NUM_THREADS; else this process's share of the cores (`processes`
+    share them: torchrun's on one machine) less its `workers` (at least one)."""
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads {requested}: give 1 or more")
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = usable_cores()
+    share = max(1, cores // max(processes, 1))
+    n = max(1, share - workers)
+    of = f"{cores} cores" + (f" / {processes} processes" if processes > 1 else "")
+    return n, f"{of} less {workers} worker{'s' if workers != 1 else ''}" if workers else of
+
+
+def set_threads(requested: int | None, workers: int = 0, processes: int = 1) -> str:
+    """Set torch's intra-op threads; the words for the script's log line ('threads 1 (2 cores less 1 worker)')."""
+    import torch
+
+    n, why = choose(requested, workers, processes)
+    torch.set_num_threads(n)
+    return f"threads {n} ({why})"
