@@ -35,21 +35,24 @@ def predict_probs(net, head: str, images: np.ndarray, mean, std, device: str, ba
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, NUM_CLASSES))
 
 
-def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 2048,
+def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tuple, chunk: int = 512,
                 each: bool = False):
     """Summed probabilities of every checkpoint (`each`: one array per checkpoint, stacked). Images are decoded
     once per image size, a chunk at a time, the next chunk in the background while the checkpoints run on this
-    one."""
+    one, by the cores torch's threads leave free (on a CPU; one at least)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     from maskfold.images import load_cache, read_ahead
+    from maskfold.threads import usable_cores
+
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
     probs = np.zeros((len(nets), len(files), NUM_CLASSES))
+    decoders = max(1, usable_cores() - torch.get_num_threads()) if dev == "cpu" else None
 
     def decode(start):
-        return {size: load_cache(files[start:start + chunk], size) for size in sizes}
+        return {size: load_cache(files[start:start + chunk], size, decoders) for size in sizes}
 
     with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
                                               file=sys.stderr, disable=None, mininterval=1) as bar:
