@@ -132,15 +132,19 @@ def predict_part(data: Path, work: Path, dev: str, s: dict, times: dict) -> dict
 
 
 def torchrun_part(work: Path, dev: str, s: dict, times: dict) -> dict:
-    """One short fold under torchrun: NCCL on a GPU (gloo on a CPU), one process."""
+    """One short fold under torchrun: NCCL on a GPU (gloo on a CPU), one process, with the class-balanced sampler
+    and two epochs averaged (their paths across processes)."""
     args = ["-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29561", *train_args(
-        work, dict(s, model=s["small"], size=(96, 72) if dev == "cuda" else s["size"], epochs=1), dev, "torchrun", 2)]
+        work, dict(s, model=s["small"], size=(96, 72) if dev == "cuda" else s["size"], epochs=2), dev, "torchrun", 2,
+        "--sampler", "balanced", "--avg-best", "2")]
     m = step("torchrun", args, times)
     log = (work / "runs" / "torchrun" / "fold2" / "train.log").read_text()
     backend = "nccl" if "nccl" in log else "gloo" if "gloo" in log else None
     if backend != ("nccl" if dev == "cuda" else "gloo"):
         raise RuntimeError(f"torchrun ran with {backend}, not the expected backend")
-    return {"backend": backend, "f1": m["f1"], "minutes": m["minutes"]}
+    if not m.get("avg_best") or len(m["avg_best"]["epochs"]) != 2:
+        raise RuntimeError(f"torchrun: --avg-best 2 averaged {m.get('avg_best')}")
+    return {"backend": backend, "f1": m["f1"], "minutes": m["minutes"], "avg_best": m["avg_best"]}
 
 
 def pipeline_part(data: Path, work: Path, times: dict) -> dict:

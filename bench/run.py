@@ -265,14 +265,17 @@ def main(
                       str(work / "submission.csv"), "--overwrite"], times)
     ema = step("train_fold0_ema", ["train.py", str(work / "folds.csv"), "--fold", "0", *common, "--run-name", "ema",
                                    "--ema", "0.999"], times)
+    # where a training step's time goes, phase by phase (a CPU's calls are synchronous: the stopwatch is right)
+    phases = None if gpu else step("train_phases", ["bench/train_phases.py", str(work / "folds.csv"), "--fold", "0",
+                                                    *common, "--run-name", "phases", "--seed", "7"], times)
     three = predict_three_runs(work, data, model, batch, dev, times)
     shared = shared_machine(work, common, times, epochs) if not gpu else None
     people_scale = people_at_scale(out, 600 if quick else 1800, times)
     report_scale = report_at_scale(work, work / "runs" / model, times)
     result = {"device": dev, "quick": quick, "model": model, "img_size": list(size), "batch": batch,
               **measure(data, work, dev, quick, model, size, batch, epochs, times, crop, trained, pred, ema, three),
-              "shared_machine": shared, "people": people_scale, "report": report_scale, "pipeline_s": times,
-              "date": time.strftime("%Y-%m-%d")}
+              "train_phases": phases, "shared_machine": shared, "people": people_scale, "report": report_scale,
+              "pipeline_s": times, "date": time.strftime("%Y-%m-%d")}
     if shared:
         for way, row in shared["img_per_s"].items():
             print(f"train img/s, {way:9s} alone / beside 1 / beside 2 trainings: "

@@ -10,7 +10,6 @@ import torch
 from maskfold.training import averaging, data, trainer
 from maskfold.training.data import EpochSampler, sampling_weights
 
-import split
 import train
 from conftest import invoke
 
@@ -19,11 +18,8 @@ TINY = ["--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-siz
 
 
 @pytest.fixture(scope="module")
-def folds(demo_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("folds") / "folds.csv"
-    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", out,
-                  "--folds", "2").exit_code == 0
-    return out
+def folds(tiny_run):
+    return tiny_run[0]  # the session's 2-fold folds.csv of the demo tree
 
 
 def trained(folds, out, monkeypatch, *extra):

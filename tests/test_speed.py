@@ -102,3 +102,22 @@ def test_per_run_bad_calls_are_one_line(case, needle, tiny_run, demo_tree, tmp_p
     assert not (out / "a.csv").exists() and not (tmp_path / "x.csv").exists()
     if case == "exists":
         assert (out / "b.csv").read_text() == "kept"
+
+
+def test_crop_shares_the_threads_between_its_processes(cores, tmp_path, monkeypatch):
+    from maskfold.crop.cropping import CropOptions, threads_per_process
+
+    o = CropOptions(src=tmp_path, dst=tmp_path / "out", workers=2)
+    assert threads_per_process(o) == (4, "2 processes x 4 threads (8 cores)")
+    assert threads_per_process(o, processes=False) == (8, "threads 8 (8 cores)")  # the GPU path: one process
+    o = CropOptions(src=tmp_path, dst=tmp_path / "out", workers=3, threads=3)
+    assert threads_per_process(o)[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads_per_process(CropOptions(src=tmp_path, dst=tmp_path / "out", workers=2))[0] == 3
+
+
+def test_predict_says_and_takes_its_threads(tiny_run, demo_tree, tmp_path):
+    where = ["--images", demo_tree / "eval" / "images", "--info", demo_tree / "eval" / "info.csv", "--device", "cpu"]
+    r = invoke(predict.app, tiny_run[1], *where, "-o", tmp_path / "p.csv", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["threads"] == 1 and "threads 1 (--threads)" in r.stderr
