@@ -1,6 +1,6 @@
 """Speed of every step against the habit and the hardware, as ratios measured in one run.
 
-    python bench/run.py --quick            # about 5 minutes on a 2-core CPU
+    python bench/run.py --quick            # about 10 minutes on a 2-core CPU
     python bench/run.py --device cuda      # sizes that fill a GPU
 
 Prints one table (stderr) and, last on stdout, one JSON object; also saved to bench/out/bench.json.
@@ -236,7 +236,7 @@ def predict_three_runs(work: Path, data: Path, model: str, batch: int, dev: str,
 
 @app.command()
 def main(
-    quick: Annotated[bool, typer.Option(help="small sizes: about 5 minutes on a 2-core CPU")] = False,
+    quick: Annotated[bool, typer.Option(help="small sizes: about 10 minutes on a 2-core CPU")] = False,
     device: Annotated[Device, typer.Option(help="where to measure")] = Device.auto,
     out: Annotated[Path, typer.Option(help="work folder")] = ROOT / "bench" / "out",
 ):

@@ -39,7 +39,7 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
                 each: bool = False):
     """Summed probabilities of every checkpoint (`each`: one array per checkpoint, stacked). Images are decoded
     once per image size, a chunk at a time, the next chunk in the background while the checkpoints run on this
-    one, by the cores torch's threads leave free (on a CPU; one at least)."""
+    one, by the cores torch's threads leave free (on a CPU; one at least; the first chunk by all of them)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -49,10 +49,10 @@ def predict_all(nets, files: list[Path], batch_size: int, dev: str, amp, tta: tu
 
     sizes = sorted({tuple(ck["img_size"]) for _, ck in nets})
     probs = np.zeros((len(nets), len(files), NUM_CLASSES))
-    decoders = max(1, usable_cores() - torch.get_num_threads()) if dev == "cpu" else None
+    free = max(1, usable_cores() - torch.get_num_threads()) if dev == "cpu" else None
 
-    def decode(start):
-        return {size: load_cache(files[start:start + chunk], size, decoders) for size in sizes}
+    def decode(start):  # the first chunk has no inference to overlap: every core decodes it
+        return {size: load_cache(files[start:start + chunk], size, None if start == 0 else free) for size in sizes}
 
     with ThreadPoolExecutor(1) as ahead, tqdm(total=len(files) * len(nets), desc="predict", unit="img",
                                               file=sys.stderr, disable=None, mininterval=1) as bar:
