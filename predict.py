@@ -29,6 +29,8 @@ from maskfold.prediction.sources import check_kind, checkpoints, image_files
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.prediction.tta import passes as tta_passes
 from maskfold.probs import frame, write_probs
+from maskfold.threads import DECODING_AHEAD, set_threads
+from maskfold.threads import option as threads_option
 
 app = make_app()
 
@@ -48,8 +50,7 @@ class PredictOptions:
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA: bf16, or fp16 on GPUs without bf16 (off on a CPU, where it is slower)")
-    threads: Optional[int] = opt(None, "torch's compute threads (default: OMP_NUM_THREADS if set, else the cores "
-                                 "this process may use less the one that decodes ahead)", metavar="N")
+    threads: Optional[int] = threads_option(DECODING_AHEAD)
     any_images: bool = opt(False, "predict even where the images are not of the kind the runs trained on (crops "
                            "against whole photos, or another size)")
     overwrite: bool = opt(False, "replace an existing output file")
@@ -92,7 +93,6 @@ def outputs(o: PredictOptions) -> list[tuple[Path, list[Path]]]:
 def main(o: PredictOptions):
     """Average the class probabilities of checkpoints over the eval images."""
     from maskfold.prediction.inference import predict_all, warm_up
-    from maskfold.threads import set_threads
 
     t0 = time.time()
     if o.no_tta:
@@ -103,7 +103,7 @@ def main(o: PredictOptions):
         check_outside(out, o.images)
     check_new(*(out for out, _ in targets), overwrite=o.overwrite)
     dev = resolve_device(o.device)
-    threads = set_threads(o.threads, workers=1)  # one decodes the next chunk while the models run
+    n_threads, threads = set_threads(o.threads, workers=1)  # one decodes the next chunk while the models run
     ids = read_info(o.info).tolist()
     files = image_files(o.images, ids)
     groups = [(out, *checkpoints(srcs)) for out, srcs in targets]  # (out, checkpoint paths, runs)
@@ -133,15 +133,9 @@ def main(o: PredictOptions):
     passes = len(ids) * len(nets) * tta_passes(tta)
     result({"out": str(o.out or o.per_run), "images": len(ids), "checkpoints": len(nets),
             "runs": [{k: r[k] for k in ("run", "folds", "of", "partial")} for _, _, runs in groups for r in runs],
-            "tta": list(tta), "device": dev, "threads": torch_threads(),
+            "tta": list(tta), "device": dev, "threads": n_threads,
             "img_per_s": round(passes / (time.time() - t1), 1), "seconds": round(time.time() - t0, 1),
             "files": written})
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

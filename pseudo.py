@@ -40,6 +40,8 @@ from maskfold.prediction import sources
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.probs import aligned, read_provenance, read_truth, sha256, write_probs
 from maskfold.runs import fold_configs, run_folds
+from maskfold.threads import DECODING_AHEAD, set_threads
+from maskfold.threads import option as threads_option
 
 app = make_app()
 
@@ -63,8 +65,7 @@ class PseudoOptions:
     batch_size: int = opt(128, "images per forward pass")
     device: Device = opt(Device.auto, "where to predict")
     amp: bool = opt(True, "autocast on CUDA (off on a CPU)")
-    threads: Optional[int] = opt(None, "torch's compute threads (default: OMP_NUM_THREADS if set, else the cores "
-                                 "this process may use less the one that decodes ahead)", metavar="N")
+    threads: Optional[int] = threads_option(DECODING_AHEAD)
     overwrite: bool = opt(False, "replace an existing output file")
 
 
@@ -123,13 +124,12 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
 def fold_probs(o: PseudoOptions, runs: list[Source], files: list[Path]) -> dict[int, np.ndarray]:
     """Each fold's probabilities of the eval photos: the mean of that fold's checkpoints of every run."""
     from maskfold.prediction import inference
-    from maskfold.threads import set_threads
 
     import models
 
     dev = resolve_device(o.device)
     amp = amp_dtype(dev, o.amp)
-    print(f"pseudo: predicting on {dev}, {set_threads(o.threads, workers=1)}", file=sys.stderr)
+    print(f"pseudo: predicting on {dev}, {set_threads(o.threads, workers=1)[1]}", file=sys.stderr)
     out: dict[int, np.ndarray] = {}
     for tta in sorted({s.tta for s in runs}):
         chosen = [(k, s.best[k]) for s in runs if s.tta == tta for k in sorted(s.best)]

@@ -87,7 +87,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     import models
 
     place = trainer.setup_place(cfg)
-    threads = set_threads(cfg.threads, cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    _, threads = set_threads(cfg.threads, cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     net, ck = create_model(cfg, state.resume_from, facts.folds_digest, models.create)
     if place.rank0:
         start_fold_dir(cfg, df["fold"].nunique(), facts)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import os
 
-from maskfold.cli import UserError
+from maskfold.cli import UserError, opt
+
+DECODING_AHEAD = "the cores this process may use less the one that decodes ahead"
+
+
+def option(default_words: str):
+    """The --threads option of a script whose default is `default_words` (after OMP_NUM_THREADS)."""
+    return opt(None, f"torch's compute threads (default: OMP_NUM_THREADS if set, else {default_words})", metavar="N")
 
 
 def usable_cores() -> int:
@@ -42,10 +49,11 @@ def choose(requested: int | None, workers: int = 0, processes: int = 1) -> tuple
     return n, f"{of} less {workers} worker{'s' if workers != 1 else ''}" if workers else of
 
 
-def set_threads(requested: int | None, workers: int = 0, processes: int = 1) -> str:
-    """Set torch's intra-op threads; the words for the script's log line ('threads 1 (2 cores less 1 worker)')."""
+def set_threads(requested: int | None, workers: int = 0, processes: int = 1) -> tuple[int, str]:
+    """Set torch's intra-op threads: how many, and the words for the script's log line ('threads 1 (2 cores less
+    1 worker)')."""
     import torch
 
     n, why = choose(requested, workers, processes)
     torch.set_num_threads(n)
-    return f"threads {n} ({why})"
+    return n, f"threads {n} ({why})"

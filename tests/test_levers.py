@@ -154,3 +154,27 @@ def test_avg_best_becomes_the_checkpoint_only_when_it_validates_better(folds, tm
     assert ("averaged_epochs" in ck) is better
     oof = pd.read_csv(tmp_path / str(better) / "fold0" / "oof.csv")
     assert len(oof) > 0
+
+
+def test_a_config_carries_the_levers_to_the_next_round_and_the_fold_they_build(folds, tmp_path, monkeypatch):
+    """Round 2 from round 1's config.json (as the README's recipe does): the levers are the same options, and the
+    fold built from them has them; a run's folds that differ in one are refused."""
+    levers = ["--sampler", "sqrt", "--epoch-fraction", "0.5", "--avg-best", "2", "--opt", "adamp", "--opt-kwargs",
+              "betas=(0.8,0.9)", "--layer-decay", "0.7", "--drop-path", "0.1", "--epochs", "2"]
+    trained(folds, tmp_path, monkeypatch, *levers, "--run-name", "r1")
+    seen = []
+    real = trainer.build
+    monkeypatch.setattr(trainer, "build", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    r = invoke(train.app, "--config", tmp_path / "r1" / "config.json", "--out", tmp_path, "--run-name", "r2",
+               "--fold", "1", "--workers", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / run / f"fold{k}" / "config.json").read_text()) for run, k in (("r1", 0), ("r2", 1)))
+    for key in ("sampler", "epoch_fraction", "avg_best", "optimizer", "opt_kwargs", "layer_decay", "drop_path"):
+        assert a[key] == b[key], key
+    fold = seen[0]
+    assert type(fold.opt).__name__ == "AdamP" and fold.opt.param_groups[0]["betas"] == (0.8, 0.9)
+    assert fold.cfg.sampler == "sqrt" and fold.cfg.avg_best == 2
+    assert json.loads(r.stdout.strip().splitlines()[-1])["avg_best"]["epochs"] == [1, 2]
+    other = invoke(train.app, folds, *TINY, "--out", tmp_path, "--run-name", "r1", "--fold", "1",
+                   *[x if x != "sqrt" else "balanced" for x in levers])
+    assert other.exit_code == 2 and "other options (sampler)" in other.output, other.output

@@ -381,3 +381,13 @@ def test_min_conf_per_task_keeps_the_rows_each_task_is_sure_of(demo_tree, eval_p
     for bad in ("height=0.9", "mask=1.5", "mask=high"):
         r = make_pseudo(demo_tree, eval_probs, tmp_path / "bad.csv", "--min-conf", bad)
         assert r.exit_code == 2 and "--min-conf" in r.output and not (tmp_path / "bad.csv").exists(), r.output
+
+
+def test_pseudo_takes_and_says_its_threads(demo_tree, eval_probs, tmp_path):
+    import torch
+
+    r = make_pseudo(demo_tree, eval_probs, tmp_path / "p.csv", "--min-conf", "0", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert "threads 1 (--threads)" in r.stderr and torch.get_num_threads() == 1
+    r = make_pseudo(demo_tree, eval_probs, tmp_path / "bad.csv", "--threads", "0")
+    assert r.exit_code == 2 and "--threads 0" in r.output and not (tmp_path / "bad.csv").exists()

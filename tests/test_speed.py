@@ -121,3 +121,15 @@ def test_predict_says_and_takes_its_threads(tiny_run, demo_tree, tmp_path):
     r = invoke(predict.app, tiny_run[1], *where, "-o", tmp_path / "p.csv", "--threads", "1")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["threads"] == 1 and "threads 1 (--threads)" in r.stderr
+
+
+def test_pseudo_and_crop_take_their_threads(demo_tree, tmp_path):
+    import crop
+
+    r = invoke(crop.app, demo_tree / "eval" / "images", tmp_path / "crops", "--workers", "1", "--threads", "1",
+               "--device", "cpu", "--preview-size", "0")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["threads"] == "threads 1 (--threads)"
+    assert torch.get_num_threads() == 1  # the one process that detects (the GPU path's, or --workers 1)
+    r = invoke(crop.app, demo_tree / "eval" / "images", tmp_path / "bad", "--threads", "0")
+    assert r.exit_code == 2 and "--threads" in r.output and not (tmp_path / "bad").exists()

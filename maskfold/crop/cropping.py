@@ -20,6 +20,7 @@ from maskfold.device import Device
 from maskfold.files import atomic_path, check_outside
 from maskfold.images import read_ahead, read_image
 from maskfold.threads import choose as choose_threads
+from maskfold.threads import option as threads_option
 from maskfold.threads import usable_cores
 
 FACE, CROP = ["face_x1", "face_y1", "face_x2", "face_y2"], ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
@@ -34,8 +35,8 @@ class CropOptions:
     batch_size: int = opt(32, "photos per detection batch (32 suits a CPU, 256 a GPU)")
     workers: int = opt(min(8, usable_cores()), "CPU: processes, each decoding, detecting and writing whole "
                        "persons; GPU: decode / write threads")
-    threads: Optional[int] = opt(None, "torch's compute threads in all (CPU: shared by the processes; default: "
-                                 "OMP_NUM_THREADS if set, else the cores this process may use)", metavar="N")
+    threads: Optional[int] = threads_option("the cores this process may use; on a CPU, shared by the --workers "
+                                            "processes")
     scale: float = opt(1.0, "detect on a copy downscaled by this factor first (photos much larger than 384x512)")
     min_face: float = opt(round(facebox.TAIL_OF_DEFAULTS, 2), "smallest face MTCNN looks for, in source pixels "
                           "(the default, 20/0.709^5, gives the pyramid levels MTCNN's defaults use for such faces)")

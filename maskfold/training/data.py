@@ -74,7 +74,7 @@ class EpochSampler(torch.utils.data.Sampler):
             self.distributed.set_epoch(epoch)
 
     def __iter__(self):
-        if self.plain and self.distributed is not None:
+        if self.distributed is not None:  # make_loader gives one for a plain epoch only
             order = list(self.distributed)
         else:
             g = torch.Generator().manual_seed(self.seed)
@@ -88,7 +88,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(self.seed, i) for i in order])
 
     def __len__(self) -> int:
-        if self.plain and self.distributed is not None:
+        if self.distributed is not None:
             return len(self.distributed)
         return self.draws // self.world if self.world > 1 else self.draws
 
@@ -132,7 +132,7 @@ def make_loader(ds, cfg: TrainConfig, place, seed: int, targets: np.ndarray | No
 
     distributed = None
     kind = getattr(cfg.sampler, "value", cfg.sampler)
-    weights = sampling_weights(np.asarray(targets), kind) if kind != "uniform" else None
+    weights = sampling_weights(np.asarray(targets), kind)
     draws = max(int(round(cfg.epoch_fraction * len(ds))), 1)
     if place.world > 1 and weights is None and draws == len(ds):
         from torch.utils.data.distributed import DistributedSampler

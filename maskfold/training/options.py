@@ -12,6 +12,7 @@ import typer
 from maskfold.cli import Choice, arg, opt
 from maskfold.device import AmpDtype, Device
 from maskfold.threads import default_workers
+from maskfold.threads import option as threads_option
 
 # Options a --config file does not set: which fold, which run and what to do with it are the command line's.
 PER_CALL = ("fold", "run", "resume", "skip_done", "overwrite", "config")
@@ -175,8 +176,8 @@ class TrainConfig:
     device: Device = opt(Device.auto, "where to train")
     workers: int = opt(default_workers(), "augmentation worker processes (default: half the cores, at most 8)",
                        "--workers", "-j")
-    threads: Optional[int] = opt(None, "torch's compute threads (default: OMP_NUM_THREADS if set, else the cores this "
-                                 "process may use less --workers; under torchrun, its share of them)", metavar="N")
+    threads: Optional[int] = threads_option("the cores this process may use less --workers; under torchrun, "
+                                            "its share of them")
     amp: Optional[bool] = opt(None, "mixed precision (default: on for CUDA, off on a CPU, where it is slower)",
                               "--amp/--no-amp")
     amp_dtype: AmpDtype = opt(AmpDtype.auto, "auto: bf16 where the GPU has it, else fp16 with a gradient scaler; "
