@@ -26,7 +26,7 @@ from maskfold.files import check_new, read_table, write_csv
 from maskfold.folds import REQUIRED, read_fold_table
 from maskfold.labelling.label_audit import CLEAR_FIELDS, TIERS, audit
 from maskfold.labels import PROB_COLS
-from maskfold.runs import fold_configs
+from maskfold.runs import fold_configs, run_task, task_words
 
 app = make_app()
 
@@ -62,6 +62,9 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
     for run in o.runs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run folder")
+        if run_task(run):
+            raise UserError(f"{run} is {task_words(run_task(run))}; the audit weighs whole classes: give runs of "
+                            "all 18 classes")
         oofs.append(read_run_oof(run, resolve=False)[PROB_COLS])
     common = df.index
     for x in oofs:

@@ -30,7 +30,8 @@ from maskfold.images import stem_key
 from maskfold.labelling.label_audit import suspect_people
 from maskfold.labels import NUM_CLASSES, TASKS, task_f1
 from maskfold.people.people_csv import groups_of
-from maskfold.probs import aligned, frame, read_provenance, read_truth
+from maskfold.probs import aligned, answered_task, frame, read_provenance, read_truth
+from maskfold.runs import task_words
 
 app = make_app()
 
@@ -70,9 +71,14 @@ class EnsembleOptions:
 
     RENAMED = {"--suspects": "suspects_out"}  # ClassVar: the old spelling works for one release
 
-    def recipe(self) -> Recipe:
-        sources = (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
-        return Recipe(input_weights(self), self.mean, sources)
+    def sources(self) -> tuple[tuple[str, Optional[int]], ...]:
+        return (("mask", self.mask_from), ("gender", self.gender_from), ("age", self.age_from))
+
+    def recipe(self, tasks: list[str | None] | None = None) -> Recipe:
+        """The blend of the 18-class inputs (a task's model, `tasks`, stays out: it answers its task through
+        --<task>-from), each task from its source."""
+        w = input_weights(self) * np.array([t is None for t in tasks or [None] * len(self.inputs)], float)
+        return Recipe(w, self.mean, self.sources())
 
 
 def input_weights(o: EnsembleOptions) -> np.ndarray:
@@ -116,6 +122,29 @@ def check(o: EnsembleOptions) -> None:
 def read_inputs(files: list[Path], ids: pd.Series) -> tuple[list[np.ndarray], list[dict | None]]:
     """Each CSV aligned to info.csv's order (after checking it covers exactly its ImageIDs), and its record."""
     return [aligned(f, ids) for f in files], [read_provenance(f) for f in files]
+
+
+def check_tasks(o: EnsembleOptions, tasks: list[str | None]) -> None:
+    """A task's model (train.py --task) answers its task only: it must be that task's source (--<task>-from), and
+    every task needs an answer, from its source or from the 18-class inputs' blend."""
+    sources = dict(o.sources())
+    for i, (f, t) in enumerate(zip(o.inputs, tasks), 1):
+        if t is not None and sources[t] != i:
+            raise UserError(f"input {i} ({f}) comes from {task_words(t)}, which answers {t} alone: take the {t} "
+                            f"answer from it with --{t}-from {i}"
+                            + (f" (not input {sources[t]})" if sources[t] else ""))
+        if t is not None and o.weights and input_weights(o)[i - 1] > 0:
+            raise UserError(f"--weights: input {i} ({f}) answers {t} alone and is not blended: give it weight 0")
+    for t, i in sources.items():
+        if i is not None and tasks[i - 1] not in (None, t):
+            raise UserError(f"--{t}-from {i}: {o.inputs[i - 1]} answers {tasks[i - 1]} alone, not {t}")
+    whole = [i for i, t in enumerate(tasks) if t is None]
+    if not whole and any(i is None for i in sources.values()):
+        missing = [t for t, i in sources.items() if i is None]
+        raise UserError(f"no input answers {' or '.join(missing)}: every input is one task's model; add an 18-class "
+                        f"input or a {missing[0]} model (--{missing[0]}-from N)")
+    if whole and not input_weights(o)[whole].sum() and any(i is None for i in sources.values()):
+        raise UserError("--weights: every 18-class input has weight 0, but a task takes its answer from their blend")
 
 
 def grouping_record(o: EnsembleOptions) -> dict:
@@ -197,12 +226,20 @@ def answer(o: EnsembleOptions, p: np.ndarray, d: Decisions, people, rule: choice
 def main(o: EnsembleOptions):
     """Blend probability CSVs into a submission; score the same recipe out of fold."""
     check_new(o.out, o.probs_out, o.suspects_out, overwrite=o.overwrite)
-    blend, rule = o.recipe(), choices.PersonRule(o.group_size, o.person_vote, o.min_sure)
     ids = read_info(o.info)
     probs, records = read_inputs(o.inputs, ids)
+    tasks = [answered_task(r, p) for r, p in zip(records, probs)]
+    check_tasks(o, tasks)
+    blend, rule = o.recipe(tasks), choices.PersonRule(o.group_size, o.person_vote, o.min_sure)
     needs = [name for name, on in (("--bias", o.bias), ("--suspects-out", o.suspects_out),
                                    ("--oof-people", o.oof_people), ("--fit-weights", o.fit_weights != "none")) if on]
     cv = oof_for_inputs(o.inputs, records, o.oof or [], needs, o.labels)
+    if cv is not None:
+        for i, (f, given, learnt) in enumerate(zip(o.inputs, tasks, cv.tasks), 1):
+            if given != learnt:
+                raise UserError(f"input {i} ({f}) answers {given or 'all 18 classes'}, but its runs "
+                                f"({cv.names[i - 1]}) "
+                                f"learnt {learnt or 'all 18 classes'} (train.py --task): pair it with its own runs")
     summary = {"out": str(o.out), "inputs": len(o.inputs), "images": len(ids)}
     people = groups_of(o.people, [stem_key(i) for i in ids], o.group_size, "info.csv") if o.people else None
     if cv is not None and o.oof_people:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskfold.labels import NUM_CLASSES, TASKS, decode, split_logits
+from maskfold.labels import NUM_CLASSES, TASKS, decode, split_logits, task_targets
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -68,12 +68,15 @@ def build(name: str, counts: np.ndarray, gamma: float = 2.0, smoothing: float = 
 
 
 class Criterion:
-    """The chosen loss on 18 classes, or per task (weighted) for three heads."""
+    """The chosen loss on 18 classes, per task (weighted) for three heads, or on one task's classes for that
+    task's head alone (train.py --task; its targets are still class codes)."""
 
     def __init__(self, name, head, targets, gamma, smoothing, task_weights):
         self.head = head
         if head == "single":
             self.fn = build(name, np.bincount(targets, minlength=NUM_CLASSES), gamma, smoothing)
+        elif head in TASKS:
+            self.fn = build(name, np.bincount(task_targets(targets, head), minlength=TASKS[head]), gamma, smoothing)
         else:
             tasks = dict(zip(TASKS, decode(targets)))
             self.fns = {t: build(name, np.bincount(tasks[t], minlength=n), gamma, smoothing) for t, n in TASKS.items()}
@@ -82,6 +85,8 @@ class Criterion:
     def __call__(self, logits, y):
         if self.head == "single":
             return self.fn(logits, y)
+        if self.head in TASKS:
+            return self.fn(logits, task_targets(y, self.head))
         parts, ys = split_logits(logits), dict(zip(TASKS, decode(y)))
         return sum(self.weights[t] * self.fns[t](parts[t], ys[t]) for t in TASKS)
 

@@ -1,4 +1,5 @@
-"""Models: any timm backbone with one 18-way head or three task heads (mask 3, gender 2, age 3)."""
+"""Models: any timm backbone with one 18-way head, three task heads (mask 3, gender 2, age 3), or the head of one
+task alone (train.py --task)."""
 from __future__ import annotations
 
 import difflib
@@ -10,7 +11,7 @@ import torch.nn as nn
 from maskfold.cli import UserError
 from maskfold.labels import NUM_CLASSES, TASKS
 
-HEADS = {"single": NUM_CLASSES, "multi": sum(TASKS.values())}
+HEADS = {"single": NUM_CLASSES, "multi": sum(TASKS.values()), **TASKS}  # a task's name: that task's head alone
 
 
 class MultiHead(nn.Module):
@@ -48,7 +49,7 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretr
     if head not in HEADS:
         raise UserError(f"--head {head}: unknown; choose from {', '.join(HEADS)}")
     check_name(name)
-    num_classes = NUM_CLASSES if head == "single" else 0
+    num_classes = 0 if head == "multi" else HEADS[head]
     kw = dict(num_classes=num_classes, drop_rate=drop_rate)
     if drop_path:
         kw["drop_path_rate"] = drop_path
@@ -72,7 +73,7 @@ def create(name: str, head: str, pretrained: bool, drop_rate: float = 0.0, pretr
                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); pass --pretrained-file PATH (the "
                         "weights fetched once where there is internet) or --no-pretrained to train from scratch"
                         ) from None
-    return model if head == "single" else MultiHead(model)
+    return MultiHead(model) if head == "multi" else model
 
 
 def hub_or_cache_only() -> None:

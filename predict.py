@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info, record_path
@@ -89,6 +91,21 @@ def outputs(o: PredictOptions) -> list[tuple[Path, list[Path]]]:
     return [(o.per_run / f"{name}.csv", [s]) for name, s in named.items()]
 
 
+def check_one_task(out: Path, paths: list[Path], nets: list) -> str | None:
+    """The one thing an output's checkpoints answer: all 18 classes, or one task (train.py --task); averaging an
+    age-only model into 18-class answers would flatten theirs. Refused with the two checkpoints that differ."""
+    from maskfold.labels import TASKS
+
+    tasks = [ck["head"] if ck["head"] in TASKS else None for _, ck in nets]
+    for p, t in zip(paths, tasks):
+        if t != tasks[0]:
+            what = {None: "all 18 classes", **{x: f"the {x} task alone" for x in TASKS}}
+            raise UserError(f"{out}: {paths[0]} answers {what[tasks[0]]} but {p} answers {what[t]} (train.py "
+                            "--task): predict them into separate files (--per-run DIR, or one --out each) and let "
+                            "ensemble.py compose them (--mask-from/--gender-from/--age-from)")
+    return tasks[0] if tasks else None
+
+
 @command(app, PredictOptions, check)
 def main(o: PredictOptions):
     """Average the class probabilities of checkpoints over the eval images."""
@@ -110,6 +127,8 @@ def main(o: PredictOptions):
     kind = check_kind(o.images, files, [r for _, _, runs in groups for r in runs], o.any_images)
     paths = [p for _, ps, _ in groups for p in ps]
     nets = [load_model(p, dev) for p in paths]
+    tasks = [check_one_task(out, ps, nets[first:first + len(ps)])
+             for (out, ps, _), first in zip(groups, np.cumsum([0] + [len(ps) for _, ps, _ in groups]))]
     amp = amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
     print(f"predict: {len(nets)} checkpoint(s) x {len(ids)} images, {threads}", file=sys.stderr)
@@ -118,12 +137,13 @@ def main(o: PredictOptions):
     for (_, ck), path in zip(nets, paths):
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
     first, written = 0, []
-    for out, ps, runs in groups:
+    for (out, ps, runs), task in zip(groups, tasks):
         mine = slice(first, first + len(ps))
         first += len(ps)
         probs = each[mine].sum(0) / len(ps)
         probs /= probs.sum(axis=1, keepdims=True)
-        record = {"kind": "probabilities", "images": len(ids), "info": str(o.info.resolve()), "tta": list(tta),
+        record = {"kind": "probabilities", "task": task or "all", "images": len(ids), "info": str(o.info.resolve()),
+                  "tta": list(tta),
                   "images_kind": kind, "runs": runs,
                   "checkpoints": [{"path": str(p.resolve()), "model": ck["model"], "head": ck["head"],
                                    "img_size": ck["img_size"], "epoch": ck.get("epoch")}

@@ -38,8 +38,8 @@ from maskfold.labels import PROB_COLS, TASKS, decode
 from maskfold.people.people_csv import groups_of
 from maskfold.prediction import sources
 from maskfold.prediction.tta import parse as parse_tta
-from maskfold.probs import aligned, read_provenance, read_truth, sha256, write_probs
-from maskfold.runs import fold_configs, run_folds
+from maskfold.probs import aligned, answered_task, read_provenance, read_truth, sha256, write_probs
+from maskfold.runs import fold_configs, run_folds, task_words
 from maskfold.threads import DECODING_AHEAD, set_threads
 from maskfold.threads import option as threads_option
 
@@ -84,8 +84,13 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
     blend, sources = np.zeros((len(ids), len(PROB_COLS))), {}
     described = []
     for f in o.inputs:
-        blend += aligned(f, ids, str(o.info)) / len(o.inputs)
+        p = aligned(f, ids, str(o.info))
         rec = read_provenance(f)
+        task = answered_task(rec, p)
+        if task:
+            raise UserError(f"{f} comes from {task_words(task)}: a pseudo-label is a whole class; give inputs of "
+                            "18-class runs")
+        blend += p / len(o.inputs)
         if not rec or not rec.get("runs"):
             raise UserError(f"{f}: no record of the runs that made it ({f}.json): pseudo-labels need each fold's "
                             "own model; predict it with predict.py from run folders")
@@ -102,6 +107,10 @@ def read_inputs(o: PseudoOptions, ids: pd.Series) -> tuple[np.ndarray, list[Sour
             if missing:
                 raise UserError(f"{run}: fold(s) {', '.join(map(str, missing))} not finished: their pseudo-labels "
                                 "need their own models; finish them (train.py --fold K) first")
+            if not folds_used:
+                raise UserError(f"{f} was predicted from the final model of {run} alone (train.py --fold all), "
+                                "which saw every fold's people: pseudo-labels need each fold's own model; predict "
+                                "from the run folder")
             if sorted(folds_used) != sorted(folds.finished):
                 raise UserError(f"{f} was predicted from fold(s) {sorted(folds_used)} of {run}, which has "
                                 f"{sorted(folds.finished)} finished now: predict it again with --overwrite")

@@ -81,16 +81,20 @@ def main(o: ReportOptions):
     if runs:
         label_runs(runs)
         with_oof = [r for r in runs if r.oof is not None]
+        whole = [r for r in with_oof if r.task is None]  # a task's model (train.py --task) has no 18-class errors
         sections += ["<h2>Runs</h2>", runs_table(runs), "<h2>Folds</h2>", folds_table(runs), "<h2>Curves</h2>",
                      curves(runs)]
         if with_oof:
-            sections += ["<h2>Per-class F1 (out of fold)</h2>", per_class(runs), "<h2>Confusion matrices</h2>",
-                         confusions(runs), "<h2>Photos each run gets most wrong</h2>",
-                         *(worst_photos(r, o.worst) for r in with_oof),
+            sections += ["<h2>Confusion matrices</h2>", confusions(runs)]
+        if whole:
+            sections += ["<h2>Per-class F1 (out of fold)</h2>", per_class(whole),
+                         "<h2>Photos each run gets most wrong</h2>",
+                         *(worst_photos(r, o.worst) for r in whole),
                          "<h2>People whose labels the out-of-fold predictions doubt</h2>",
-                         *(suspect_people_section(r, o.suspect_people) for r in with_oof)]
-    if o.audit and any(r.oof is not None for r in runs):
-        sections += ["<h2>Labels the audit doubts</h2>", audit_section(o.audit, runs, o.suspect_people * 3, problems)]
+                         *(suspect_people_section(r, o.suspect_people) for r in whole)]
+    if o.audit and any(r.oof is not None and r.task is None for r in runs):
+        sections += ["<h2>Labels the audit doubts</h2>",
+                     audit_section(o.audit, [r for r in runs if r.task is None], o.suspect_people * 3, problems)]
     elif o.audit:
         problems.append(f"{o.audit}: no run with out-of-fold files to show its photos")
     if o.blend:  # the headline: what was submitted, first

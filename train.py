@@ -21,6 +21,7 @@ import pandas as pd
 from maskfold.cli import Interrupted, UserError, choose, command, make_app, result
 from maskfold.files import check_outside
 from maskfold.folds import folds_digest, read_folds
+from maskfold.labels import task_targets
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.threads import set_threads
 from maskfold.training.admission import copy_twin, fold_facts, fold_lock, prepare_fold, start_fold_dir, twin_fold
@@ -41,7 +42,7 @@ def check(cfg: TrainConfig) -> None:
     from losses import LOSSES
 
     for value, valid, option in ((cfg.loss, LOSSES, "--loss"), (cfg.optimizer, optimizer_names(), "--optimizer"),
-                                 (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.head, models.HEADS, "--head")):
+                                 (cfg.scheduler, SCHEDULERS, "--scheduler"), (cfg.head, ("single", "multi"), "--head")):
         choose(value, valid, option)
     models.check_name(cfg.model)
     if is_aug_file(cfg.aug):
@@ -54,7 +55,21 @@ def check(cfg: TrainConfig) -> None:
         raise UserError(f"--task-weights {cfg.task_weights}: not numbers") from None
     if len(weights) != 3:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
+    if cfg.only and cfg.head != "single":
+        raise UserError(f"--task {cfg.only} trains that task's head alone: drop --head {cfg.head}")
+    if cfg.only and weights != [1.0, 1.0, 1.0]:
+        raise UserError(f"--task-weights weighs the three heads of --head multi: --task {cfg.only} has one")
     parse_tta(cfg.oof_tta, "--oof-tta")
+    if not (isinstance(cfg.fold, int) and cfg.fold >= 0 or cfg.final):
+        raise UserError(f"--fold {cfg.fold}: a fold number (0, 1, ...) or all")
+    if cfg.final:
+        for flag, given in (("--patience", cfg.patience), ("--avg-best", cfg.avg_best),
+                            ("--extra-soft", cfg.extra_soft)):
+            if given:
+                raise UserError(f"--fold all trains on every person with no validation to go by: {flag} needs "
+                                "one" + (" (its soft labels are each fold's)" if flag == "--extra-soft" else "")
+                                + f"; drop it ({flag.replace('--', '--no-') if flag == '--extra-soft' else flag + ' 0'}"
+                                + " where a --config file sets it)")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
         raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
     if not (0 <= cfg.cutmix and 0 <= cfg.mixup and cfg.cutmix + cfg.mixup <= 1):
@@ -75,6 +90,25 @@ def check(cfg: TrainConfig) -> None:
     check_wandb(cfg.wandb)
 
 
+def final_words(cfg: TrainConfig) -> str:
+    """What the final model (--fold all) trains for, beside the epochs its run's K folds chose by validation."""
+    import statistics
+
+    from maskfold.runs import read_json, run_folds
+
+    try:
+        folds = run_folds(cfg.run_dir)
+        best = [read_json(cfg.run_dir / f"fold{k}" / "metrics.json").get("best_epoch") for k in sorted(folds.finished)]
+    except UserError:
+        best = []
+    best = [b for b in best if b]
+    chose = (f"its run's folds chose epoch {', '.join(map(str, best))} (median {statistics.median(best):g}) of "
+             f"their {read_json(cfg.run_dir / 'config.json').get('epochs', '?')}") if best else \
+        "its run has no finished fold to compare with"
+    return (f"--fold all: every person trains for {cfg.epochs} epochs, no validation (the score is the K-fold "
+            f"CV's); {chose}")
+
+
 def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, state, facts: FoldFacts,
                t0: float) -> None:
     """Set up the fold's data, model and loop in this process, train it, and finish it on rank 0."""
@@ -92,15 +126,17 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     if place.rank0:
         start_fold_dir(cfg, df["fold"].nunique(), facts)
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
-    log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.head} loss={cfg.loss} opt={cfg.optimizer} "
+    log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.net_head} loss={cfg.loss} opt={cfg.optimizer} "
         f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else "")
         + f"; {threads}, {cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}")
+    if cfg.final:
+        log(final_words(cfg))
     data = fold_data(cfg, df, extra, log)
-    loader, sampler = make_loader(data.train, cfg, place, cfg.seed, data.targets)
+    loader, sampler = make_loader(data.train, cfg, place, cfg.seed, task_targets(data.targets, cfg.only))
     batches = max(len(loader), 1)
     if not sampler.plain:
         log(f"sampler {cfg.sampler.value}: {len(sampler)} photos drawn an epoch (per process) of {len(data.train)}")
-    crit = losses.Criterion(cfg.loss, cfg.head, data.targets, cfg.focal_gamma, cfg.smoothing,
+    crit = losses.Criterion(cfg.loss, cfg.net_head, data.targets, cfg.focal_gamma, cfg.smoothing,
                             [float(w) for w in cfg.task_weights.split(",")])
     mean, std = models.norm_stats(net)
     fold = trainer.build(cfg, place, net, crit, mean, std, steps=-(-batches // cfg.accum_steps))
@@ -142,7 +178,7 @@ def main(cfg: TrainConfig):
     facts = fold_facts(cfg, df, extra, record)
     # Rank 0 alone holds the fold's lock: the other processes of a torchrun start with it and end with it.
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with fold_lock(cfg.run_dir, cfg.fold) if rank0 else contextlib.nullcontext():
+    with fold_lock(cfg.run_dir, cfg.fold_dir.name) if rank0 else contextlib.nullcontext():
         state = prepare_fold(cfg, facts)
         if state.finished is not None:
             print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)

@@ -31,24 +31,8 @@ adamp|--opt adamp
 layerdecay|--layer-decay 0.8
 droppath|--drop-path 0.1
 avgbest|--avg-best 3"}
-export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-mkdir -p "$OUT"
-D=$OUT/data
-if [ ! -f "$OUT/folds.csv" ]; then
-  log "demo, crops, folds"
-  $PY demo.py "$D" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
-  $PY crop.py "$D/train/images" "$OUT/crops/train" --overwrite > /dev/null
-  $PY crop.py "$D/eval/images" "$OUT/crops/eval" --overwrite > /dev/null
-  $PY split.py "$D/train/train.csv" "$OUT/crops/train" -o "$OUT/folds.csv" --folds "$FOLDS" --overwrite > /dev/null
-fi
-train_run() {  # name, then train.py's flags
-  local name=$1; shift
-  for k in $(seq 0 $((FOLDS - 1))); do
-    log "train $name fold $k"
-    $PY train.py "$OUT/folds.csv" "${TRAIN[@]}" "$@" --run-name "$name" --fold "$k" --skip-done > /dev/null
-  done
-}
+# shellcheck source=bench/common.sh
+source bench/common.sh
 runs=()
 while IFS='|' read -r name flags; do
   [ -n "$name" ] || continue
@@ -81,9 +65,6 @@ fi
 : > "$OUT/scores.jsonl"
 for r in "${runs[@]}"; do
   name=$(basename "$r")
-  $PY ensemble.py "$OUT/probs/$name.csv" --info "$D/eval/info.csv" -o "$OUT/sub.csv" --truth "$D/eval/truth.csv" \
-      --overwrite 2> /dev/null | tail -1 \
-    | $PY -c "import json, sys; s = json.loads(sys.stdin.read()); s.update(name='$name', run='$r'); \
-print(json.dumps(s))" >> "$OUT/scores.jsonl"
+  score "$name" "$r" "$OUT/probs/$name.csv"
 done
 $PY bench/levers_table.py "$OUT" | tee "$OUT/levers.txt"

@@ -15,12 +15,19 @@ import numpy as np
 TASKS = ("mask", "gender", "age")
 
 
+def fold_count(run: Path) -> int:
+    """A run's K folds (fold0..fold<K-1>; its final model, fold_all, is not one of them)."""
+    return len([d for d in run.glob("fold*") if d.name[4:].isdigit() and (d / "metrics.json").is_file()])
+
+
 def rows(out: Path) -> list[dict]:
     found = []
     for line in (out / "scores.jsonl").read_text().splitlines():
         s = json.loads(line)
         m = re.fullmatch(r"(.+)_s(\d+)", s["name"])
-        minutes = [json.loads(p.read_text())["minutes"] for p in sorted(Path(s["run"]).glob("fold*/metrics.json"))]
+        runs = s["run"] if isinstance(s["run"], list) else [s["run"]]  # a composed submission: its runs together
+        minutes = [sum(json.loads((Path(r) / f"fold{k}" / "metrics.json").read_text())["minutes"] for r in runs)
+                   for k in range(fold_count(Path(runs[0])))]
         found.append({"variant": m.group(1), "seed": int(m.group(2)), "cv": s["cv_f1"], "test": s["test_f1"],
                       "cv_tasks": s["cv_f1_tasks"], "test_tasks": s["test_f1_tasks"],
                       "minutes_per_fold": float(np.mean(minutes))})

@@ -39,7 +39,7 @@ def read_fold_table(path: Path, columns: tuple[str, ...] = REQUIRED) -> pd.DataF
     return df
 
 
-def read_folds(path: Path, fold: int) -> pd.DataFrame:
+def read_folds(path: Path, fold: int | str) -> pd.DataFrame:
     """folds.csv, checked (read_fold_table), with the fold asked for and every photo there (`file`: its path)."""
     df = read_fold_table(path)
     if df.empty:
@@ -49,7 +49,7 @@ def read_folds(path: Path, fold: int) -> pd.DataFrame:
                         "(pseudo.py): give that file to train.py --extra, which trains each fold on its own fold's "
                         "labels only")
     folds = sorted(df["fold"].unique())
-    if fold not in folds:
+    if fold != "all" and fold not in folds:  # all: every fold trains (train.py --fold all)
         raise UserError(f"--fold {fold}: {path} has folds {', '.join(map(str, folds))}")
     df["file"] = [str(path.parent / p) for p in df["path"]]
     absent = [f for f in df["file"] if not os.path.isfile(f)]

@@ -59,6 +59,11 @@ def joint(mask, gender, age):
     return j.reshape(len(mask), NUM_CLASSES)
 
 
+def task_targets(label, task: str | None):
+    """Class codes as one task's classes (train.py --task), or unchanged for all 18."""
+    return label if task is None else decode(label)[list(TASKS).index(task)]
+
+
 def split_logits(logits):
     """(N, 8) three-head logits -> per-task logits (mask 3, gender 2, age 3), as views of `logits`."""
     out, start = {}, 0
@@ -70,13 +75,41 @@ def split_logits(logits):
 
 def probs18(logits, head: str):
     """18-class probabilities of a model's output (a torch tensor); for three heads, the joint of their
-    softmaxes (class = mask*6+gender*3+age)."""
+    softmaxes (class = mask*6+gender*3+age); for one task's head (train.py --task), the joint of its softmax
+    with the other tasks uniform, so that the task's marginal is the model's and the others say nothing."""
     import torch
 
     if head == "single":
         return torch.softmax(logits.float(), dim=1)
-    p = {t: torch.softmax(v.float(), dim=1) for t, v in split_logits(logits).items()}
+    if head in TASKS:
+        n = len(logits)
+        p = {t: torch.full((n, k), 1.0 / k, device=logits.device) for t, k in TASKS.items()}
+        p[head] = torch.softmax(logits.float(), dim=1)
+    else:
+        p = {t: torch.softmax(v.float(), dim=1) for t, v in split_logits(logits).items()}
     return joint(p["mask"], p["gender"], p["age"])
+
+
+def task_scores(y_true, probs: np.ndarray, task: str | None) -> dict[str, float]:
+    """A validation's scores from 18-class probabilities: `scores` of their argmax (and the mean log loss of the
+    true class), or, for one task's model, that task's macro F1 as `f1` and `f1_<task>`, its accuracy and log
+    loss (the other tasks' F1 are not its to score)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if task is None:
+        nll = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean()) if len(y_true) else 0.0
+        return {**scores(y_true, probs.argmax(1)), "loss": nll}
+    q, t = marginals(probs)[task], decode(y_true)[list(TASKS).index(task)]
+    f1 = macro_f1(t, q.argmax(1))
+    nll = float(-np.log(np.clip(q[np.arange(len(t)), t], 1e-12, None)).mean()) if len(t) else 0.0
+    return {"f1": f1, "acc": float((q.argmax(1) == t).mean()) if len(t) else 0.0, f"f1_{task}": f1, "loss": nll}
+
+
+def task_of(probs: np.ndarray, tol: float = 1e-4) -> str | None:
+    """The one task a probability set answers (a train.py --task model's: the other two tasks uniform on every
+    row), or None for an 18-class answer."""
+    m = marginals(np.asarray(probs, dtype=np.float64))
+    flat = [t for t in TASKS if np.abs(m[t] - 1.0 / TASKS[t]).max(initial=0.0) < tol]
+    return next((t for t in TASKS if t not in flat), None) if len(flat) == len(TASKS) - 1 else None
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -72,6 +72,16 @@ def read_provenance(path: Path) -> dict | None:
     return prov
 
 
+def answered_task(record: dict | None, probs: np.ndarray) -> str | None:
+    """The one task an input answers (predict.py of a train.py --task run records it; a CSV without a record is
+    read for it: the other two tasks uniform on every row), or None for 18-class answers."""
+    from maskfold.labels import TASKS, task_of
+
+    if record and "task" in record:
+        return record["task"] if record["task"] in TASKS else None
+    return task_of(probs)
+
+
 def aligned(path: Path, ids: pd.Series, what: str = "info.csv") -> np.ndarray:
     """A probability CSV's p0..p17 in the order of `ids` (info.csv's ImageIDs), which it must cover exactly."""
     df = read_probs(path, "ImageID")

@@ -41,6 +41,16 @@ def fold_configs(run_dir: Path) -> dict[int, dict]:
     return out
 
 
+def run_task(run_dir: Path) -> str | None:
+    """The one task a run's models learn (train.py --task), or None for all 18 classes (a run from before
+    --task learnt all); its folds agree on it (check_folds_agree)."""
+    tasks = sorted({c.get("task", "all") for c in fold_configs(run_dir).values()}) or ["all"]
+    return None if tasks[0] == "all" else tasks[0]
+
+
+def task_words(task: str | None) -> str:
+    """'an age-only run (train.py --task age)': what a task's run is, for the lines that refuse one."""
+    return f"a{'n' if task in ('age',) else ''} {task}-only run (train.py --task {task})"
 
 
 def differences(a: dict, b: dict) -> list[str]:

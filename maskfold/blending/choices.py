@@ -31,8 +31,8 @@ def choose_weights(how: str, cv: OOF, base: Recipe) -> WeightChoice:
     f_held = task_f1(cv.y, held.argmax(1))["f1"]
     f_equal = task_f1(cv.y, base.combine(cv.inputs).argmax(1))["f1"]
     f_in_sample = task_f1(cv.y, fitted.combine(cv.inputs).argmax(1))["f1"]
-    singles = [task_f1(cv.y, q.argmax(1))["f1"] for q in cv.inputs]
-    best = int(np.argmax(singles))
+    singles = [task_f1(cv.y, q.argmax(1))["f1"] if w > 0 else -1.0 for q, w in zip(cv.inputs, base.weights)]
+    best = int(np.argmax(singles))  # of the inputs in the blend (a task's model answers one task, not a class)
     gain = f_held - f_equal
     same = fitted.describe() == base.describe()
     applied = bool(gain > 0 and not same)
@@ -53,10 +53,11 @@ def choose_weights(how: str, cv: OOF, base: Recipe) -> WeightChoice:
 @dataclass(frozen=True)
 class CvScores:
     """The CV of each input and of the blend (macro F1, and per task)."""
-    inputs: list[float]
+    inputs: list[float]  # a task's model (train.py --task): its task's macro F1
     blend: dict[str, float]
     names: list[str]
     folds: list[int]
+    tasks: list[str | None] | None = None
 
     def record(self) -> dict:
         out = {"cv": {**{n: round(f, 5) for n, f in zip(self.names, self.inputs)}, "blend": round(self.blend["f1"], 5)},
@@ -68,19 +69,26 @@ class CvScores:
     @property
     def below_input(self) -> int | None:
         """The input that scores better alone than the blend, if one does."""
-        best = int(np.argmax(self.inputs))
-        return best if len(self.inputs) > 1 and round(self.inputs[best], 5) > round(self.blend["f1"], 5) else None
+        whole = [f if not (self.tasks and self.tasks[i]) else -1.0 for i, f in enumerate(self.inputs)]
+        best = int(np.argmax(whole))
+        return best if sum(f >= 0 for f in whole) > 1 and round(whole[best], 5) > round(self.blend["f1"], 5) else None
 
 
 def score(cv: OOF, p: np.ndarray) -> CvScores:
     """The CV of each input and of the blend's out-of-fold probabilities `p`, printed."""
     inputs = []
-    for name, q in [*zip(cv.names, cv.inputs), ("blend", p)]:
+    tasks = list(cv.tasks or [None] * len(cv.inputs))
+    for name, q, task in [*zip(cv.names, cv.inputs, tasks), ("blend", p, None)]:
         s = task_f1(cv.y, q.argmax(1))
-        print(f"CV {name}{cv.coverage}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS),
-              file=sys.stderr)
+        if task:  # a task's model (train.py --task): its own task's F1 alone
+            s = {**s, "f1": s[task]}
+            print(f"CV {name}{cv.coverage}: {task} only, macro F1 {s[task]:.4f}", file=sys.stderr)
+        else:
+            print(f"CV {name}{cv.coverage}: macro F1 {s['f1']:.4f} " + " ".join(f"{t} {s[t]:.4f}" for t in TASKS),
+                  file=sys.stderr)
         inputs.append(s)
-    return CvScores([s["f1"] for s in inputs[:-1]], inputs[-1], list(cv.names), [int(k) for k in np.unique(cv.folds)])
+    return CvScores([s["f1"] for s in inputs[:-1]], inputs[-1], list(cv.names), [int(k) for k in np.unique(cv.folds)],
+                    tasks)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from maskfold.cli import UserError
 from maskfold.files import write_csv
 from maskfold.labels import PROB_COLS
 from maskfold.probs import read_probs
-from maskfold.runs import fold_configs, run_folds
+from maskfold.runs import fold_configs, fold_dirs, run_folds, run_task
 
 
 @dataclass
@@ -31,6 +31,7 @@ class OOF:
     groups: tuple[np.ndarray, np.ndarray] | None = None  # (group, its sureness) per photo, from a people.csv of the
     # train photos
     of: int | None = None  # the folds the runs were split into (the CV covers np.unique(folds) of them)
+    tasks: list[str | None] | None = None  # per input: the one task its runs learnt (train.py --task), or None
 
     @property
     def coverage(self) -> str:
@@ -131,12 +132,35 @@ def check_labels(frames: dict[Path, pd.DataFrame], common: pd.Index) -> None:
                         "against (the fixed one)")
 
 
-def labels_from(path: Path, common: pd.Index) -> np.ndarray:
-    """The labels of a folds.csv (--labels) for the photos `common` names (resolved paths)."""
+def photo_key(path: str) -> str:
+    """'<person folder>/<stem>': a train photo whatever tree it is in (the photos, or their crops)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.stem}"
+
+
+def photo_keyed(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Out-of-fold rows indexed by photo_key, or None where two of them share one."""
+    keys = df.index.map(photo_key)
+    return None if keys.duplicated().any() else df.set_axis(keys)
+
+
+def shared(frames: dict) -> pd.Index:
+    """The photos every frame holds, in the first one's order."""
+    common = None
+    for df in frames.values():
+        common = df.index if common is None else common.intersection(df.index, sort=False)
+    return common if common is not None else pd.Index([])
+
+
+def labels_from(path: Path, common: pd.Index, keyed: bool = False) -> np.ndarray:
+    """The labels of a folds.csv (--labels) for the photos `common` names (resolved paths, or `keyed`:
+    photo_key)."""
     from maskfold.folds import read_fold_table, resolved_paths
 
     df = read_fold_table(path)
     df.index = resolved_paths(df, path)
+    if keyed:
+        df.index = df.index.map(photo_key)
     missing = common.difference(df.index)
     if len(missing):
         raise UserError(f"--labels {path}: {len(missing)} of the runs' out-of-fold photos are not in it, e.g. "
@@ -176,8 +200,13 @@ def pair_runs(inputs: list[Path], records: list[dict | None], oof_runs: list[Pat
                                 f"but is paired with --oof {oof_runs[i]}: list --oof in the inputs' order")
             recorded = [s for s in recorded if s.run.resolve() == given] or [Source(oof_runs[i], None, 1)]
         missing = [s.run for s in recorded if not s.run.is_dir()]
+        unscored = [s.run for s in recorded if s.run.is_dir() and not any(
+            (d / "metrics.json").is_file() and (d / "oof.csv").is_file() for d in fold_dirs(s.run).values())]
         if missing:
             unpaired.append(f"{f}: its run {missing[0]} is gone")
+        elif unscored:
+            unpaired.append(f"{f}: its run {unscored[0]} has no finished fold with out-of-fold answers (a final "
+                            "model, train.py --fold all, is scored by its run's K folds)")
         elif not recorded:
             unpaired.append(f"{f} has no record of its runs ({f}.json)")
         pairs.append(recorded)
@@ -211,17 +240,29 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
             check_tta(f, rec, s)
             used = whole[key] if s.folds is None else whole[key][whole[key]["fold"].isin(s.folds)]
             frames[(key, s.folds)] = used
-    common = None
-    for df in frames.values():
-        common = df.index if common is None else common.intersection(df.index)
-    if common is None or not len(common):
-        raise UserError("the inputs' runs share no out-of-fold photos (predicted from folds that do not overlap?)")
+    common = shared(frames)
     largest = max(len(df) for df in frames.values())
+    by_photo, whole_by_photo = ({k: photo_keyed(df) for k, df in d.items()} for d in (frames, whole))
+    keyed = False
+    if len(common) < largest and all(df is not None for df in [*by_photo.values(), *whole_by_photo.values()]) and \
+            len(shared(by_photo)) > len(common):
+        # runs trained on other trees of the same photos (a mask model on crops, an age model on whole photos):
+        # matched by person folder and photo name instead of path
+        print("note: the inputs' runs trained on different image folders: their out-of-fold photos are matched by "
+              "person folder and photo name", file=sys.stderr)
+        paths = {k: pd.Series(df.index, index=by_photo[k].index) for k, df in frames.items()}
+        frames, whole, keyed = by_photo, whole_by_photo, True
+        common = shared(frames)
+        first_paths = paths[(pairs[0][0].run.resolve(), pairs[0][0].folds)].loc[common].tolist()
+    else:
+        first_paths = list(common)
+    if not len(common):
+        raise UserError("the inputs' runs share no out-of-fold photos (predicted from folds that do not overlap?)")
     if len(common) < largest:
         print(f"note: CV over the {len(common)} photos that every input's runs scored out of fold ({largest} in the "
               "largest): runs with other finished folds, or inputs predicted from some folds only", file=sys.stderr)
     check_splits(whole, common, needs)
-    y = labels_from(labels, common) if labels is not None else None
+    y = labels_from(labels, common, keyed) if labels is not None else None
     if y is None:
         check_labels(whole, common)
     first = frames[(pairs[0][0].run.resolve(), pairs[0][0].folds)].loc[common]
@@ -232,8 +273,15 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                           for wi, s in zip(w, runs)) / w.sum())
     names = [" + ".join(str(s.run) for s in runs) for runs in pairs]
     of = max((n or 0 for n in expected.values()), default=0) or None
+    tasks = []
+    for f, runs in zip(inputs, pairs):
+        learnt = {run_task(s.run) for s in runs}
+        if len(learnt) > 1:
+            raise UserError(f"{f}: its runs learnt different things ({', '.join(sorted(t or 'all' for t in learnt))}"
+                            " in train.py --task): one input, one task")
+        tasks.append(learnt.pop())
     return OOF(names, arrays, first["label"].to_numpy(int) if y is None else y, first["fold"].to_numpy(int),
-               list(common), of=of)
+               first_paths, of=of, tasks=tasks)
 
 
 def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:

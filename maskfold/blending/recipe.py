@@ -39,8 +39,8 @@ class Recipe:
 
     def combine(self, probs: list[np.ndarray]) -> np.ndarray:
         """The blend, with each task's marginal taken from the blend, from its chosen input or from its own
-        blend."""
-        p = self.blend(probs, self.weights)
+        blend. With no input in the blend (each task from a model of its own), the three tasks' sources alone."""
+        p = self.blend(probs, self.weights) if self.weights.sum() > 0 else None
         if all(i is None for _, i in self.sources):
             return p
         m = {t: marginals(p if i is None else self.blend(probs, i) if isinstance(i, np.ndarray) else
@@ -49,7 +49,8 @@ class Recipe:
 
     def describe(self) -> dict:
         """Weights and sources as JSON values."""
-        return {"weights": [round(float(w), 4) for w in self.weights / self.weights.sum()], "mean": self.mean.value,
+        total = self.weights.sum() or 1.0  # 0: no input blended, each task from its own
+        return {"weights": [round(float(w), 4) for w in self.weights / total], "mean": self.mean.value,
                 **{f"{t}_from": ([round(float(w), 4) for w in i / i.sum()] if isinstance(i, np.ndarray) else i)
                    for t, i in self.sources if i is not None}}
 
@@ -61,14 +62,16 @@ class Fit(Choice):
     task = "task"
 
 
-def greedy_weights(n: int, score, steps: int = 20) -> np.ndarray:
-    """Ensemble selection with replacement (Caruana et al. 2004) over `n` inputs: start from the best input, add
-    at each step the input whose addition scores best, stop when none betters the score. `score(counts)` rates
-    the blend of those weights; the weights are the counts."""
+def greedy_weights(n: int, score, steps: int = 20, allowed=None) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al. 2004) over `n` inputs (or the `allowed` ones): start
+    from the best input, add at each step the input whose addition scores best, stop when none betters the
+    score. `score(counts)` rates the blend of those weights; the weights are the counts."""
     counts, best = np.zeros(n), -np.inf
+    allowed = np.arange(n) if allowed is None else np.asarray(allowed)
     for _ in range(steps):
-        trials = [score(counts + np.eye(n)[k]) for k in range(n)]
-        k = int(np.argmax(trials))
+        trials = [score(counts + np.eye(n)[k]) for k in allowed]
+        k = int(allowed[int(np.argmax(trials))])
+        trials = dict(zip(allowed.tolist(), trials))
         if trials[k] <= best + 1e-9:
             break
         best, counts = trials[k], counts + np.eye(n)[k]
@@ -80,8 +83,10 @@ def fit_recipe(base: Recipe, probs: list[np.ndarray], y: np.ndarray, how: str) -
     inputs kept), or one set per task, each for that task's macro F1 (`task`)."""
     n = len(probs)
     if how == "blend":
+        # a task's model (weight 0 in `base`: it answers its task through the sources) stays out of the blend
+        allowed = np.flatnonzero(base.weights > 0)
         return Recipe(greedy_weights(n, lambda w: macro_f1(y, Recipe(w, base.mean, base.sources).combine(probs)
-                                                           .argmax(1))), base.mean, base.sources)
+                                                           .argmax(1)), allowed=allowed), base.mean, base.sources)
     truth = dict(zip(TASKS, decode(y)))
     sources = tuple((t, greedy_weights(n, lambda w, t=t: macro_f1(truth[t], marginals(base.blend(probs, w))[t]
                                                                   .argmax(1)))) for t in TASKS)

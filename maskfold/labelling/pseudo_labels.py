@@ -25,12 +25,14 @@ KIND = "pseudo-labels"
 AGES = (20, 45, 60)  # an age inside each band, for the age column of folds.csv's format (train.py uses the label)
 
 
-def label_col(k: int) -> str:
-    return f"label_fold{k}"
+def label_col(k: int | str) -> str:
+    """Fold k's pseudo-label column; the final model's (train.py --fold all, which no fold validates): `label`, the
+    answer of every fold's models together, on each row some fold kept."""
+    return "label" if k == "all" else f"label_fold{k}"
 
 
-def sure_col(k: int) -> str:
-    return f"sure_fold{k}"
+def sure_col(k: int | str) -> str:
+    return "sure" if k == "all" else f"sure_fold{k}"
 
 
 def soft_cols(k: int) -> list[str]:
@@ -99,7 +101,7 @@ def file_digest(path: Path) -> str:
     return sha256(path)[:16]
 
 
-def read_extra(path: Path, fold: int, folds: pd.DataFrame, digest: str,
+def read_extra(path: Path, fold: int | str, folds: pd.DataFrame, digest: str,
                soft: bool = False) -> tuple[pd.DataFrame, dict]:
     """pseudo.csv's rows for fold `fold` (file, label, sure; `soft`: and its soft_cols), after checking it against
     its record and against the fold's training data `folds` (folds.csv's rows, with resolved `file`s; `digest`:

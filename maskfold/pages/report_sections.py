@@ -14,9 +14,9 @@ from maskfold.blending.oof import read_run_oof
 from maskfold.cli import UserError
 from maskfold.files import read_table
 from maskfold.labelling.label_audit import suspect_people
-from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, per_class_f1, scores
+from maskfold.labels import NUM_CLASSES, PROB_COLS, TASKS, class_name, per_class_f1, task_scores
 from maskfold.pages import html_page as html
-from maskfold.runs import fold_configs, read_json, run_folds
+from maskfold.runs import fold_configs, read_json, run_folds, run_task
 from maskfold.training.options import RUN_DEFAULTS, RUN_KEYS
 
 
@@ -29,6 +29,7 @@ class Run:
     of: Optional[int]
     oof: Optional[pd.DataFrame] = None  # path (resolved), label, fold, p0..p17
     label: str = ""
+    task: Optional[str] = None  # the one task its models learn (train.py --task), None for all 18 classes
 
 
 def load_run(path: Path, problems: list[str]) -> Run | None:
@@ -42,7 +43,7 @@ def load_run(path: Path, problems: list[str]) -> Run | None:
     metrics = pd.DataFrame([read_json(path / f"fold{k}" / "metrics.json") for k in ks])
     histories = {k: read_table(path / f"fold{k}" / "history.csv") for k in ks if (path / f"fold{k}/history.csv")
                  .is_file()}
-    run = Run(path, configs.get(ks[0], {}), metrics, histories, folds.expected)
+    run = Run(path, configs.get(ks[0], {}), metrics, histories, folds.expected, task=run_task(path))
     try:
         run.oof = read_run_oof(path).reset_index()
     except UserError as e:
@@ -70,14 +71,15 @@ def label_runs(runs: list[Run]) -> None:
 
 def runs_table(runs: list[Run]) -> str:
     rows = []
-    cvs = [scores(r.oof["label"], r.oof[PROB_COLS].to_numpy().argmax(1))["f1"] if r.oof is not None else None
+    # a task's model: its task's CV F1 (the label says which task)
+    cvs = [task_scores(r.oof["label"], r.oof[PROB_COLS].to_numpy(), r.task)["f1"] if r.oof is not None else None
            for r in runs]
     best = max((cv for cv in cvs if cv is not None), default=None)
     order = sorted(range(len(runs)), key=lambda i: -1 if cvs[i] is None else -cvs[i])  # best CV first
     for r, cv in ((runs[i], cvs[i]) for i in order):
         m = r.metrics
         spread = [html.cell(f"{m['f1'].mean():.3f}±{m['f1'].std(ddof=0):.3f}")] + \
-            [html.cell(m[f"f1_{t}"].mean(), "{:.3f}") for t in TASKS]
+            [html.cell(pd.to_numeric(m[f"f1_{t}"], errors="coerce").mean(), "{:.3f}") for t in TASKS]
         rows.append([html.cell(r.path.name, cls="l"), html.cell(r.label, cls="wrap")]
                     + [html.cell(f"{len(m)}/{r.of or '?'}"), html.cell(cv, cls="best" if cv == best else "")]
                     + spread + [html.cell(m["best_epoch"].median(), "{:.0f}"),
@@ -130,7 +132,8 @@ def confusions(runs: list[Run]) -> str:
 
     imgs = []
     for r in (r for r in runs if r.oof is not None):
-        fig = charts.confusion(r.oof["label"].to_numpy(), r.oof[PROB_COLS].to_numpy().argmax(1), title=r.path.name)
+        fig = charts.confusion(r.oof["label"].to_numpy(), r.oof[PROB_COLS].to_numpy().argmax(1), title=r.path.name,
+                               task=r.task)
         imgs.append(f"<img src='{charts.png_data(fig, dpi=60)}' alt='confusion {html.esc(r.path.name)}'>")
     return f"<div class='figs'>{''.join(imgs)}</div>"
 

@@ -29,8 +29,12 @@ def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
             run_dir = s.resolve().parent.parent
             if (run_dir / "config.json").is_file():
                 fold = s.resolve().parent.name[4:]
+                final = s.resolve().parent.name == "fold_all"  # train.py --fold all: scored by its run's K folds
                 runs.append({"run": str(run_dir), "folds": [int(fold)] if fold.isdigit() else [], "of": None,
-                             "partial": None, "unfinished": []})
+                             "partial": None, "unfinished": [], **({"final": True} if final else {})})
+                if final:
+                    print(f"note: {s} is the final model of {run_dir} (train.py --fold all): ensemble.py scores its "
+                          "CV with the run's K folds' out-of-fold answers", file=sys.stderr)
         else:
             raise UserError(f"{s}: no such run folder or checkpoint")
     return paths, runs

@@ -16,7 +16,7 @@ import pandas as pd
 from maskfold.cli import UserError
 from maskfold.files import append_csv, write_json
 from maskfold.runs import differences, disagreeing, explain, fold_configs, read_json
-from maskfold.training.options import RUN_RECORD, FoldFacts, TrainConfig
+from maskfold.training.options import FINAL_OWN, RUN_RECORD, FoldFacts, TrainConfig
 from maskfold.training.results import results_row, write_summaries
 
 
@@ -33,7 +33,7 @@ def twin_fold(cfg: TrainConfig, facts: FoldFacts) -> Optional[Path]:
     if not Path(cfg.out).is_dir():
         return None
     for run in sorted(p for p in Path(cfg.out).iterdir() if p.is_dir() and p.name != cfg.run_name):
-        d = run / f"fold{cfg.fold}"
+        d = run / cfg.fold_dir.name
         if not ((d / "metrics.json").is_file() and (d / "best.pt").is_file() and (d / "config.json").is_file()):
             continue
         theirs = read_json(d / "config.json")
@@ -59,12 +59,15 @@ def prepare_fold(cfg: TrainConfig, facts: FoldFacts) -> FoldState:
     run, and say what to do with an existing fold."""
     mine = {**cfg.record(), **facts.record()}
     configs = fold_configs(cfg.run_dir)
-    odd, keys = disagreeing(mine, {k: c for k, c in configs.items() if k != cfg.fold})
+    others = {k: c for k, c in configs.items() if k != cfg.fold}
+    if cfg.final:  # the final model trains as the run's folds did, for the epochs their CV chose
+        others = {k: {**c, **{o: mine.get(o) for o in FINAL_OWN}} for k, c in others.items()}
+    odd, keys = disagreeing(mine, others)
     if odd:
         raise UserError(f"run {cfg.run_dir} was made with other options ({explain(keys)}) in fold(s) "
                         f"{', '.join(map(str, odd))}; pass --run-name NAME for a new run")
     d = cfg.fold_dir
-    own = configs.get(cfg.fold)
+    own = read_json(d / "config.json") if cfg.final and (d / "config.json").is_file() else configs.get(cfg.fold)
     changed = differences(own, mine) if own else []
     if (d / "metrics.json").is_file() and not cfg.overwrite:
         if changed:
@@ -84,27 +87,27 @@ def prepare_fold(cfg: TrainConfig, facts: FoldFacts) -> FoldState:
 
 
 @contextmanager
-def fold_lock(run_dir: Path, fold: int):
+def fold_lock(run_dir: Path, name: str):
     """Only one process trains a fold at a time. The lock is the kernel's (flock), so a killed process's lock
     goes with it; the holder's pid, left in the file by a process that never released it, is named when the
-    next one takes over."""
+    next one takes over. `name`: the fold's folder (fold3, fold_all)."""
     import fcntl
     import socket
 
     made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # removed again if nothing is trained
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / f".fold{fold}.lock"
+    lock = run_dir / f".{name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(f"{run_dir / f'fold{fold}'} is being trained now ({holder}): wait for it, or stop it "
+            raise UserError(f"{run_dir / name} is being trained now ({holder}): wait for it, or stop it "
                             "first") from None
         left = os.pread(fd, 200, 0).decode(errors="replace").strip()
         if left:
-            print(f"note: {run_dir / f'fold{fold}'} was held by {left}, which ended without releasing it (killed?); "
+            print(f"note: {run_dir / name} was held by {left}, which ended without releasing it (killed?); "
                   "taken over", file=sys.stderr)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
@@ -112,7 +115,7 @@ def fold_lock(run_dir: Path, fold: int):
             yield
         finally:
             os.ftruncate(fd, 0)
-            if made and not (run_dir / f"fold{fold}").exists():  # refused before it began: leave no folder
+            if made and not (run_dir / name).exists():  # refused before it began: leave no folder
                 lock.unlink(missing_ok=True)
                 for d in made:
                     if d.is_dir() and not any(d.iterdir()):
@@ -127,7 +130,8 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int, facts: FoldFacts) -> None
         shutil.rmtree(cfg.fold_dir)
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
     record = cfg.record()
-    write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_RECORD})
+    if not (cfg.final and (cfg.run_dir / "config.json").is_file()):  # the run's options are its K folds'
+        write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_RECORD})
     write_json(cfg.fold_dir / "config.json", {**record, **facts.record(), "folds_total": folds_total})
 
 

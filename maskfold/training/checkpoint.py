@@ -23,7 +23,7 @@ def make(fold: Fold, epoch: int, metric: dict, full: bool, ema: bool = False, we
     average); `full` adds what --resume needs."""
     cfg = fold.cfg
     weights = weights if weights is not None else fold.ema.module if ema else fold.net
-    ck = {"model": cfg.model, "head": cfg.head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
+    ck = {"model": cfg.model, "head": cfg.net_head, "img_size": list(cfg.img_size), "mean": fold.mean, "std": fold.std,
           "num_classes": NUM_CLASSES, "label_scheme": SCHEME, "epoch": epoch, "metric": metric, "ema": ema,
           "trained_on": fold.trained_on, "state_dict": weights.state_dict()}
     if full:

@@ -166,13 +166,15 @@ def fold_data(cfg, df: pd.DataFrame, extra: pd.DataFrame | None, log) -> FoldDat
     from maskfold.images import load_cache
     from maskfold.training.trainer import train_targets
 
-    tr, va = (df[df["fold"] != cfg.fold].reset_index(drop=True), df[df["fold"] == cfg.fold].reset_index(drop=True))
+    held = np.zeros(len(df), bool) if cfg.final else (df["fold"] == cfg.fold).to_numpy()  # --fold all: none held out
+    tr, va = df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
     t = time.time()
     extra_files = extra["file"].tolist() if extra is not None else []
     tr_images = load_cache(tr["file"].tolist() + extra_files, cfg.img_size)
     va_images = load_cache(va["file"].tolist(), cfg.img_size)
     added = f" (+ {len(extra_files)} pseudo-labelled from {cfg.extra})" if extra is not None else ""
-    log(f"cached {len(tr)} train{added} + {len(va)} val images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
+    every = " (--fold all: every person trains)" if cfg.final else ""
+    log(f"cached {len(tr)} train{added} + {len(va)} val{every} images at {cfg.img_size[0]}x{cfg.img_size[1]} in "
         f"{time.time() - t:.1f}s ({(tr_images.nbytes + va_images.nbytes) / 2**20:.0f} MiB)")
     targets = train_targets(tr, cfg.old_age)
     soft = None

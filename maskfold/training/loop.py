@@ -24,6 +24,8 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
     from maskfold.training import averaging, checkpoint, trainer
 
     cfg = fold.cfg
+    if cfg.final:
+        return fit_final(fold, loader, sampler, start, log, tracker)
     for epoch in range(start, cfg.epochs):
         if trainer.stop_early(fold, epoch):
             log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
@@ -64,6 +66,38 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
         if fold.place.backend is not None:
             dist.barrier()
     average_best(fold, va, va_images, log)
+
+
+def fit_final(fold, loader, sampler, start: int, log: Log, tracker) -> None:
+    """--fold all: every person trains for --epochs, with nothing to validate on; last.pt after each epoch (for
+    --resume), and the last epoch's weights (their EMA's with --ema) become best.pt, the checkpoint predict.py takes."""
+    import torch.distributed as dist
+
+    from maskfold.training import checkpoint, trainer
+
+    cfg = fold.cfg
+    for epoch in range(start, cfg.epochs):
+        t = time.time()
+        epoch_seed = cfg.seed * 1000 + epoch
+        trainer.seed_all(epoch_seed)
+        sampler.set_epoch(epoch, epoch_seed)
+        lr = max(g["lr"] for g in fold.opt.param_groups)
+        row = {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch), "seconds": 0.0}
+        row["seconds"] = round(time.time() - t, 2)
+        fold.history.append(row)
+        fold.best = {"epoch": epoch + 1, "ema": fold.ema is not None}
+        if fold.place.rank0:
+            log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
+            tracker.epoch(row)
+            if epoch == start and fold.shown is not None:
+                tracker.batch(fold.shown)
+            write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
+            checkpoint.save(checkpoint.make(fold, epoch + 1, {}, full=True), cfg.fold_dir / "last.pt")
+        if fold.place.backend is not None:
+            dist.barrier()
+    if fold.place.rank0:
+        ck = checkpoint.make(fold, len(fold.history), {}, full=False, ema=fold.ema is not None)
+        checkpoint.save(ck, cfg.fold_dir / "best.pt")
 
 
 def average_best(fold, va: pd.DataFrame, va_images: np.ndarray, log: Log) -> None:
@@ -120,12 +154,16 @@ def finish(fold, t0: float, log: Log) -> dict:
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
     rate = mean_after_first(history, "img_per_s")
+    if cfg.final:
+        return finish_final(fold, history, rate, t0, log)
     oof = pd.read_csv(cfg.fold_dir / "oof.csv")
     charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
-    charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1)),
+    charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1), task=cfg.only),
                    cfg.fold_dir / "confusion.png")
-    metrics = {"run": cfg.run_name, "fold": cfg.fold, "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5),
-               "acc": round(best["val_acc"], 5), **{f"f1_{t}": round(best[f"val_f1_{t}"], 5) for t in TASKS},
+    metrics = {"run": cfg.run_name, "fold": cfg.fold, "task": getattr(cfg.task, "value", cfg.task),
+               "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5), "acc": round(best["val_acc"], 5),
+               # a task's model scores its own task only: the others' F1 are None
+               **{f"f1_{t}": rounded(best.get(f"val_f1_{t}"), 5) for t in TASKS},
                "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
                "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device),
@@ -137,6 +175,31 @@ def finish(fold, t0: float, log: Log) -> dict:
     log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}; runs compared in {summary}")
     files = ["best.pt", "last.pt", "oof.csv", "history.csv", "metrics.json", "config.json", "curves.png",
              "confusion.png", "train.log", "tensorboard"]
+    return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
+
+
+def finish_final(fold, history: pd.DataFrame, rate: float | None, t0: float, log: Log) -> dict:
+    """The final model's metrics.json and results.csv row: no validation score (its score is the K-fold CV's)."""
+    import torch
+
+    from maskfold.pages import charts
+
+    cfg = fold.cfg
+    charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
+    metrics = {"run": cfg.run_name, "fold": "all", "task": getattr(cfg.task, "value", cfg.task),
+               "best_epoch": len(history), "f1": None, "acc": None, **{f"f1_{t}": None for t in TASKS},
+               "val_loss": None, "img_per_s": round(rate, 1) if rate else None,
+               "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
+               "best_is_ema": fold.ema is not None, "gpu_peak_gib": gpu_peak_gib(fold.place.device), "avg_best": None,
+               "threads": torch.get_num_threads(), "train_f1": rounded(history["train_f1"].iloc[-1], 5),
+               "loader_wait_ms": rounded(mean_after_first(history, "loader_wait_ms"), 3)}
+    append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")
+    write_json(cfg.fold_dir / "metrics.json", metrics)
+    summary = write_summaries(cfg.out)
+    log(f"final model: {len(history)} epochs on every person ({cfg.fold_dir / 'best.pt'}); no validation: its "
+        f"score is the K-fold CV's (runs compared in {summary})")
+    files = ["best.pt", "last.pt", "history.csv", "metrics.json", "config.json", "curves.png", "train.log",
+             "tensorboard"]
     return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
 
 

@@ -23,6 +23,14 @@ class CutMixMode(Choice):
     half = "half"
 
 
+class TaskKind(Choice):
+    """What a model answers: all 18 classes, or one task alone (its head, its loss, its validation score)."""
+    all = "all"
+    mask = "mask"
+    gender = "gender"
+    age = "age"
+
+
 class SamplerKind(Choice):
     """How an epoch draws its photos: each once, or with replacement by 1 / class count or by its square root."""
     uniform = "uniform"
@@ -31,6 +39,10 @@ class SamplerKind(Choice):
 
 
 UNSETTABLE = ("extra", "init_from", "pretrained_file")  # paths that `none` unsets
+ALL = "all"  # --fold all: the final model, on every person
+# What a final model (--fold all) may do otherwise than its run's K folds: the epochs are its own (CV chose them),
+# and what chooses an epoch by validation has none to go by.
+FINAL_OWN = ("epochs", "patience", "avg_best")
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,9 @@ class TrainConfig:
     """train.py's options; `run=True` marks those that change what the model learns."""
     folds_csv: Path = arg("folds.csv from split.py (or the --config file's)")
     model: str = opt(..., "any timm model name, e.g. resnet18, efficientnet_b2_pruned", run=True)
-    fold: int = opt(0, "validation fold; the others train")
+    fold: str = opt("0", "validation fold (the others train); all: the final model, trained on every person for "
+                    "--epochs with no validation and no out-of-fold answers (runs/<run>/fold_all; its score is the "
+                    "K-fold CV's; predict.py takes it as runs/<run>/fold_all/best.pt)", metavar="K|all")
     run: Optional[str] = opt(None, "run name, the folder under --out (default: the model name); named so that "
                              "torchrun does not take it for its own --run-path", "--run-name")
     out: Path = opt(Path("runs"), "folder of runs")
@@ -104,6 +118,9 @@ class TrainConfig:
     pretrained_file: Optional[Path] = opt(None, "start from the ImageNet weights in this file (a state dict of "
                                           "--model, .pth or .safetensors): a machine without internet (none: unset "
                                           "a --config file's)", run=True)
+    task: TaskKind = opt(TaskKind.all, "what the model learns: all (the 18 classes, through --head) or one task alone "
+                         "(mask, gender or age: its own head and loss, its macro F1 validates it); predict.py writes "
+                         "its answers for ensemble.py --<task>-from", run=True)
     head: str = opt("single", "single: one 18-way head; multi: mask, gender and age heads", run=True)
     task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
     loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
@@ -196,10 +213,23 @@ class TrainConfig:
     overwrite: bool = opt(False, "redo this fold, finished or not")
 
     def __post_init__(self):
+        fold = str(self.fold).strip().lower()  # a number, or `all`; check() refuses anything else
+        object.__setattr__(self, "fold", int(fold) if fold.lstrip("-").isdigit() else fold)
         for name in UNSETTABLE:  # `--extra none` unsets a path a --config file gave
             value = getattr(self, name)
             if value is not None and str(value).lower() == "none":
                 object.__setattr__(self, name, None)
+
+    @property
+    def only(self) -> str | None:
+        """The one task the model learns (--task), or None for all 18 classes."""
+        task = getattr(self.task, "value", self.task)
+        return None if task == "all" else task
+
+    @property
+    def net_head(self) -> str:
+        """The model's head as models.py makes it and checkpoints record it: --head, or the task's name."""
+        return self.only or self.head
 
     @property
     def run_name(self) -> str:
@@ -211,7 +241,12 @@ class TrainConfig:
 
     @property
     def fold_dir(self) -> Path:
-        return self.run_dir / f"fold{self.fold}"
+        return self.run_dir / ("fold_all" if self.final else f"fold{self.fold}")
+
+    @property
+    def final(self) -> bool:
+        """--fold all: every person trains; no validation, no out-of-fold answers."""
+        return self.fold == ALL
 
     def record(self) -> dict:
         """config.json: every option as it ran, in JSON types."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskfold.cli import UserError
-from maskfold.runs import read_json, run_folds
+from maskfold.runs import read_json, run_folds, run_task
 from maskfold.training.options import RUN_KEYS, TrainConfig
 
 
@@ -13,30 +13,41 @@ def results_row(cfg: TrainConfig, metrics: dict) -> dict:
     record = cfg.record()
     options = {k: ("x".join(map(str, v)) if isinstance(v, list) else v) for k, v in record.items()
                if k in RUN_KEYS and k not in ("model", "folds_csv")}
-    return {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model,
+    return {"run": cfg.run_name, "fold": cfg.fold, "model": cfg.model, "task": metrics.get("task", "all"),
             **{k: metrics[k] for k in ("f1", "f1_mask", "f1_gender", "f1_age", "best_epoch", "epochs_run",
                                        "img_per_s", "minutes")}, **options}
 
 
 def summarize(run_dir: Path) -> dict:
     """A run at a glance: its finished folds' mean and spread, and the macro F1 of their out-of-fold
-    predictions taken together (the CV score ensemble.py reports for it alone)."""
+    predictions taken together (the CV score ensemble.py reports for it alone; a task's model: of its task)."""
     import pandas as pd
 
-    from maskfold.labels import PROB_COLS, TASKS, scores
+    from maskfold.labels import PROB_COLS, TASKS, task_scores
 
     folds = run_folds(run_dir)
     metrics = pd.DataFrame([read_json(run_dir / f"fold{k}" / "metrics.json") for k in sorted(folds.finished)])
     oof = pd.concat([pd.read_csv(run_dir / f"fold{k}" / "oof.csv") for k in sorted(folds.finished)])
-    cv = scores(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
-    out = {"run": run_dir.name, "folds": len(folds.finished), "of": folds.expected,
-           "cv_f1": round(cv["f1"], 5), **{f"cv_f1_{t}": round(cv[f"f1_{t}"], 5) for t in TASKS}}
+    task = run_task(run_dir)
+    cv = task_scores(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy(), task)
+    out = {"run": run_dir.name, "task": task or "all", "folds": len(folds.finished), "of": folds.expected,
+           "cv_f1": round(cv["f1"], 5), **{f"cv_f1_{t}": rounded(cv.get(f"f1_{t}")) for t in TASKS}}
     for key in ("f1", *(f"f1_{t}" for t in TASKS)):
-        out[f"{key}_mean"] = round(float(metrics[key].mean()), 5)
-        out[f"{key}_std"] = round(float(metrics[key].std(ddof=0)), 5)
+        values = pd.to_numeric(metrics[key], errors="coerce") if key in metrics else pd.Series(dtype=float)
+        out[f"{key}_mean"] = rounded(values.mean() if values.notna().any() else None)
+        out[f"{key}_std"] = rounded(values.std(ddof=0) if values.notna().any() else None)
     out["minutes"] = round(float(metrics["minutes"].sum()), 2)
     out["img_per_s"] = round(float(metrics["img_per_s"].mean()), 1) if metrics["img_per_s"].notna().any() else None
     return out
+
+
+def rounded(x, digits: int = 5):
+    return None if x is None else round(float(x), digits)
+
+
+def fold_folder(k) -> str:
+    """A results.csv row's fold folder: fold<k>, or fold_all for the final model (train.py --fold all)."""
+    return "fold_all" if str(k) == "all" else f"fold{int(float(k))}"
 
 
 def write_summaries(out: Path) -> Path:
@@ -50,7 +61,7 @@ def write_summaries(out: Path) -> Path:
         results = Path(out) / "results.csv"
         if results.is_file():
             df = read_table(results)
-            there = [(Path(out) / str(r) / f"fold{int(k)}" / "metrics.json").is_file()
+            there = [(Path(out) / str(r) / fold_folder(k) / "metrics.json").is_file()
                      for r, k in zip(df["run"], df["fold"])]
             if not all(there):
                 write_csv(df[there], results)

@@ -98,7 +98,11 @@ def epoch_line(row: dict, epochs: int, to_go: str) -> str:
     """One short line per epoch, for tmux and logs."""
     ema = f" ema {row['val_f1_ema']:.4f}" if "val_f1_ema" in row else ""
     rate = f" {row['img_per_s']:.0f} img/s" if row.get("img_per_s") else ""
+    # a task's model (train.py --task) scores its own task alone
+    tasks = " ".join(f"{t} {row[f'val_f1_{t}']:.3f}" for t in ("mask", "gender", "age") if f"val_f1_{t}" in row)
+    if "val_f1" not in row:  # the final model (--fold all): nothing to validate on
+        return (f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} train F1 {row['train_f1']:.4f} "
+                f"lr {row['lr']:.2e}{rate} {row['seconds']:.0f}s, eta {to_go}")
     return (f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f}/{row['val_loss']:.4f} "
-            f"F1 {row['train_f1']:.4f}/{row['val_f1']:.4f}{ema} (mask {row['val_f1_mask']:.3f} gender "
-            f"{row['val_f1_gender']:.3f} age {row['val_f1_age']:.3f}) lr {row['lr']:.2e}{rate} {row['seconds']:.0f}s, "
-            f"eta {to_go}")
+            f"F1 {row['train_f1']:.4f}/{row['val_f1']:.4f}{ema} ({tasks}) lr {row['lr']:.2e}{rate} "
+            f"{row['seconds']:.0f}s, eta {to_go}")

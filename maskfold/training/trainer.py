@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from maskfold.device import amp_dtype, autocast, resolve_device
-from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores
+from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores, task_scores
 from maskfold.prediction.inference import predict_probs
 from maskfold.signals import stop_if_interrupted
 from maskfold.training.data import to_display, to_input
@@ -174,17 +174,18 @@ def train_epoch(fold: Fold, loader, epoch: int) -> dict:
         total += loss.detach() * len(y)
         n += len(y)
         seen += len(y)
-        preds.append(probs18(logits.detach(), cfg.head).argmax(1))
+        preds.append(probs18(logits.detach(), cfg.net_head).argmax(1))
         ys.append(y)
         if time.time() - shown > 2:  # the running loss, once every 2 s (each read waits for the device)
             bar.set_postfix(loss=f"{total.item() / n:.4f}", refresh=False)
             shown = time.time()
         t_done = time.perf_counter()
     s = scores(torch.cat(ys).cpu().numpy(), torch.cat(preds).cpu().numpy())  # waits for the last step
+    f1 = s[f"f1_{cfg.only}"] if cfg.only else s["f1"]  # a task's model: the argmax of its task is its answer
     # images per second of all processes together (each trains its share of every batch under torchrun)
     rate = seen * fold.place.world / (time.time() - t_steady) if seen else None
     # loader_wait_ms: per image, the time this process waited for batches (the rest is the model's and the step's)
-    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": s["f1"], "img_per_s": rate,
+    return {"train_loss": total.item() / max(n, 1), "train_acc": s["acc"], "train_f1": f1, "img_per_s": rate,
             "loader_wait_ms": 1000 * waited / seen if seen else None}
 
 
@@ -204,7 +205,7 @@ def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = Fal
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
     net = net if net is not None else fold.ema.module if ema else fold.model
-    probs = predict_probs(net, fold.cfg.head, images[mine], fold.mean, fold.std, place.device,
+    probs = predict_probs(net, fold.cfg.net_head, images[mine], fold.mean, fold.std, place.device,
                           fold.cfg.batch_size * 2, fold.amp, fold.cfg.channels_last, tta=tta)
     if place.world > 1:
         parts = [None] * place.world
@@ -213,10 +214,9 @@ def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = Fal
         for idx, p in parts:
             full[idx] = p
         probs = full
-    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    s = scores(labels, probs.argmax(1))
-    tasks = {f"val_f1_{t}": s[f"f1_{t}"] for t in TASKS}
-    return {"val_loss": nll, "val_acc": s["acc"], "val_f1": s["f1"], **tasks}, probs
+    s = task_scores(labels, probs, fold.cfg.only)  # a task's model: that task's F1, accuracy and log loss
+    tasks = {f"val_f1_{t}": s[f"f1_{t}"] for t in TASKS if f"f1_{t}" in s}
+    return {"val_loss": s["loss"], "val_acc": s["acc"], "val_f1": s["f1"], **tasks}, probs
 
 
 def note_precision(cfg: TrainConfig, device: str, dtype, log) -> None:

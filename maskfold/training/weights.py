@@ -24,7 +24,9 @@ def trained_on(source: Path, ck: dict) -> dict | None:
 
 def check_init_from(cfg: TrainConfig, ck: dict, digest: str) -> None:
     """--init-from must not bring in weights that trained on this fold's validation people: that would leak them
-    into its CV."""
+    into its CV. The final model (--fold all) has no validation people to leak into."""
+    if cfg.final:
+        return
     seen = trained_on(cfg.init_from, ck)
     if seen is None:
         print(f"note: --init-from {cfg.init_from}: no record of the people it trained on (a checkpoint from "
@@ -48,13 +50,13 @@ def create_model(cfg: TrainConfig, resume_from: Path | None, digest: str, create
     from maskfold.training.trainer import seed_all
 
     seed_all(cfg.seed)  # the same initial weights in every process and every run of this seed
-    net = create(cfg.model, cfg.head, cfg.pretrained, cfg.drop_rate, cfg.pretrained_file, cfg.drop_path)
+    net = create(cfg.model, cfg.net_head, cfg.pretrained, cfg.drop_rate, cfg.pretrained_file, cfg.drop_path)
     source = resume_from or cfg.init_from
     if source is None:
         return net, None
     resume = resume_from is not None
     ck = checkpoint.read(source, resume=resume)
-    mine = (cfg.model, cfg.head, list(cfg.img_size) if resume else None)  # --init-from may change the size
+    mine = (cfg.model, cfg.net_head, list(cfg.img_size) if resume else None)  # --init-from may change the size
     theirs = (ck["model"], ck["head"], list(ck["img_size"]) if resume else None)
     if mine != theirs:
         fix = "--overwrite restarts the fold" if resume else "start from a checkpoint of this model"
