@@ -67,12 +67,29 @@ def build(name: str, counts: np.ndarray, gamma: float = 2.0, smoothing: float = 
     return LOSSES[name](counts, gamma, smoothing)
 
 
+def ordinal_age(p_age: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """The squared earth mover's distance between predicted age-band probabilities (N, 3) and the true bands:
+    the bands' order counts (a 29-year-old surely called 60+ costs twice one called 30-59; plain cross entropy
+    charges both alike). Hou et al. 2016, 'Squared EMD loss for ordered classes'."""
+    cdf = torch.cumsum(p_age.float(), dim=1)[:, :-1]
+    truth = (torch.arange(p_age.shape[1] - 1, device=band.device)[None, :] >= band[:, None]).float()
+    return ((cdf - truth) ** 2).sum(1).mean()
+
+
+def age_probs(logits, head: str) -> torch.Tensor:
+    """The age bands' probabilities of a model's output: the marginal of 18 classes, the age head's softmax."""
+    if head == "single":
+        return F.softmax(logits.float(), dim=1).reshape(-1, 3, 2, 3).sum(dim=(1, 2))
+    return F.softmax((logits if head == "age" else split_logits(logits)["age"]).float(), dim=1)
+
+
 class Criterion:
     """The chosen loss on 18 classes, per task (weighted) for three heads, or on one task's classes for that
-    task's head alone (train.py --task; its targets are still class codes)."""
+    task's head alone (train.py --task; its targets are still class codes); `ordinal` > 0 adds that times the
+    ordinal age term (ordinal_age) of whatever head answers the age."""
 
-    def __init__(self, name, head, targets, gamma, smoothing, task_weights):
-        self.head = head
+    def __init__(self, name, head, targets, gamma, smoothing, task_weights, ordinal: float = 0.0):
+        self.head, self.ordinal = head, ordinal
         if head == "single":
             self.fn = build(name, np.bincount(targets, minlength=NUM_CLASSES), gamma, smoothing)
         elif head in TASKS:
@@ -83,6 +100,12 @@ class Criterion:
             self.weights = dict(zip(TASKS, task_weights))
 
     def __call__(self, logits, y):
+        loss = self.chosen(logits, y)
+        if self.ordinal:
+            loss = loss + self.ordinal * ordinal_age(age_probs(logits, self.head), y % 3)
+        return loss
+
+    def chosen(self, logits, y):
         if self.head == "single":
             return self.fn(logits, y)
         if self.head in TASKS:

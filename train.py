@@ -57,6 +57,9 @@ def check(cfg: TrainConfig) -> None:
         raise UserError("--task-weights: give three numbers, mask,gender,age")
     if cfg.only and cfg.head != "single":
         raise UserError(f"--task {cfg.only} trains that task's head alone: drop --head {cfg.head}")
+    if cfg.ordinal_age < 0 or cfg.ordinal_age and cfg.only in ("mask", "gender"):
+        raise UserError(f"--ordinal-age {cfg.ordinal_age}: a weight >= 0 of the age bands' order, for a model that "
+                        "answers the age (not --task mask or gender)")
     if cfg.only and weights != [1.0, 1.0, 1.0]:
         raise UserError(f"--task-weights weighs the three heads of --head multi: --task {cfg.only} has one")
     parse_tta(cfg.oof_tta, "--oof-tta")
@@ -137,7 +140,7 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     if not sampler.plain:
         log(f"sampler {cfg.sampler.value}: {len(sampler)} photos drawn an epoch (per process) of {len(data.train)}")
     crit = losses.Criterion(cfg.loss, cfg.net_head, data.targets, cfg.focal_gamma, cfg.smoothing,
-                            [float(w) for w in cfg.task_weights.split(",")])
+                            [float(w) for w in cfg.task_weights.split(",")], cfg.ordinal_age)
     mean, std = models.norm_stats(net)
     fold = trainer.build(cfg, place, net, crit, mean, std, steps=-(-batches // cfg.accum_steps))
     fold.trained_on = {"fold": cfg.fold, "folds_digest": facts.folds_digest}  # checked by a later --init-from

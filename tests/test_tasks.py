@@ -329,3 +329,31 @@ def test_the_final_model_trains_on_the_pseudo_labels_of_every_fold(tiny_run, dem
     r = invoke(train.app, folds, *TINY, "--out", tmp_path / "runs2", "--fold", "all", "--extra",
                tmp_path / "pseudo.csv", "--extra-soft")
     one_line(r, "--extra-soft")
+
+
+# ---------------------------------------------------------------- the ordinal age term
+
+
+def test_the_ordinal_age_term_charges_a_far_band_more_on_every_head():
+    y = torch.tensor([0])  # class 0: mask worn, male, <30
+    far, near = torch.tensor([[0.0, 0.0, 4.0]]), torch.tensor([[0.0, 4.0, 0.0]])
+    for head, pad in (("age", lambda a: a), ("multi", lambda a: torch.cat([torch.zeros(1, 5), a], 1)),
+                      ("single", lambda a: a.repeat(1, 6))):
+        plain = losses.Criterion("ce", head, np.array([0, 1, 2]), 2.0, 0.1, [1, 1, 1])
+        ordinal = losses.Criterion("ce", head, np.array([0, 1, 2]), 2.0, 0.1, [1, 1, 1], ordinal=1.0)
+        assert torch.isclose(plain(pad(far), y), plain(pad(near), y))  # cross entropy: both bands alike
+        assert ordinal(pad(far), y) > ordinal(pad(near), y) + 0.5  # the order counts
+    assert float(losses.ordinal_age(torch.tensor([[0.0, 0, 1]]), torch.tensor([0]))) == 2.0
+
+
+def test_train_applies_the_ordinal_age_term_and_refuses_it_where_no_age_is_answered(tiny_run, tmp_path, monkeypatch):
+    folds, _ = tiny_run
+    made = []
+    real = losses.Criterion
+    monkeypatch.setattr(losses, "Criterion", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path, "--ordinal-age", "0.5", "--head", "multi")
+    assert r.exit_code == 0, r.output
+    assert made[0].ordinal == 0.5
+    assert json.loads((tmp_path / "test_resnet" / "fold0" / "config.json").read_text())["ordinal_age"] == 0.5
+    r = invoke(train.app, folds, *TINY, "--out", tmp_path, "--ordinal-age", "1", "--task", "mask", "--run-name", "m")
+    one_line(r, "--ordinal-age")

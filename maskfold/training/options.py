@@ -125,6 +125,9 @@ class TrainConfig:
     task_weights: str = opt("1,1,1", "multi head: loss weights of mask,gender,age", run=True)
     loss: str = opt("ce", "ce, weighted_ce, focal, label_smoothing or f1", run=True)
     focal_gamma: float = opt(2.0, "focal loss: gamma", run=True)
+    ordinal_age: float = opt(0.0, "add this times an ordinal age term to the loss (the squared earth mover's distance "
+                             "of the age bands: calling a 29-year-old 60+ costs more than 30-59), on any head that "
+                             "answers the age (0: off)", run=True, metavar="W")
     smoothing: float = opt(0.1, "label_smoothing loss: smoothing", run=True)
     optimizer: str = opt("adamw", "any optimizer of timm's factory: sgd (nesterov), adam, adamw, madgrad, adamp, "
                          "lion, lamb, adabelief, nadamw, ... (all: python -c 'import timm.optim as o; "
