@@ -77,8 +77,12 @@ class EnsembleOptions:
     def recipe(self, tasks: list[str | None] | None = None) -> Recipe:
         """The blend of the 18-class inputs (a task's model, `tasks`, stays out: it answers its task through
         --<task>-from), each task from its source."""
-        w = input_weights(self) * np.array([t is None for t in tasks or [None] * len(self.inputs)], float)
-        return Recipe(w, self.mean, self.sources())
+        tasks = list(tasks or [None] * len(self.inputs))
+        w = input_weights(self) * np.array([t is None for t in tasks], float)
+        sources = self.sources()
+        if self.fit_weights == "task" and any(tasks):  # before the fit: each task from all inputs that answer it
+            sources = tuple((t, np.array([float(a in (None, t)) for a in tasks])) for t in TASKS)
+        return Recipe(w, self.mean, sources, tuple(tasks))
 
 
 def input_weights(o: EnsembleOptions) -> np.ndarray:
@@ -128,6 +132,11 @@ def check_tasks(o: EnsembleOptions, tasks: list[str | None]) -> None:
     """A task's model (train.py --task) answers its task only: it must be that task's source (--<task>-from), and
     every task needs an answer, from its source or from the 18-class inputs' blend."""
     sources = dict(o.sources())
+    if o.fit_weights == "task":  # each task's blend is chosen among the 18-class inputs and that task's models
+        missing = [t for t in TASKS if not any(a in (None, t) for a in tasks)]
+        if missing:
+            raise UserError(f"no input answers {' or '.join(missing)}: add an 18-class input or a {missing[0]} model")
+        return
     for i, (f, t) in enumerate(zip(o.inputs, tasks), 1):
         if t is not None and sources[t] != i:
             raise UserError(f"input {i} ({f}) comes from {task_words(t)}, which answers {t} alone: take the {t} "

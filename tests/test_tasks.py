@@ -357,3 +357,17 @@ def test_train_applies_the_ordinal_age_term_and_refuses_it_where_no_age_is_answe
     assert json.loads((tmp_path / "test_resnet" / "fold0" / "config.json").read_text())["ordinal_age"] == 0.5
     r = invoke(train.app, folds, *TINY, "--out", tmp_path, "--ordinal-age", "1", "--task", "mask", "--run-name", "m")
     one_line(r, "--ordinal-age")
+
+
+def test_fitted_task_weights_choose_each_tasks_blend_among_its_models(demo_tree, task_probs, tmp_path):
+    """--fit-weights task: the age blend may take the age model, the mask and gender blends never do."""
+    _, whole_csv, age_csv = task_probs
+    r = invoke(ensemble.app, whole_csv, age_csv, "--info", demo_tree / "eval" / "info.csv", "-o", tmp_path / "s.csv",
+               "--fit-weights", "task")
+    assert r.exit_code == 0, r.output
+    fitted = json.loads(r.stdout.strip().splitlines()[-1])["fit_weights"]["fitted"]
+    assert fitted["mask_from"][1] == 0.0 and fitted["gender_from"][1] == 0.0
+    assert fitted["weights"] == [1.0, 0.0]
+    r = invoke(ensemble.app, age_csv, "--info", demo_tree / "eval" / "info.csv", "-o", tmp_path / "t.csv",
+               "--fit-weights", "task")
+    one_line(r, "no input answers mask or gender")

@@ -33,6 +33,7 @@ def choose_weights(how: str, cv: OOF, base: Recipe) -> WeightChoice:
     f_in_sample = task_f1(cv.y, fitted.combine(cv.inputs).argmax(1))["f1"]
     singles = [task_f1(cv.y, q.argmax(1))["f1"] if w > 0 else -1.0 for q, w in zip(cv.inputs, base.weights)]
     best = int(np.argmax(singles))  # of the inputs in the blend (a task's model answers one task, not a class)
+    best_f1 = round(singles[best], 5) if singles[best] >= 0 else None
     gain = f_held - f_equal
     same = fitted.describe() == base.describe()
     applied = bool(gain > 0 and not same)
@@ -40,8 +41,9 @@ def choose_weights(how: str, cv: OOF, base: Recipe) -> WeightChoice:
         "not applied: the fit on every fold chose the equal weights" if same else "not applied: it loses held out"
     chosen = fitted if applied else base
     record = {"how": how, "held_out_f1": round(f_held, 5), "equal_f1": round(f_equal, 5),
-              "best_input_f1": round(singles[best], 5), "best_input": cv.names[best],
-              "gain_over_equal": round(gain, 5), "gain_over_best_input": round(f_held - singles[best], 5),
+              "best_input_f1": best_f1, "best_input": cv.names[best] if best_f1 is not None else None,
+              "gain_over_equal": round(gain, 5),
+              "gain_over_best_input": round(f_held - best_f1, 5) if best_f1 is not None else None,
               "applied": applied, "why": why, "applied_weights": chosen.describe(), "fitted": fitted.describe(),
               "fitted_in_sample_f1": round(f_in_sample, 5), "cv_scores": "held out" if applied else "equal weights"}
     print(f"fit weights ({how}): held-out CV macro F1 {f_held:.4f} (each fold's weights fitted on the others), "

@@ -28,6 +28,7 @@ class Recipe:
     weights: np.ndarray
     mean: Mean = Mean.arithmetic
     sources: tuple[tuple[str, Optional[int] | np.ndarray], ...] = (("mask", None), ("gender", None), ("age", None))
+    tasks: tuple[Optional[str], ...] = ()  # per input: the one task it answers (train.py --task), None: all 18
 
     def blend(self, probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
         w = weights / weights.sum()
@@ -86,11 +87,14 @@ def fit_recipe(base: Recipe, probs: list[np.ndarray], y: np.ndarray, how: str) -
         # a task's model (weight 0 in `base`: it answers its task through the sources) stays out of the blend
         allowed = np.flatnonzero(base.weights > 0)
         return Recipe(greedy_weights(n, lambda w: macro_f1(y, Recipe(w, base.mean, base.sources).combine(probs)
-                                                           .argmax(1)), allowed=allowed), base.mean, base.sources)
+                                                           .argmax(1)), allowed=allowed), base.mean, base.sources,
+                      base.tasks)
     truth = dict(zip(TASKS, decode(y)))
+    answers = list(base.tasks) or [None] * n  # a task's blend: the 18-class inputs and that task's own models
     sources = tuple((t, greedy_weights(n, lambda w, t=t: macro_f1(truth[t], marginals(base.blend(probs, w))[t]
-                                                                  .argmax(1)))) for t in TASKS)
-    return Recipe(np.ones(n), base.mean, sources)
+                                                                  .argmax(1)),
+                                       allowed=[i for i, a in enumerate(answers) if a in (None, t)])) for t in TASKS)
+    return Recipe(base.weights, base.mean, sources, base.tasks)
 
 
 def held_out_recipes(base: Recipe, probs: list[np.ndarray], y: np.ndarray, folds: np.ndarray,

@@ -192,8 +192,10 @@ def blend_section(path: Path, problems: list[str]) -> str:
     fw = rec.get("fit_weights")
     if fw:
         out.append(f"<div class='sub'>fitted weights ({html.esc(fw['how'])}): held-out CV {fw['held_out_f1']:.4f} "
-                   f"against {fw['equal_f1']:.4f} with equal weights and {fw['best_input_f1']:.4f} for the best "
-                   f"input; {'applied' if fw['applied'] else 'not applied'}</div>")
+                   f"against {fw['equal_f1']:.4f} with equal weights"
+                   + (f" and {fw['best_input_f1']:.4f} for the best input" if fw.get("best_input_f1") is not None
+                      else "")
+                   + f"; {'applied' if fw['applied'] else 'not applied'}</div>")
     changed = rec.get("changed", {})
     steps = [[html.cell(st["step"], cls="l"), html.cell(st["f1"]), html.cell("yes" if st["applied"] else "no"),
               html.cell(changed.get({"bias (held out)": "bias", "per person": "people"}.get(st["step"], ""), ""),
