@@ -18,17 +18,8 @@ RUNS=${RUNS:-"seed:42 seed:1 light:42 strong:42 strong:1 ssr:42 dropout:42 noise
 MODEL=mobilenetv3_small_100
 TRAIN=(--model $MODEL --no-pretrained --epochs "$EPOCHS" --img-size 96 72 --batch-size 32 --lr 3e-3 --head multi
        --loss weighted_ce --out "$OUT/runs")
-export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-mkdir -p "$OUT"
-D=$OUT/data
-if [ ! -f "$OUT/folds.csv" ]; then
-  log "demo, crops, folds"
-  $PY demo.py "$D" --train-people "$PEOPLE" --eval-people "$EVAL_PEOPLE" --seed 0 --overwrite > /dev/null
-  $PY crop.py "$D/train/images" "$OUT/crops/train" --overwrite > /dev/null
-  $PY crop.py "$D/eval/images" "$OUT/crops/eval" --overwrite > /dev/null
-  $PY split.py "$D/train/train.csv" "$OUT/crops/train" -o "$OUT/folds.csv" --folds "$FOLDS" --overwrite > /dev/null
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
 names=()
 for pair in $RUNS; do
   aug=${pair%:*} seed=${pair#*:} name=${pair%:*}_s${pair#*:}
