@@ -51,8 +51,9 @@ def fold_folder(k) -> str:
 
 
 def write_summaries(out: Path) -> Path:
-    """<out>/summary.csv: one row per run with finished folds, best CV first (rewritten as folds finish), and
-    results.csv without the rows of folds deleted since (a removed run folder leaves no row behind)."""
+    """<out>/summary.csv: one row per run with finished folds, the 18-class runs best CV first, then each task's
+    (rewritten as folds finish), and results.csv without the rows of folds deleted since (a removed run folder
+    leaves no row behind)."""
     import pandas as pd
 
     from maskfold.files import locked, read_table, write_csv
@@ -72,7 +73,9 @@ def write_summaries(out: Path) -> Path:
             except (UserError, OSError, KeyError, ValueError):
                 continue  # not a run folder, or no finished fold yet
         df = pd.DataFrame(rows)
-        if len(df):
-            df = df.sort_values("cv_f1", ascending=False)
+        if len(df):  # the 18-class runs first, best CV first; then each task's runs (their CV is that task's)
+            order = df.assign(_task=df["task"] != "all").sort_values(["_task", "task", "cv_f1"],
+                                                                     ascending=[True, True, False])
+            df = order.drop(columns="_task")
         write_csv(df, Path(out) / "summary.csv")
     return Path(out) / "summary.csv"
