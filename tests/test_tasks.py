@@ -371,3 +371,40 @@ def test_fitted_task_weights_choose_each_tasks_blend_among_its_models(demo_tree,
     r = invoke(ensemble.app, age_csv, "--info", demo_tree / "eval" / "info.csv", "-o", tmp_path / "t.csv",
                "--fit-weights", "task")
     one_line(r, "no input answers mask or gender")
+
+
+@pytest.mark.slow
+def test_the_final_model_resumes_after_sigkill_as_if_uninterrupted(tiny_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folds, _ = tiny_run
+    root = Path(__file__).resolve().parents[1]
+    args = [*TINY[:4], "3", *TINY[5:], "--fold", "all", "--ema", "0.9", "--sampler", "sqrt", "--drop-rate", "0.5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def cli(out, *extra):
+        return [sys.executable, str(root / "train.py"), str(folds), *args, "--out", str(out), *extra]
+
+    full = subprocess.run(cli(tmp_path / "a"), capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr
+    p = subprocess.Popen(cli(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = tmp_path / "b" / "test_resnet" / "fold_all" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "train.py finished before the kill"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (tmp_path / "b" / "test_resnet" / "fold_all" / "best.pt").exists()
+    resumed = subprocess.run(cli(tmp_path / "b", "--resume"), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
+    ha, hb = (pd.read_csv(tmp_path / d / "test_resnet" / "fold_all" / "history.csv") for d in "ab")
+    assert ha["train_loss"].tolist() == hb["train_loss"].tolist()
+    wa, wb = (torch.load(tmp_path / d / "test_resnet" / "fold_all" / "best.pt", weights_only=True)["state_dict"]
+              for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same final weights (the EMA's)
