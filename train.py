@@ -108,8 +108,8 @@ def final_words(cfg: TrainConfig) -> str:
     chose = (f"its run's folds chose epoch {', '.join(map(str, best))} (median {statistics.median(best):g}) of "
              f"their {read_json(cfg.run_dir / 'config.json').get('epochs', '?')}") if best else \
         "its run has no finished fold to compare with"
-    return (f"--fold all: every person trains for {cfg.epochs} epochs, no validation (the score is the K-fold "
-            f"CV's); {chose}")
+    epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
+    return f"--fold all: every person trains for {epochs}, no validation (the score is the K-fold CV's); {chose}"
 
 
 def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, state, facts: FoldFacts,

@@ -116,7 +116,10 @@ def run_folds(run_dir: Path) -> RunFolds:
         if inner:
             raise UserError(f"{run_dir}: a folder of runs ({', '.join(inner[:4])}{', ...' if len(inner) > 4 else ''}), "
                             f"not a run: give one of them, e.g. {Path(run_dir) / inner[0]}")
-        raise UserError(f"{run_dir}: no finished fold (fold*/metrics.json with best.pt) in this run folder")
+        final = Path(run_dir) / "fold_all" / "best.pt"
+        raise UserError(f"{run_dir}: no finished fold (fold*/metrics.json with best.pt) in this run folder"
+                        + (f"; its final model alone (train.py --fold all) is the checkpoint {final}"
+                           if final.is_file() else ""))
     check_folds_agree(run_dir, {k: c for k, c in configs.items() if k in finished})
     totals = {c.get("folds_total") for k, c in configs.items() if k in finished} - {None}
     unfinished = sorted(k for k, d in fold_dirs(run_dir).items() if k not in finished and (d / "last.pt").is_file())

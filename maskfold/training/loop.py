@@ -196,8 +196,9 @@ def finish_final(fold, history: pd.DataFrame, rate: float | None, t0: float, log
     append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")
     write_json(cfg.fold_dir / "metrics.json", metrics)
     summary = write_summaries(cfg.out)
-    log(f"final model: {len(history)} epochs on every person ({cfg.fold_dir / 'best.pt'}); no validation: its "
-        f"score is the K-fold CV's (runs compared in {summary})")
+    epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
+    log(f"final model: {epochs} on every person ({cfg.fold_dir / 'best.pt'}); no validation: its score is the "
+        f"K-fold CV's (runs compared in {summary})")
     files = ["best.pt", "last.pt", "history.csv", "metrics.json", "config.json", "curves.png", "train.log",
              "tensorboard"]
     return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
