@@ -270,7 +270,7 @@ def main(o: EnsembleOptions):
         summary.update(test_scores(truth, plain, per_person, ans))
     write_json(record_path(o.out), {"kind": "submission", **{k: v for k, v in summary.items() if k != "out"},
                                     "input_files": [str(f.resolve()) for f in o.inputs],
-                                    "input_runs": cv.names if cv is not None else None})
+                                    "input_runs": cv.names if cv is not None else None, "input_tasks": tasks})
     summary["files"] = [str(f) for f in (o.out, record_path(o.out), o.probs_out, o.suspects_out) if f]
     result(summary)
 

@@ -74,8 +74,10 @@ def runs_table(runs: list[Run]) -> str:
     # a task's model: its task's CV F1 (the label says which task)
     cvs = [task_scores(r.oof["label"], r.oof[PROB_COLS].to_numpy(), r.task)["f1"] if r.oof is not None else None
            for r in runs]
-    best = max((cv for cv in cvs if cv is not None), default=None)
-    order = sorted(range(len(runs)), key=lambda i: -1 if cvs[i] is None else -cvs[i])  # best CV first
+    # the best of the 18-class runs (a task run's CV is its task's, not comparable), best CV first, task runs after
+    best = max((cv for cv, r in zip(cvs, runs) if cv is not None and r.task is None), default=None)
+    order = sorted(range(len(runs)), key=lambda i: (runs[i].task is not None, runs[i].task or "",
+                                                    1 if cvs[i] is None else -cvs[i]))
     for r, cv in ((runs[i], cvs[i]) for i in order):
         m = r.metrics
         spread = [html.cell(f"{m['f1'].mean():.3f}±{m['f1'].std(ddof=0):.3f}")] + \
@@ -84,7 +86,8 @@ def runs_table(runs: list[Run]) -> str:
                     + [html.cell(f"{len(m)}/{r.of or '?'}"), html.cell(cv, cls="best" if cv == best else "")]
                     + spread + [html.cell(m["best_epoch"].median(), "{:.0f}"),
                                 html.cell(m["img_per_s"].mean(), "{:.0f}"), html.cell(m["minutes"].sum(), "{:.1f}")])
-    return html.table(["run", "label (options that differ)", "folds", "CV F1", "fold F1 ± sd", "mask", "gender",
+    return html.table(["run", "label (options that differ)", "folds", "CV F1 (a task run: its task's)", "fold F1 ± sd",
+                       "mask", "gender",
                        "age", "best epoch", "img/s", "min"], rows, table_id="runs")
 
 
@@ -183,12 +186,14 @@ def blend_section(path: Path, problems: list[str]) -> str:
     weights = r.get("weights") or [None] * len(files)
     cv = rec.get("cv_inputs") or [None] * len(files)
     runs = rec.get("input_runs") or [""] * len(files)
-    inputs = [[html.cell(Path(f).name, cls="l"), html.cell(str(run), cls="wrap"), html.cell(w, "{:.3f}"),
-               html.cell(c)] for f, run, w, c in zip(files, runs, weights, cv)]
+    tasks = rec.get("input_tasks") or [None] * len(files)  # a task's model: its CV is its task's
+    inputs = [[html.cell(Path(f).name, cls="l"), html.cell(str(run) + (f" ({t} only)" if t else ""), cls="wrap"),
+               html.cell(w, "{:.3f}"), html.cell(c)] for f, run, w, c, t in zip(files, runs, weights, cv, tasks)]
     out = [f"<div class='sub'>{html.esc(path)}: {rec.get('images', '?')} eval photos, mean "
            f"{html.esc(r.get('mean', '?'))}"
            + "".join(f"; {t} from {html.esc(json.dumps(r[f'{t}_from']))}" for t in TASKS if f"{t}_from" in r)
-           + "</div>", html.table(["input", "runs", "weight", "CV macro F1"], inputs, sortable=False)]
+           + "</div>", html.table(["input", "runs", "weight", "CV macro F1 (a task's model: its task's)"], inputs,
+                                  sortable=False)]
     fw = rec.get("fit_weights")
     if fw:
         out.append(f"<div class='sub'>fitted weights ({html.esc(fw['how'])}): held-out CV {fw['held_out_f1']:.4f} "
