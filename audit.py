@@ -62,8 +62,8 @@ def held_out(o: AuditOptions) -> pd.DataFrame:
     for run in o.runs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run folder")
-        if run_task(run):
-            raise UserError(f"{run} is {task_words(run_task(run))}; the audit weighs whole classes: give runs of "
+        if task := run_task(run):
+            raise UserError(f"{run} is {task_words(task)}; the audit weighs whole classes: give runs of "
                             "all 18 classes")
         oofs.append(read_run_oof(run, resolve=False)[PROB_COLS])
     common = df.index

@@ -18,10 +18,9 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Optional
-
-import numpy as np
 
 from maskfold.cli import UserError, arg, command, make_app, opt, result
 from maskfold.device import Device, amp_dtype, resolve_device
@@ -127,8 +126,9 @@ def main(o: PredictOptions):
     kind = check_kind(o.images, files, [r for _, _, runs in groups for r in runs], o.any_images)
     paths = [p for _, ps, _ in groups for p in ps]
     nets = [load_model(p, dev) for p in paths]
-    tasks = [check_one_task(out, ps, nets[first:first + len(ps)])
-             for (out, ps, _), first in zip(groups, np.cumsum([0] + [len(ps) for _, ps, _ in groups]))]
+    ends = accumulate(len(ps) for _, ps, _ in groups)
+    spans = [slice(end - len(ps), end) for (_, ps, _), end in zip(groups, ends)]  # each output's checkpoints
+    tasks = [check_one_task(out, ps, nets[span]) for (out, ps, _), span in zip(groups, spans)]
     amp = amp_dtype(dev, o.amp)
     warm_up(nets, o.batch_size, len(ids), dev, amp)
     print(f"predict: {len(nets)} checkpoint(s) x {len(ids)} images, {threads}", file=sys.stderr)
@@ -136,10 +136,8 @@ def main(o: PredictOptions):
     each = predict_all(nets, files, o.batch_size, dev, amp, tta, each=True)
     for (_, ck), path in zip(nets, paths):
         print(f"{path}: {ck['model']} head={ck['head']} epoch={ck.get('epoch')}", file=sys.stderr)
-    first, written = 0, []
-    for (out, ps, runs), task in zip(groups, tasks):
-        mine = slice(first, first + len(ps))
-        first += len(ps)
+    written = []
+    for (out, ps, runs), task, mine in zip(groups, tasks, spans):
         probs = each[mine].sum(0) / len(ps)
         probs /= probs.sum(axis=1, keepdims=True)
         record = {"kind": "probabilities", "task": task or "all", "images": len(ids), "info": str(o.info.resolve()),

@@ -95,12 +95,11 @@ def task_scores(y_true, probs: np.ndarray, task: str | None) -> dict[str, float]
     true class), or, for one task's model, that task's macro F1 as `f1` and `f1_<task>`, its accuracy and log
     loss (the other tasks' F1 are not its to score)."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    if task is None:
-        nll = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean()) if len(y_true) else 0.0
-        return {**scores(y_true, probs.argmax(1)), "loss": nll}
-    q, t = marginals(probs)[task], decode(y_true)[list(TASKS).index(task)]
-    f1 = macro_f1(t, q.argmax(1))
+    q, t = (probs, y_true) if task is None else (marginals(probs)[task], task_targets(y_true, task))
     nll = float(-np.log(np.clip(q[np.arange(len(t)), t], 1e-12, None)).mean()) if len(t) else 0.0
+    if task is None:
+        return {**scores(t, q.argmax(1)), "loss": nll}
+    f1 = macro_f1(t, q.argmax(1))
     return {"f1": f1, "acc": float((q.argmax(1) == t).mean()) if len(t) else 0.0, f"f1_{task}": f1, "loss": nll}
 
 

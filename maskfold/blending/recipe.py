@@ -70,9 +70,8 @@ def greedy_weights(n: int, score, steps: int = 20, allowed=None) -> np.ndarray:
     counts, best = np.zeros(n), -np.inf
     allowed = np.arange(n) if allowed is None else np.asarray(allowed)
     for _ in range(steps):
-        trials = [score(counts + np.eye(n)[k]) for k in allowed]
-        k = int(allowed[int(np.argmax(trials))])
-        trials = dict(zip(allowed.tolist(), trials))
+        trials = {int(k): score(counts + np.eye(n)[k]) for k in allowed}
+        k = max(trials, key=trials.get)  # the first of the best, as argmax
         if trials[k] <= best + 1e-9:
             break
         best, counts = trials[k], counts + np.eye(n)[k]

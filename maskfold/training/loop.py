@@ -12,30 +12,29 @@ from maskfold.files import append_csv, write_csv, write_json
 from maskfold.labels import PROB_COLS, TASKS
 from maskfold.prediction.tta import parse as parse_tta
 from maskfold.training.options import TrainConfig
-from maskfold.training.results import results_row, write_summaries
+from maskfold.training.results import results_row, rounded, write_summaries
 from maskfold.training.tracking import Log, epoch_line, eta
 
 
 def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log, tracker) -> None:
     """The epochs: train, validate (the EMA too), keep the best, save what --resume needs after each; stop
-    early after --patience epochs without a better val F1."""
-    import torch.distributed as dist
-
+    early after --patience epochs without a better val F1. The final model (--fold all) only trains: the last
+    epoch's weights (their EMA's with --ema) become its best.pt."""
     from maskfold.training import averaging, checkpoint, trainer
 
     cfg = fold.cfg
-    if cfg.final:
-        return fit_final(fold, loader, sampler, start, log, tracker)
     for epoch in range(start, cfg.epochs):
         if trainer.stop_early(fold, epoch):
             log(f"early stop: no better val F1 in the {cfg.patience} epoch(s) after epoch {fold.best['epoch']}")
             break
         t = time.time()
-        epoch_seed = cfg.seed * 1000 + epoch  # each epoch's randomness depends on (seed, epoch) only: resumable
-        trainer.seed_all(epoch_seed)
-        sampler.set_epoch(epoch, epoch_seed)
-        lr = max(g["lr"] for g in fold.opt.param_groups)  # the head's, with --layer-decay
-        row = {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch)}
+        row = train_one(fold, loader, sampler, epoch)
+        if cfg.final:  # nothing to validate on
+            row["seconds"] = round(time.time() - t, 2)
+            fold.history.append(row)
+            fold.best = {"epoch": epoch + 1, "ema": fold.ema is not None}
+            keep_epoch(fold, row, {}, start, epoch, log, tracker)
+            continue
         v, probs = trainer.validate(fold, va_images, va["label"].to_numpy())
         winner, from_ema = (v, probs), False
         if fold.ema is not None:
@@ -52,52 +51,47 @@ def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: i
             fold.best = {"f1": best_v["val_f1"], "epoch": epoch + 1, "ema": from_ema, **best_v}
             if parse_tta(cfg.oof_tta, "--oof-tta"):  # out-of-fold answers made as predict.py makes the submission's
                 best_p = trainer.validate(fold, va_images, va["label"].to_numpy(), ema=from_ema, tta=cfg.oof_tta)[1]
+        if fold.place.rank0 and better:
+            checkpoint.save(checkpoint.make(fold, epoch + 1, best_v, full=False, ema=from_ema),
+                            cfg.fold_dir / "best.pt")
+            write_oof(cfg.fold_dir / "oof.csv", va, best_p)
+        keep_epoch(fold, row, v, start, epoch, log, tracker)
+    if cfg.final:
         if fold.place.rank0:
-            log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
-            tracker.epoch(row)
-            if epoch == start and fold.shown is not None:
-                tracker.batch(fold.shown)
-            if better:
-                checkpoint.save(checkpoint.make(fold, epoch + 1, best_v, full=False, ema=from_ema),
-                                cfg.fold_dir / "best.pt")
-                write_oof(cfg.fold_dir / "oof.csv", va, best_p)
-            write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
-            checkpoint.save(checkpoint.make(fold, epoch + 1, v, full=True), cfg.fold_dir / "last.pt")
-        if fold.place.backend is not None:
-            dist.barrier()
+            ck = checkpoint.make(fold, len(fold.history), {}, full=False, ema=fold.ema is not None)
+            checkpoint.save(ck, cfg.fold_dir / "best.pt")
+        return
     average_best(fold, va, va_images, log)
 
 
-def fit_final(fold, loader, sampler, start: int, log: Log, tracker) -> None:
-    """--fold all: every person trains for --epochs, with nothing to validate on; last.pt after each epoch (for
-    --resume), and the last epoch's weights (their EMA's with --ema) become best.pt, the checkpoint predict.py takes."""
+def train_one(fold, loader, sampler, epoch: int) -> dict:
+    """One epoch's training, its randomness seeded by (seed, epoch) only (resumable): its row of history.csv."""
+    from maskfold.training import trainer
+
+    epoch_seed = fold.cfg.seed * 1000 + epoch
+    trainer.seed_all(epoch_seed)
+    sampler.set_epoch(epoch, epoch_seed)
+    lr = max(g["lr"] for g in fold.opt.param_groups)  # the head's, with --layer-decay
+    return {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch)}
+
+
+def keep_epoch(fold, row: dict, metric: dict, start: int, epoch: int, log: Log, tracker) -> None:
+    """After an epoch, on rank 0: its line, its scalars (and the first batch), history.csv and last.pt (what
+    --resume needs); every process under torchrun waits for it."""
     import torch.distributed as dist
 
-    from maskfold.training import checkpoint, trainer
+    from maskfold.training import checkpoint
 
     cfg = fold.cfg
-    for epoch in range(start, cfg.epochs):
-        t = time.time()
-        epoch_seed = cfg.seed * 1000 + epoch
-        trainer.seed_all(epoch_seed)
-        sampler.set_epoch(epoch, epoch_seed)
-        lr = max(g["lr"] for g in fold.opt.param_groups)
-        row = {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch), "seconds": 0.0}
-        row["seconds"] = round(time.time() - t, 2)
-        fold.history.append(row)
-        fold.best = {"epoch": epoch + 1, "ema": fold.ema is not None}
-        if fold.place.rank0:
-            log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
-            tracker.epoch(row)
-            if epoch == start and fold.shown is not None:
-                tracker.batch(fold.shown)
-            write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
-            checkpoint.save(checkpoint.make(fold, epoch + 1, {}, full=True), cfg.fold_dir / "last.pt")
-        if fold.place.backend is not None:
-            dist.barrier()
     if fold.place.rank0:
-        ck = checkpoint.make(fold, len(fold.history), {}, full=False, ema=fold.ema is not None)
-        checkpoint.save(ck, cfg.fold_dir / "best.pt")
+        log(epoch_line(row, cfg.epochs, eta(fold.history[start:], cfg.epochs - epoch - 1)))
+        tracker.epoch(row)
+        if epoch == start and fold.shown is not None:
+            tracker.batch(fold.shown)
+        write_csv(pd.DataFrame(fold.history), cfg.fold_dir / "history.csv")
+        checkpoint.save(checkpoint.make(fold, epoch + 1, metric, full=True), cfg.fold_dir / "last.pt")
+    if fold.place.backend is not None:
+        dist.barrier()
 
 
 def average_best(fold, va: pd.DataFrame, va_images: np.ndarray, log: Log) -> None:
@@ -141,12 +135,9 @@ def mean_after_first(history: pd.DataFrame, col: str) -> float | None:
     return float(v.iloc[1:].mean() if len(v) > 1 else v.mean()) if len(v) else None
 
 
-def rounded(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(x, digits)
-
-
 def finish(fold, t0: float, log: Log) -> dict:
-    """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row."""
+    """Plots, metrics.json (the mark of a finished fold, written last) and the run's results.csv row. The final
+    model (--fold all) has no validation: no oof.csv nor confusion.png, and no F1 (its score is the K-fold CV's)."""
     import torch
 
     from maskfold.pages import charts
@@ -154,53 +145,33 @@ def finish(fold, t0: float, log: Log) -> dict:
     cfg, best = fold.cfg, fold.best
     history = pd.DataFrame(fold.history)
     rate = mean_after_first(history, "img_per_s")
-    if cfg.final:
-        return finish_final(fold, history, rate, t0, log)
-    oof = pd.read_csv(cfg.fold_dir / "oof.csv")
     charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
-    charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1), task=cfg.only),
-                   cfg.fold_dir / "confusion.png")
+    if not cfg.final:
+        oof = pd.read_csv(cfg.fold_dir / "oof.csv")
+        charts.save_png(charts.confusion(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1),
+                                         task=cfg.only), cfg.fold_dir / "confusion.png")
     metrics = {"run": cfg.run_name, "fold": cfg.fold, "task": getattr(cfg.task, "value", cfg.task),
-               "best_epoch": best["epoch"], "f1": round(best["val_f1"], 5), "acc": round(best["val_acc"], 5),
-               # a task's model scores its own task only: the others' F1 are None
+               "best_epoch": best["epoch"], "f1": rounded(best.get("val_f1"), 5),
+               "acc": rounded(best.get("val_acc"), 5),
+               # a task's model scores its own task only, the final model none: the others' F1 are None
                **{f"f1_{t}": rounded(best.get(f"val_f1_{t}"), 5) for t in TASKS},
-               "val_loss": round(best["val_loss"], 5), "img_per_s": round(rate, 1) if rate else None,
+               "val_loss": rounded(best.get("val_loss"), 5), "img_per_s": round(rate, 1) if rate else None,
                "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
                "best_is_ema": bool(best.get("ema", False)), "gpu_peak_gib": gpu_peak_gib(fold.place.device),
                "avg_best": fold.averaged, "threads": torch.get_num_threads(),
+               **({"train_f1": rounded(history["train_f1"].iloc[-1], 5)} if cfg.final else {}),
                "loader_wait_ms": rounded(mean_after_first(history, "loader_wait_ms"), 3)}
     append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")  # one line per finished fold
     write_json(cfg.fold_dir / "metrics.json", metrics)
     summary = write_summaries(cfg.out)
-    log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}; runs compared in {summary}")
-    files = ["best.pt", "last.pt", "oof.csv", "history.csv", "metrics.json", "config.json", "curves.png",
-             "confusion.png", "train.log", "tensorboard"]
-    return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
-
-
-def finish_final(fold, history: pd.DataFrame, rate: float | None, t0: float, log: Log) -> dict:
-    """The final model's metrics.json and results.csv row: no validation score (its score is the K-fold CV's)."""
-    import torch
-
-    from maskfold.pages import charts
-
-    cfg = fold.cfg
-    charts.save_png(charts.curves(history), cfg.fold_dir / "curves.png")
-    metrics = {"run": cfg.run_name, "fold": "all", "task": getattr(cfg.task, "value", cfg.task),
-               "best_epoch": len(history), "f1": None, "acc": None, **{f"f1_{t}": None for t in TASKS},
-               "val_loss": None, "img_per_s": round(rate, 1) if rate else None,
-               "minutes": round((time.time() - t0) / 60, 2), "epochs_run": len(history),
-               "best_is_ema": fold.ema is not None, "gpu_peak_gib": gpu_peak_gib(fold.place.device), "avg_best": None,
-               "threads": torch.get_num_threads(), "train_f1": rounded(history["train_f1"].iloc[-1], 5),
-               "loader_wait_ms": rounded(mean_after_first(history, "loader_wait_ms"), 3)}
-    append_csv(pd.DataFrame([results_row(cfg, metrics)]), cfg.out / "results.csv")
-    write_json(cfg.fold_dir / "metrics.json", metrics)
-    summary = write_summaries(cfg.out)
-    epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
-    log(f"final model: {epochs} on every person ({cfg.fold_dir / 'best.pt'}); no validation: its score is the "
-        f"K-fold CV's (runs compared in {summary})")
-    files = ["best.pt", "last.pt", "history.csv", "metrics.json", "config.json", "curves.png", "train.log",
-             "tensorboard"]
+    if cfg.final:
+        epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
+        log(f"final model: {epochs} on every person ({cfg.fold_dir / 'best.pt'}); no validation: its score is the "
+            f"K-fold CV's (runs compared in {summary})")
+    else:
+        log(f"best epoch {best['epoch']}: val macro F1 {best['val_f1']:.4f}; runs compared in {summary}")
+    files = ["best.pt", "last.pt", *([] if cfg.final else ["oof.csv"]), "history.csv", "metrics.json",
+             "config.json", "curves.png", *([] if cfg.final else ["confusion.png"]), "train.log", "tensorboard"]
     return metrics | {"files": [str(cfg.fold_dir / f) for f in files] + [str(cfg.out / "results.csv"), str(summary)]}
 
 
