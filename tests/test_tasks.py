@@ -408,3 +408,40 @@ def test_the_final_model_resumes_after_sigkill_as_if_uninterrupted(tiny_run, tmp
     wa, wb = (torch.load(tmp_path / d / "test_resnet" / "fold_all" / "best.pt", weights_only=True)["state_dict"]
               for d in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same final weights (the EMA's)
+
+
+def test_a_task_model_on_fixed_labels_composes_in_either_order_against_the_labels_named(blend_runs):
+    """Round 2's age model (trained on fixed labels) with round 1's 18-class run: refused without --labels in
+    both orders, and the same CV in both orders with it."""
+    from maskfold.labels import encode, joint
+
+    tmp, inputs, runs, truth, paths = blend_runs
+    fixed = truth.copy()
+    fixed[:7] = encode(fixed[:7] // 6, fixed[:7] // 3 % 2, 0)  # person 0's age band fixed to <30
+    q = np.full((len(truth), 3), 0.1)
+    q[np.arange(len(truth)), fixed % 3] = 0.8
+    p = joint(np.full((len(truth), 3), 1 / 3), np.full((len(truth), 2), 0.5), q)
+    oof = pd.DataFrame(p, columns=PROB_COLS)
+    oof.insert(0, "fold", [0] * 7 + [1] * 7)
+    oof.insert(0, "label", fixed)
+    oof.insert(0, "path", paths)
+    run = fake_run(tmp / "runs", "age_fixed", oof, tmp / "work" / "folds_fixed.csv")
+    for k in (0, 1):
+        c = json.loads((run / f"fold{k}" / "config.json").read_text())
+        (run / f"fold{k}" / "config.json").write_text(json.dumps({**c, "task": "age"}))
+    df = pd.DataFrame(p, columns=PROB_COLS)
+    df.insert(0, "ImageID", pd.read_csv(tmp / "info.csv")["ImageID"])
+    write_probs(df, tmp / "age.csv", {"task": "age", "runs": [{"run": str(run), "folds": [0, 1]}]})
+    (tmp / "work").mkdir(exist_ok=True)
+    pd.DataFrame({"path": paths, "person": [x.split("/")[1] for x in paths], "age": 40, "mask_label": fixed // 6,
+                  "gender_label": fixed // 3 % 2, "label": fixed, "fold": oof["fold"]}).to_csv(
+        tmp / "work" / "folds_fixed.csv", index=False)
+    cvs = []
+    for order, flag in (([inputs[0], tmp / "age.csv"], "2"), ([tmp / "age.csv", inputs[0]], "1")):
+        r, _ = run_ensemble(tmp, order, "--age-from", flag)
+        one_line(r, "trained on different labels")
+        r, rec = run_ensemble(tmp, order, "--age-from", flag, "--labels", tmp / "work" / "folds_fixed.csv")
+        assert r.exit_code == 0, r.output
+        cvs.append(rec["cv_f1_tasks"])
+        (tmp / "sub.csv").unlink()
+    assert cvs[0] == cvs[1] and cvs[0]["age"] == 1.0  # scored against the fixed ages, whichever input is first
