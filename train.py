@@ -36,7 +36,7 @@ app = make_app()
 def check(cfg: TrainConfig) -> None:
     """The options' rules, and names that must be in the registries of losses.py, models.py and the package."""
     from maskfold.training.augment import AUGS, check_aug_file, is_aug_file
-    from maskfold.training.optim import SCHEDULERS, optimizer_names, parse_kwargs
+    from maskfold.training.optim import SCHEDULERS, check_optimizer, optimizer_names
 
     import models
     from losses import LOSSES
@@ -79,11 +79,11 @@ def check(cfg: TrainConfig) -> None:
         raise UserError("--cutmix and --mixup are probabilities that add up to at most 1")
     if not 0 <= cfg.ema < 1 or cfg.clip_grad < 0 or cfg.patience < 0:
         raise UserError("--ema must be in [0, 1), --clip-grad and --patience non-negative")
-    parse_kwargs(cfg.opt_kwargs)
     if not 0 < cfg.epoch_fraction <= 1 or cfg.avg_best < 0 or cfg.avg_best == 1:
         raise UserError("--epoch-fraction must be in (0, 1], --avg-best 0 (off) or 2 and more")
     if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1 or not 0 <= cfg.drop_path < 1:
         raise UserError("--layer-decay must be in (0, 1], --drop-path in [0, 1)")
+    check_optimizer(cfg.optimizer, cfg.opt_kwargs, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     if cfg.workers < 0 or (cfg.threads is not None and cfg.threads < 1):
         raise UserError("--workers must be >= 0 and --threads >= 1")
     if cfg.extra_soft and cfg.extra is None:
