@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -113,17 +114,14 @@ def final_words(cfg: TrainConfig) -> str:
 
 
 def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, state, facts: FoldFacts,
-               t0: float) -> None:
+               t0: float, place) -> None:
     """Set up the fold's data, model and loop in this process, train it, and finish it on rank 0."""
-    import torch.distributed as dist
-
     from maskfold.training import checkpoint, trainer
     from maskfold.training.data import fold_data, make_loader
 
     import losses
     import models
 
-    place = trainer.setup_place(cfg)
     _, threads = set_threads(cfg.threads, cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     net, ck = create_model(cfg, state.resume_from, facts.folds_digest, models.create)
     if place.rank0:
@@ -162,13 +160,46 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
                               "command with --resume finishes it") from None
         tracker.close({k: v for k, v in metrics.items() if k != "files"})
         result(metrics)
-    if place.backend is not None:
-        dist.destroy_process_group()
+
+
+def decide(cfg: TrainConfig, facts: FoldFacts, folds_total: int) -> tuple[str, object]:
+    """What this fold does, decided once (rank 0, under the fold's lock): ("finished", metrics), ("copied",
+    metrics) or ("train", FoldState)."""
+    state = prepare_fold(cfg, facts)
+    if state.finished is not None:
+        print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
+        return "finished", state.finished
+    twin = twin_fold(cfg, facts) if state.resume_from is None and not cfg.overwrite else None
+    if twin is not None:
+        return "copied", copy_twin(cfg, twin, folds_total, facts)
+    return "train", state
+
+
+def agreed(place, decision):
+    """Rank 0's decision, made once and sent to every process of a torchrun (each else would decide alone: one
+    copying a twin while another finds the fold finished); a refusal reaches them all as the same error."""
+    import torch.distributed as dist
+
+    if place.backend is None:
+        return decision()
+    box = [None]
+    if place.rank0:
+        try:
+            box = [decision()]
+        except UserError as e:
+            box = [e]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], UserError):
+        raise box[0] if place.rank0 else SystemExit(2)  # rank 0 says it in one line; the others end with it
+    return box[0]
 
 
 @command(app, TrainConfig, check)
 def main(cfg: TrainConfig):
     """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
+    from maskfold.training.learning import learning_record, numerics
+    from maskfold.training.trainer import setup_place
+
     t0 = time.time()
     df = read_folds(cfg.folds_csv, cfg.fold)
     check_outside(cfg.out, *{os.path.dirname(os.path.dirname(f)) for f in df["file"]})  # the image trees
@@ -179,17 +210,22 @@ def main(cfg: TrainConfig):
         extra, record = read_extra(cfg.extra, cfg.fold, df, folds_digest(df), cfg.extra_soft)
         check_outside(cfg.out, Path(record["images"]))
     facts = fold_facts(cfg, df, extra, record)
-    # Rank 0 alone holds the fold's lock: the other processes of a torchrun start with it and end with it.
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    with fold_lock(cfg.run_dir, cfg.fold_dir.name) if rank0 else contextlib.nullcontext():
-        state = prepare_fold(cfg, facts)
-        if state.finished is not None:
-            print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
-            return result(state.finished)
-        twin = twin_fold(cfg, facts) if state.resume_from is None and not cfg.overwrite else None
-        if twin is not None:
-            return result(copy_twin(cfg, twin, df["fold"].nunique(), facts))
-        train_fold(cfg, df, extra, state, facts, t0)
+    place = setup_place(cfg)  # under torchrun: the process group, before anything is decided
+    try:
+        # Rank 0 alone holds the fold's lock and decides; the other processes of a torchrun follow its decision.
+        with fold_lock(cfg.run_dir, cfg.fold_dir.name) if place.rank0 else contextlib.nullcontext():
+            if place.rank0:
+                files = df["file"].tolist() + (extra["file"].tolist() if extra is not None else [])
+                facts = replace(facts, learning=learning_record(cfg, files, numerics(cfg)))
+            kind, what = agreed(place, lambda: decide(cfg, facts, df["fold"].nunique()))
+            if kind != "train":
+                return result(what) if place.rank0 else None
+            train_fold(cfg, df, extra, what, facts, t0, place)
+    finally:
+        if place.backend is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

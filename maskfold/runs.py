@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from maskfold.cli import UserError
-from maskfold.training.options import COMPARED_FACTS, RUN_DEFAULTS, RUN_KEYS
+from maskfold.training.options import COMPARED_FACTS, FINAL_OWN, RUN_DEFAULTS, RUN_KEYS
 
 
 def read_json(path: Path) -> dict:
@@ -53,10 +53,26 @@ def task_words(task: str | None) -> str:
     return f"a{'n' if task in ('age',) else ''} {task}-only run (train.py --task {task})"
 
 
+def own_fold(path: str | None, fold) -> str | None:
+    """--init-from as a run's folds share it: a checkpoint in the fold's own folder of another run
+    (runs/A/fold3/best.pt for fold 3) is runs/A/fold{k}/best.pt, each fold starting from its own."""
+    if path is None or fold is None:
+        return path
+    p = Path(path)
+    own = "fold_all" if str(fold) == "all" else f"fold{fold}"
+    return str(p.parent.parent / "fold{k}" / p.name) if p.parent.name == own else path
+
+
+def setting(c: dict, key: str):
+    """A fold's setting `key` as its run's folds must share it (one it lacks, from before it existed, is its
+    default; --init-from per fold)."""
+    value = c.get(key, RUN_DEFAULTS.get(key))
+    return own_fold(value, c.get("fold")) if key == "init_from" else value
+
+
 def differences(a: dict, b: dict) -> list[str]:
-    """The learning options and recorded facts in which two folds' configs differ (an option a config lacks, from
-    before it existed, counts as its default)."""
-    return [k for k in RUN_KEYS if a.get(k, RUN_DEFAULTS.get(k)) != b.get(k, RUN_DEFAULTS.get(k))] + \
+    """The learning options and recorded facts in which two folds' configs differ."""
+    return [k for k in RUN_KEYS if setting(a, k) != setting(b, k)] + \
         [k for k in COMPARED_FACTS if k in a and k in b and a[k] != b[k]]
 
 
@@ -86,6 +102,19 @@ def check_folds_agree(run_dir: Path, configs: dict[int, dict]) -> None:
         raise UserError(f"{run_dir}: fold(s) {', '.join(map(str, odd))} were trained with other options than fold "
                         f"{first} ({explain(keys)}); a run's folds must agree: retrain them, or move them to a run "
                         "of their own")
+
+
+def check_final(run_dir: Path) -> None:
+    """The final model (fold_all) is scored by its run's K-fold CV: it must have trained as they did, but for the
+    epochs (and what chooses an epoch by validation, which it has none of)."""
+    final = read_json(Path(run_dir) / "fold_all" / "config.json")
+    configs = {k: {**c, **{o: final.get(o) for o in FINAL_OWN}} for k, c in fold_configs(run_dir).items()}
+    odd, keys = disagreeing(final, configs)
+    if odd:
+        raise UserError(f"{Path(run_dir) / 'fold_all'}: the final model trained with other options than fold(s) "
+                        f"{', '.join(map(str, odd))} of its run ({explain(keys)}), whose CV would be reported for it; "
+                        f"train it again as they did (train.py --config {Path(run_dir) / 'config.json'} ... --fold all "
+                        "--overwrite)")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from maskfold.cli import UserError
 from maskfold.images import describe_folder, is_hidden, kind_differs, match_ids
-from maskfold.runs import fold_configs, run_folds
+from maskfold.runs import check_final, fold_configs, run_folds
 
 
 def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
@@ -33,6 +33,7 @@ def checkpoints(sources: list[Path]) -> tuple[list[Path], list[dict]]:
                 runs.append({"run": str(run_dir), "folds": [int(fold)] if fold.isdigit() else [], "of": None,
                              "partial": None, "unfinished": [], **({"final": True} if final else {})})
                 if final:
+                    check_final(run_dir)
                     print(f"note: {s} is the final model of {run_dir} (train.py --fold all): ensemble.py scores its "
                           "CV with the run's K folds' out-of-fold answers", file=sys.stderr)
         else:

@@ -15,7 +15,8 @@ import pandas as pd
 
 from maskfold.cli import UserError
 from maskfold.files import append_csv, write_json
-from maskfold.runs import differences, disagreeing, explain, fold_configs, read_json
+from maskfold.runs import differences, disagreeing, explain, fold_configs, own_fold, read_json
+from maskfold.training.learning import what_differs
 from maskfold.training.options import FINAL_OWN, RUN_RECORD, FoldFacts, TrainConfig
 from maskfold.training.results import results_row, write_summaries
 
@@ -23,14 +24,16 @@ from maskfold.training.results import results_row, write_summaries
 def twin_fold(cfg: TrainConfig, facts: FoldFacts) -> Optional[Path]:
     """A finished fold of another run under --out that learnt exactly what this one would: the same options but
     the run's name and the file names, the same labels and targets, the same split, no pseudo-labels added or the
-    same ones, out-of-fold paths that resolve alike. Training it again would repeat it."""
+    same ones, out-of-fold paths that resolve alike, and the same learning record (facts.learning: the code, the
+    libraries, the bytes of the photos and of every file an option names, the device and precision). A fold from
+    before that record was kept is never a twin. Training it again would repeat it."""
     mine = {**cfg.record(), **facts.record()}
     same_place = Path(cfg.folds_csv).resolve().parent
 
     def extra(c: dict):
         return c.get("extra_digest") if c.get("extra_rows") else None
 
-    if not Path(cfg.out).is_dir():
+    if not Path(cfg.out).is_dir() or not facts.learning:
         return None
     for run in sorted(p for p in Path(cfg.out).iterdir() if p.is_dir() and p.name != cfg.run_name):
         d = run / cfg.fold_dir.name
@@ -42,8 +45,13 @@ def twin_fold(cfg: TrainConfig, facts: FoldFacts) -> Optional[Path]:
         keys = [k for k in differences(mine, theirs) if k not in ("folds_csv", "extra", "extra_digest")]
         if keys or extra(mine) != extra(theirs) or theirs.get("labels_digest") != mine["labels_digest"]:
             continue
-        if Path(theirs["folds_csv"]).resolve().parent == same_place:
+        if Path(theirs["folds_csv"]).resolve().parent != same_place:
+            continue
+        if (theirs.get("learning") or {}).get("digest") == facts.learning["digest"]:
             return d
+        why = what_differs(facts.learning, theirs.get("learning"))
+        print(f"note: {d} has the same options and labels but differs in {why}: {cfg.fold_dir} is trained, not "
+              "copied", file=sys.stderr)
     return None
 
 
@@ -59,15 +67,20 @@ def prepare_fold(cfg: TrainConfig, facts: FoldFacts) -> FoldState:
     run, and say what to do with an existing fold."""
     mine = {**cfg.record(), **facts.record()}
     configs = fold_configs(cfg.run_dir)
+    final = cfg.run_dir / "fold_all" / "config.json"
+    if final.is_file():  # the final model is one of the run's: its folds and it agree, whichever came first
+        configs["all"] = read_json(final)
     others = {k: c for k, c in configs.items() if k != cfg.fold}
-    if cfg.final:  # the final model trains as the run's folds did, for the epochs their CV chose
-        others = {k: {**c, **{o: mine.get(o) for o in FINAL_OWN}} for k, c in others.items()}
+    # the final model trains as the run's folds do but for the epochs their CV chose, with no validation to stop by
+    others = {k: {**c, **{o: mine.get(o) for o in FINAL_OWN}} if cfg.final or k == "all" else c
+              for k, c in others.items()}
     odd, keys = disagreeing(mine, others)
     if odd:
         raise UserError(f"run {cfg.run_dir} was made with other options ({explain(keys)}) in fold(s) "
-                        f"{', '.join(map(str, odd))}; pass --run-name NAME for a new run")
+                        f"{', '.join('all (its final model)' if k == 'all' else str(k) for k in odd)}; pass "
+                        "--run-name NAME for a new run")
     d = cfg.fold_dir
-    own = read_json(d / "config.json") if cfg.final and (d / "config.json").is_file() else configs.get(cfg.fold)
+    own = configs.get(cfg.fold)
     changed = differences(own, mine) if own else []
     if (d / "metrics.json").is_file() and not cfg.overwrite:
         if changed:
@@ -131,7 +144,8 @@ def start_fold_dir(cfg: TrainConfig, folds_total: int, facts: FoldFacts) -> None
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
     record = cfg.record()
     if not (cfg.final and (cfg.run_dir / "config.json").is_file()):  # the run's options are its K folds'
-        write_json(cfg.run_dir / "config.json", {k: record[k] for k in RUN_RECORD})
+        shared = {k: record[k] for k in RUN_RECORD}  # --init-from of the fold's own folder: fold{k}, for --config
+        write_json(cfg.run_dir / "config.json", shared | {"init_from": own_fold(record["init_from"], cfg.fold)})
     write_json(cfg.fold_dir / "config.json", {**record, **facts.record(), "folds_total": folds_total})
 
 

@@ -50,7 +50,8 @@ class FoldFacts:
     """What a fold's config.json records beside its options: the person-to-fold map it was split with (a digest
     of folds.csv's content, which a rewrite of the same path changes), the processes it trained in (the
     effective batch is --batch-size x processes), its images, the digest of its labels and training targets,
-    an --aug file's pipeline, --extra's pseudo-labels, and the fold it was copied from, if it was."""
+    an --aug file's pipeline, --extra's pseudo-labels, the fold it was copied from, if it was, and what else decides
+what it learns (the code, the files' and photos' bytes, the precision: a twin must share it)."""
     folds_digest: str
     processes: int
     images: dict
@@ -60,6 +61,7 @@ class FoldFacts:
     extra_digest: Optional[str] = None
     extra_rows: Optional[int] = None
     copied_from: Optional[str] = None
+    learning: Optional[dict] = None  # learning.learning_record: the code, files, photos and numerics (twins only)
 
     def record(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -186,9 +188,9 @@ class TrainConfig:
                            "probabilities (the photo's mask, the person's gender and age) instead of the hard label",
                            run=True)
     init_from: Optional[Path] = opt(None, "start from this checkpoint's weights (same model and head; any image "
-                                    "size): fine-tuning, or a second round from the same fold's checkpoint (one "
-                                    "that trained on this fold's validation people is refused); none: unset a "
-                                    "--config file's", run=True)
+                                    "size): fine-tuning, or a second round from the same fold's checkpoint, "
+                                    "runs/A/fold{k}/best.pt (fold{k}: this fold's folder; one that trained on this "
+                                    "fold's validation people is refused); none: unset a --config file's", run=True)
     oof_tta: str = opt("flip", "the test-time augmentation of oof.csv's answers, as predict.py --tta takes it "
                        "(flip, shift, scale, comma-separated; none): the same as the submission's, so that the CV "
                        "scores what is submitted (the best epoch is chosen without it); a run's folds share it",
@@ -222,6 +224,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and str(value).lower() == "none":
                 object.__setattr__(self, name, None)
+        if self.init_from is not None and "{k}" in str(self.init_from):  # each fold from its own fold's checkpoint
+            folder = "fold_all" if self.fold == ALL else f"fold{self.fold}"
+            object.__setattr__(self, "init_from", Path(str(self.init_from).replace("fold{k}", folder)
+                                                       .replace("{k}", str(self.fold))))
 
     @property
     def only(self) -> str | None:
