@@ -54,8 +54,9 @@ class PseudoOptions:
     out: Path = opt(..., "pseudo-label CSV to write (train.py --extra)", "--out", "-o")
     people: Optional[Path] = opt(None, "people.csv of the eval photos (people.py): a person's photos share its "
                                  "answer; without it, each photo its own")
-    min_conf: str = opt("0.7", "keep an answer only where each task is this sure: one probability for all, or per "
-                        "task (mask=0.9,gender=0.9,age=0.8; a task not named keeps 0.7); a person's gender and age "
+    min_conf: str = opt("0.7", "keep an answer only where each task is this sure: one probability for all, per "
+                        "task (mask=0.9,gender=0.9,age=0.8; a task not named keeps 0.7), or per class of a task's "
+                        "answer split by / (mask=0.5/0.95/0.95: worn, wrongly, none); a person's gender and age "
                         "probability is the mean over its photos")
     min_sure: float = opt(0.0, "with --people: use only groups surer than this (people.py's sure)")
     min_photos: Optional[int] = opt(None, "with --people: use only groups of at least this many photos (default: "
@@ -178,19 +179,21 @@ def table(o: PseudoOptions, ids: pd.Series, files: list[Path], groups: np.ndarra
           per_fold: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """The rows kept by at least one fold, in folds.csv's format, with each fold's label and sureness."""
     ans, conf, _ = pl.person_answers(blend, groups, o.group_size)
+    keep_all = pl.confident(conf, ans, pl.parse_min_conf(o.min_conf)) & (groups >= 0 if o.people is not None else True)
     mask, gender, age = decode(ans)
     base = os.path.abspath(o.out.parent)
     df = pd.DataFrame({
         "path": [os.path.relpath(os.path.abspath(f), base) for f in files],
         "person": [f"eval_group{g}" if g >= 0 else f"eval_{stem_key(i)}" for g, i in zip(groups, ids)],
         "id": "", "gender": np.where(gender == 0, "male", "female"), "age": np.array(pl.AGES)[age],
-        "mask_label": mask, "gender_label": gender, "age_label": age, "label": ans, "fold": -1,
+        "mask_label": mask, "gender_label": gender, "age_label": age, "label": np.where(keep_all, ans, -1),
+        "fold": -1,
         "sure": np.round(conf.min(axis=1), 4), "ImageID": ids.to_numpy()})
     for k, (a, c, soft, keep) in per_fold.items():
         df[pl.label_col(k)] = np.where(keep, a, -1)
         df[pl.sure_col(k)] = np.round(c, 4)
         df[pl.soft_cols(k)] = np.round(soft, 4)
-    kept = np.any([keep for *_, keep in per_fold.values()], axis=0)
+    kept = np.any([keep for *_, keep in per_fold.values()], axis=0) | keep_all  # some fold's, or the final model's
     return df.loc[kept, [*COLUMNS, *(c for c in df.columns if c not in COLUMNS)]].reset_index(drop=True)
 
 
@@ -226,7 +229,7 @@ def main(o: PseudoOptions):
     per_fold, min_conf = {}, pl.parse_min_conf(o.min_conf)
     for k, p in fold_probs(o, runs, files).items():
         a, c, soft = pl.person_answers(p, groups, o.group_size)
-        keep = pl.confident(c, min_conf) & ((groups >= 0) if o.people is not None else True)
+        keep = pl.confident(c, a, min_conf) & ((groups >= 0) if o.people is not None else True)
         per_fold[k] = (a, c.min(axis=1), soft, keep)
     df = table(o, ids, files, groups, blend, per_fold)
     folds = sorted(per_fold)

@@ -377,10 +377,46 @@ def test_min_conf_per_task_keeps_the_rows_each_task_is_sure_of(demo_tree, eval_p
     kept = pd.read_csv(tmp_path / "age.csv")
     assert set(kept.loc[kept["label_fold0"] >= 0, "ImageID"]) == set(rows.loc[conf["age"] >= cut, "ImageID"])
     assert 0 < (conf["age"] >= cut).sum() < len(rows)
-    assert json.loads((tmp_path / "age.csv.json").read_text())["min_conf"] == {"mask": 0, "gender": 0, "age": cut}
-    for bad in ("height=0.9", "mask=1.5", "mask=high"):
+    assert json.loads((tmp_path / "age.csv.json").read_text())["min_conf"] == {"mask": [0] * 3, "gender": [0] * 2,
+                                                                             "age": [cut] * 3}
+    for bad in ("height=0.9", "mask=1.5", "mask=high", "mask=0.5/0.9", "gender=0.5/0.5/0.5"):
         r = make_pseudo(demo_tree, eval_probs, tmp_path / "bad.csv", "--min-conf", bad)
         assert r.exit_code == 2 and "--min-conf" in r.output and not (tmp_path / "bad.csv").exists(), r.output
+
+
+def test_min_conf_per_class_asks_each_answer_what_its_class_needs(demo_tree, eval_probs, tmp_path):
+    """As the winning team's thresholds (mask=0.5/0.95/0.95): one mask class at a cut, the others at 1."""
+    assert make_pseudo(demo_tree, eval_probs, tmp_path / "loose.csv", "--min-conf", "0").exit_code == 0
+    rows = pd.read_csv(tmp_path / "loose.csv").query("label_fold0 >= 0")
+    mask = decode(rows["label_fold0"].to_numpy())[0]
+    sure = rows[[f"mask{i}_fold0" for i in range(3)]].to_numpy()[np.arange(len(rows)), mask]
+    c = int(np.bincount(mask).argmax())  # the class answered most
+    v = np.unique(sure[mask == c])
+    cut = round(float(v[len(v) // 2 - 1] + v[len(v) // 2]) / 2, 8)  # between two of the CSV's values
+    each = [cut if i == c else 1 for i in range(3)]
+    r = make_pseudo(demo_tree, eval_probs, tmp_path / "c.csv", "--min-conf",
+                    f"mask={'/'.join(map(str, each))},gender=0,age=0")
+    assert r.exit_code == 0, r.output
+    kept = pd.read_csv(tmp_path / "c.csv").query("label_fold0 >= 0")
+    want = rows.loc[(mask == c) & (sure >= cut), "ImageID"]
+    assert set(kept["ImageID"]) == set(want) and 0 < len(want) < len(rows)
+    assert json.loads((tmp_path / "c.csv.json").read_text())["min_conf"]["mask"] == each
+
+
+def test_the_final_models_labels_are_as_sure_as_min_conf_asks(demo_tree, eval_probs, tmp_path):
+    """`label` (train.py --fold all) is every fold's models together: kept where they are that sure, not wherever
+    some fold kept its own label."""
+    assert make_pseudo(demo_tree, eval_probs, tmp_path / "loose.csv", "--min-conf", "0").exit_code == 0
+    loose = pd.read_csv(tmp_path / "loose.csv")
+    v = np.unique(loose["sure"])
+    cut = round(float(v[len(v) // 2 - 1] + v[len(v) // 2]) / 2, 8)
+    r = make_pseudo(demo_tree, eval_probs, tmp_path / "p.csv", "--min-conf", str(cut))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "p.csv").set_index("ImageID")
+    labelled = set(df.index[df["label"] >= 0])
+    assert labelled == set(loose.loc[loose["sure"] >= cut, "ImageID"]) and labelled
+    folds = [c for c in df.columns if c.startswith("label_fold")]
+    assert (df.loc[df["label"] < 0, folds] >= 0).any(axis=None)  # a fold kept a row the final model must not take
 
 
 def test_pseudo_takes_and_says_its_threads(demo_tree, eval_probs, tmp_path):

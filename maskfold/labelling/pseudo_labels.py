@@ -27,7 +27,7 @@ AGES = (20, 45, 60)  # an age inside each band, for the age column of folds.csv'
 
 def label_col(k: int | str) -> str:
     """Fold k's pseudo-label column; the final model's (train.py --fold all, which no fold validates): `label`, the
-    answer of every fold's models together, on each row some fold kept."""
+    answer of every fold's models together where it is as sure as --min-conf asks (else -1)."""
     return "label" if k == "all" else f"label_fold{k}"
 
 
@@ -56,34 +56,42 @@ def person_answers(p: np.ndarray, groups: np.ndarray, size: int) -> tuple[np.nda
     return ans, conf, np.concatenate([m[t] for t in TASKS], 1)
 
 
-def parse_min_conf(spec: str, default: float = 0.7) -> dict[str, float]:
-    """--min-conf: one probability for every task ('0.7'), or some tasks' ('mask=0.9,gender=0.9,age=0.8'; a task
-    not named keeps `default`)."""
+def parse_min_conf(spec: str, default: float = 0.7) -> dict[str, list[float]]:
+    """--min-conf: how sure an answer must be, per task and class of the answer. One probability for every task
+    ('0.7'), some tasks' ('mask=0.9,gender=0.9,age=0.8'), or a task's per class, in its classes' order, split by
+    '/' (the winning team's 'mask=0.5/0.95/0.95,gender=0.9,age=0.8': worn 0.5, worn wrongly and none 0.95); a task
+    not named keeps `default`. Returns each task's threshold for each of its classes."""
     from maskfold.cli import UserError
 
-    out = dict.fromkeys(TASKS, default)
+    words = (f"--min-conf {spec}: give a probability, task=probability pairs (mask=0.9,gender=0.9,age=0.8), or a "
+             "task's per class split by / (mask=0.5/0.95/0.95)")
+    out = {t: [default] * n for t, n in TASKS.items()}
     parts = [x.strip() for x in str(spec).split(",") if x.strip()]
     try:
         if len(parts) == 1 and "=" not in parts[0]:
-            out = dict.fromkeys(TASKS, float(parts[0]))
+            out = {t: [float(parts[0])] * n for t, n in TASKS.items()}
         else:
             for part in parts:
-                task, _, value = part.partition("=")
-                if task.strip() not in TASKS:
-                    raise UserError(f"--min-conf {spec}: {task.strip() or part} is not a task (mask, gender, age)")
-                out[task.strip()] = float(value)
+                task, _, value = (x.strip() for x in part.partition("="))
+                if task not in TASKS:
+                    raise UserError(f"--min-conf {spec}: {task or part} is not a task (mask, gender, age)")
+                each = [float(v) for v in value.split("/")]
+                if len(each) not in (1, TASKS[task]):
+                    raise UserError(f"--min-conf {spec}: {task} has {TASKS[task]} classes; give one probability or "
+                                    f"{TASKS[task]} split by /")
+                out[task] = each * TASKS[task] if len(each) == 1 else each
     except ValueError:
-        raise UserError(f"--min-conf {spec}: give a probability, or task=probability pairs "
-                        "(mask=0.9,gender=0.9,age=0.8)") from None
-    bad = {t: v for t, v in out.items() if not 0 <= v <= 1}
-    if not parts or bad:
+        raise UserError(words) from None
+    if not parts or any(not 0 <= v <= 1 for each in out.values() for v in each):
         raise UserError(f"--min-conf {spec}: each a probability, 0 to 1")
     return out
 
 
-def confident(conf: np.ndarray, min_conf: dict[str, float]) -> np.ndarray:
-    """Rows whose every task is at least its --min-conf sure (conf: (N, 3), mask, gender, age)."""
-    return np.all(conf >= np.array([min_conf[t] for t in TASKS]), axis=1)
+def confident(conf: np.ndarray, ans: np.ndarray, min_conf: dict[str, list[float]]) -> np.ndarray:
+    """Rows whose every task is at least as sure as --min-conf asks of the class it answers (conf: (N, 3), mask,
+    gender, age; ans: the 18-class answers)."""
+    need = np.stack([np.asarray(min_conf[t])[c] for t, c in zip(TASKS, decode(ans))], 1)
+    return np.all(conf >= need, axis=1)
 
 
 def qualifying_groups(groups: np.ndarray, sure: np.ndarray, min_sure: float, min_photos: int) -> np.ndarray:
