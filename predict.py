@@ -27,11 +27,11 @@ from maskfold.device import Device, amp_dtype, resolve_device
 from maskfold.files import check_new, check_outside, read_info, record_path
 from maskfold.prediction import sources
 from maskfold.prediction.sources import check_kind, checkpoints, image_files
-from maskfold.prediction.tta import parse as parse_tta
-from maskfold.prediction.tta import passes as tta_passes
 from maskfold.probs import frame, write_probs
 from maskfold.threads import DECODING_AHEAD, set_threads
 from maskfold.threads import option as threads_option
+from maskfold.tta import parse as parse_tta
+from maskfold.tta import passes as tta_passes
 
 app = make_app()
 

@@ -37,11 +37,11 @@ from maskfold.labelling import pseudo_labels as pl
 from maskfold.labels import PROB_COLS, TASKS, decode
 from maskfold.people.people_csv import groups_of
 from maskfold.prediction import sources
-from maskfold.prediction.tta import parse as parse_tta
 from maskfold.probs import aligned, answered_task, read_provenance, read_truth, sha256, write_probs
 from maskfold.runs import fold_configs, run_folds, task_words
 from maskfold.threads import DECODING_AHEAD, set_threads
 from maskfold.threads import option as threads_option
+from maskfold.tta import parse as parse_tta
 
 app = make_app()
 

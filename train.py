@@ -23,13 +23,13 @@ from maskfold.cli import Interrupted, UserError, choose, command, make_app, resu
 from maskfold.files import check_outside
 from maskfold.folds import folds_digest, read_folds
 from maskfold.labels import task_targets
-from maskfold.prediction.tta import parse as parse_tta
 from maskfold.threads import set_threads
 from maskfold.training.admission import copy_twin, fold_facts, fold_lock, prepare_fold, start_fold_dir, twin_fold
 from maskfold.training.loop import finish, fit, interrupted_in
 from maskfold.training.options import FoldFacts, TrainConfig
 from maskfold.training.tracking import Log, Tracker, check_wandb
 from maskfold.training.weights import create_model
+from maskfold.tta import parse as parse_tta
 
 app = make_app()
 
@@ -74,6 +74,9 @@ def check(cfg: TrainConfig) -> None:
                                 "one" + (" (its soft labels are each fold's)" if flag == "--extra-soft" else "")
                                 + f"; drop it ({flag.replace('--', '--no-') if flag == '--extra-soft' else flag + ' 0'}"
                                 + " where a --config file sets it)")
+    if not 0 <= cfg.freeze_epochs < cfg.epochs:
+        raise UserError(f"--freeze-epochs {cfg.freeze_epochs}: 0 (off) up to --epochs - 1 ({cfg.epochs - 1}), so that "
+                        "the backbone trains too")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1 or min(cfg.img_size) < 16:
         raise UserError("--epochs, --batch-size and --accum-steps must be >= 1, --img-size >= 16")
     if not (0 <= cfg.cutmix and 0 <= cfg.mixup and cfg.cutmix + cfg.mixup <= 1):

@@ -103,8 +103,9 @@ def loaders(files: list[str], size, batch: int, workers: int, device: str, least
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms as T
 
+    from maskfold.forward import to_input
     from maskfold.images import load_cache
-    from maskfold.training.data import CachedImages, to_input
+    from maskfold.training.data import CachedImages
 
     def rate(loader, norm):
         """img/s over whole epochs until `least` images, after the first batch (worker start-up)."""

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from maskfold.errors import Interrupted, UserError  # the scripts and the package take them from here too
 from maskfold.signals import watching_ctrl_c
 
 
@@ -30,14 +31,6 @@ class Choice(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line, no traceback."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C, with a line that says how to carry on (exit code 130)."""
 
 
 def fail(message: str, code: int = 2):

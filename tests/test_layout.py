@@ -40,6 +40,51 @@ def test_the_root_holds_only_scripts_and_the_two_edited_files():
         assert "app = make_app()" in text and 'if __name__ == "__main__":' in text, f"{stem}.py is not a script"
 
 
+def package_imports() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports, at its top or inside a function."""
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (ROOT / "maskfold").rglob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("maskfold"):
+                graph[name] |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                                for a in node.names}
+            elif isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in mods}
+    return graph
+
+
+def test_the_package_has_no_import_circle():
+    graph = package_imports()
+
+    def reaches(start, seen=None):
+        seen = set() if seen is None else seen
+        for nxt in graph.get(start, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                reaches(nxt, seen)
+        return seen
+
+    circles = sorted(m for m in graph if m in reaches(m))
+    assert not circles, circles
+
+
+def test_the_house_limits_hold():
+    """No module of the package over 300 lines, no function over 60, a README a user reads through."""
+    long = {}
+    for path in (ROOT / "maskfold").rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 300:
+            long[str(path.relative_to(ROOT))] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert not long, long
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 170
+
+
 def test_no_root_module_shadows_an_installed_package():
     from importlib.metadata import packages_distributions
 

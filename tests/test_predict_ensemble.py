@@ -42,7 +42,7 @@ def test_predict_writes_info_order_and_averages_folds(run, demo_tree, tmp_path):
 
 
 def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_path, monkeypatch):
-    from maskfold.prediction import tta
+    from maskfold import tta
 
     seen = []
     real = tta.views
@@ -64,7 +64,7 @@ def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_pa
 def test_tta_views_move_the_image_as_named():
     import torch
 
-    from maskfold.prediction.tta import affine, parse, passes, views
+    from maskfold.tta import affine, parse, passes, views
 
     x = torch.zeros(1, 1, 20, 20)
     x[..., 8:12, 8:12] = 1.0

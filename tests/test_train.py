@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from maskfold.labels import train_targets
 from maskfold.training import trainer
 
 import split
@@ -95,8 +96,8 @@ def test_every_registry_entry_trains(folds, tmp_path, extra, monkeypatch):
 
 def test_old_age_moves_training_targets_only():
     df = pd.DataFrame({"mask_label": [0, 2], "gender_label": [1, 0], "age": [58, 57], "label": [4, 13]})
-    assert trainer.train_targets(df, 58).tolist() == [5, 13]
-    assert trainer.train_targets(df, 60).tolist() == [4, 13]
+    assert train_targets(df, 58).tolist() == [5, 13]
+    assert train_targets(df, 60).tolist() == [4, 13]
 
 
 def test_loop_skips_finished_and_refuses_other_options(folds, tmp_path):

@@ -94,7 +94,7 @@ def check_current(f: Path, s: Source, finished: list[int], of: int | None) -> No
 def check_tta(f: Path, record: dict | None, s: Source) -> None:
     """An input predicted with other test-time views than its run's out-of-fold answers were made with: the CV
     would score another recipe than the one submitted."""
-    from maskfold.prediction.tta import parse
+    from maskfold.tta import parse
 
     if not record or "tta" not in record:
         return
@@ -273,15 +273,17 @@ def oof_for_inputs(inputs: list[Path], records: list[dict | None], oof_runs: lis
                           for wi, s in zip(w, runs)) / w.sum())
     names = [" + ".join(str(s.run) for s in runs) for runs in pairs]
     of = max((n or 0 for n in expected.values()), default=0) or None
-    tasks = []
-    for f, runs in zip(inputs, pairs):
-        learnt = {run_task(s.run) for s in runs}
-        if len(learnt) > 1:
-            raise UserError(f"{f}: its runs learnt different things ({', '.join(sorted(t or 'all' for t in learnt))}"
-                            " in train.py --task): one input, one task")
-        tasks.append(learnt.pop())
     return OOF(names, arrays, first["label"].to_numpy(int) if y is None else y, first["fold"].to_numpy(int),
-               first_paths, of=of, tasks=tasks)
+               first_paths, of=of, tasks=[input_task(f, runs) for f, runs in zip(inputs, pairs)])
+
+
+def input_task(f: Path, runs) -> str | None:
+    """The one task an input's runs learnt (train.py --task; None: all 18 classes)."""
+    learnt = {run_task(s.run) for s in runs}
+    if len(learnt) > 1:
+        raise UserError(f"{f}: its runs learnt different things ({', '.join(sorted(t or 'all' for t in learnt))} "
+                        "in train.py --task): one input, one task")
+    return learnt.pop()
 
 
 def write_oof(path: Path, val: pd.DataFrame, probs: np.ndarray) -> None:

@@ -139,11 +139,9 @@ def decide(batch: list[Item], images: list, dets: list, min_prob: float, earlier
 
 
 def detect_and_decide(det, batch: list[Item], images: list, min_prob: float, earlier: dict):
-    ok = [i for i, im in enumerate(images) if not isinstance(im, str)]
-    dets = [None] * len(batch)
-    for i, found in zip(ok, det.detect([images[i] for i in ok])):
-        dets[i] = found
-    return decide(batch, images, dets, min_prob, earlier)
+    ok = [i for i, im in enumerate(images) if not isinstance(im, str)]  # an unreadable photo is its reason
+    found = dict(zip(ok, det.detect([images[i] for i in ok])))
+    return decide(batch, images, [found.get(i) for i in range(len(batch))], min_prob, earlier)
 
 
 def geometry(o: CropOptions) -> facebox.Geometry:

@@ -172,8 +172,8 @@ def fold_facts(cfg: TrainConfig, df, extra, extra_record: dict | None) -> FoldFa
     """The facts of the fold `cfg` asks for, from its folds.csv rows `df` and --extra's rows and record."""
     from maskfold.folds import folds_digest, labels_digest
     from maskfold.images import describe_folder
+    from maskfold.labels import train_targets
     from maskfold.training.augment import aug_record
-    from maskfold.training.trainer import train_targets
 
     extra_facts = {"extra_digest": extra_record["sha256"][:16], "extra_rows": len(extra)} if extra is not None else {}
     return FoldFacts(folds_digest=folds_digest(df), processes=int(os.environ.get("WORLD_SIZE", "1")),

@@ -13,6 +13,37 @@ import numpy as np  # noqa: E402
 FLIP = [A.HorizontalFlip(p=0.5)]
 
 
+class TorchvisionPolicy(A.ImageOnlyTransform):
+    """torchvision's automatic augmentation policies (RandAugment, TrivialAugmentWide) on the cached uint8 crop, as a
+    step of an albumentations pipeline: each call draws its torch seed from the pipeline's own generator, so the
+    augmentation stays seeded per (epoch, photo) whichever worker draws it."""
+
+    def __init__(self, policy: str = "randaugment", num_ops: int = 2, magnitude: int = 9, p: float = 1.0):
+        super().__init__(p=p)
+        self.policy, self.num_ops, self.magnitude = policy, num_ops, magnitude
+        from torchvision.transforms import v2
+
+        self.op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude) if policy == "randaugment" else \
+            v2.TrivialAugmentWide()
+
+    def get_params(self):
+        return {"torch_seed": self.py_random.randrange(2**31)}
+
+    def apply(self, img, torch_seed: int = 0, **params):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            out = self.op(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        return out.permute(1, 2, 0).numpy()
+
+    def get_transform_init_args_names(self):
+        return ("policy", "num_ops", "magnitude")
+
+
+CUTOUT = A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4), p=0.5)
+
+
 # Presets; a name, or the path of a pipeline saved by albumentations (A.save, .json or .yaml) with --aug FILE.
 # The four face presets each add one family of what competitors use on faces to the flip.
 AUGS = {
@@ -32,6 +63,10 @@ AUGS = {
                        A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
                        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.08, 0.2),
                                        hole_width_range=(0.08, 0.2), p=0.5)],
+    # The fine-tuners' automatic policies (torchvision's): RandAugment (2 ops at magnitude 9) with Cutout (one hole,
+    # a fifth to two fifths of each side, half the time), and TrivialAugment (one op at a random strength).
+    "randaugment": lambda: [*FLIP, TorchvisionPolicy("randaugment"), CUTOUT],
+    "trivialaugment": lambda: [*FLIP, TorchvisionPolicy("trivialaugment")],
 }
 
 

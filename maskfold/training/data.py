@@ -103,28 +103,6 @@ def sampling_weights(targets: np.ndarray, kind: str) -> torch.Tensor | None:
     return torch.as_tensor(w / w.sum(), dtype=torch.float64)
 
 
-_NORM: dict = {}
-
-
-def to_input(x: torch.Tensor, mean, std, device, channels_last: bool = True) -> torch.Tensor:
-    """uint8 NHWC batch -> normalised float NCHW on the device (cheaper there than in workers). The NHWC bytes
-    seen as NCHW are already channels-last: one conversion and two in-place passes, no copy."""
-    key = (tuple(mean), tuple(std), str(device))
-    if key not in _NORM:  # (x / 255 - mean) / std = (x - 255 mean) / (255 std)
-        _NORM[key] = (torch.tensor([255 * v for v in mean], device=device).view(1, 3, 1, 1),
-                      torch.tensor([255 * v for v in std], device=device).view(1, 3, 1, 1))
-    m, s = _NORM[key]
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().sub_(m).div_(s)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
-
-
-def to_display(x: torch.Tensor, mean, std) -> np.ndarray:
-    """A normalised NCHW batch back to uint8 NHWC pictures, as the model sees them."""
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x.float() * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 def make_loader(ds, cfg: TrainConfig, place, seed: int, targets: np.ndarray | None = None):
     """One loader per fold; its workers persist across epochs (EpochSampler brings each epoch's seed and, with
     --sampler or --epoch-fraction, its draw)."""
@@ -164,7 +142,7 @@ def fold_data(cfg, df: pd.DataFrame, extra: pd.DataFrame | None, log) -> FoldDat
     import time
 
     from maskfold.images import load_cache
-    from maskfold.training.trainer import train_targets
+    from maskfold.labels import train_targets
 
     held = np.zeros(len(df), bool) if cfg.final else (df["fold"] == cfg.fold).to_numpy()  # --fold all: none held out
     tr, va = df[~held].reset_index(drop=True), df[held].reset_index(drop=True)

@@ -10,10 +10,10 @@ import pandas as pd
 from maskfold.blending.oof import write_oof
 from maskfold.files import append_csv, write_csv, write_json
 from maskfold.labels import PROB_COLS, TASKS
-from maskfold.prediction.tta import parse as parse_tta
 from maskfold.training.options import TrainConfig
 from maskfold.training.results import results_row, rounded, write_summaries
 from maskfold.training.tracking import Log, epoch_line, eta
+from maskfold.tta import parse as parse_tta
 
 
 def fit(fold, loader, sampler, va: pd.DataFrame, va_images: np.ndarray, start: int, log: Log, tracker) -> None:
@@ -72,7 +72,8 @@ def train_one(fold, loader, sampler, epoch: int) -> dict:
     trainer.seed_all(epoch_seed)
     sampler.set_epoch(epoch, epoch_seed)
     lr = max(g["lr"] for g in fold.opt.param_groups)  # the head's, with --layer-decay
-    return {"epoch": epoch + 1, "lr": lr, **trainer.train_epoch(fold, loader, epoch)}
+    frozen = {"frozen": epoch < fold.cfg.freeze_epochs} if fold.cfg.freeze_epochs else {}  # --freeze-epochs
+    return {"epoch": epoch + 1, "lr": lr, **frozen, **trainer.train_epoch(fold, loader, epoch)}
 
 
 def keep_epoch(fold, row: dict, metric: dict, start: int, epoch: int, log: Log, tracker) -> None:

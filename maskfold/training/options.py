@@ -148,6 +148,10 @@ class TrainConfig:
     step_size: int = opt(3, "step scheduler: epochs between decays", run=True)
     step_gamma: float = opt(0.5, "step scheduler: decay factor", run=True)
     epochs: int = opt(10, "epochs", run=True)
+    freeze_epochs: int = opt(0, "train the head alone for the first N epochs, the backbone's weights frozen "
+                             "(fastai's fine_tune; its BatchNorm statistics still follow the new data): a new head "
+                             "learns before its gradients reach the pretrained weights (0: off)", run=True,
+                             metavar="N")
     sampler: SamplerKind = opt(SamplerKind.uniform, "which photos an epoch trains on: uniform (each once), balanced "
                                "(drawn with replacement, every one of the 18 classes as often) or sqrt (drawn by 1 / "
                                "the square root of the class's count: half way)", run=True)
@@ -164,7 +168,9 @@ class TrainConfig:
                                      run=True, metavar="H W")
     aug: str = opt("light", "augmentation: a preset (none; light; seed: the team baseline's ColorJitter and flip; "
                    "ssr, dropout, noise, colour: the flip and shift-scale-rotate, coarse dropout, noise or colour; "
-                   "strong: all four), or an albumentations pipeline saved as .json or .yaml (A.save)", run=True)
+                   "strong: all four; randaugment: torchvision's RandAugment with Cutout; trivialaugment: "
+                   "torchvision's TrivialAugmentWide), or an albumentations pipeline saved as .json or .yaml (A.save)",
+                   run=True)
     cutmix: float = opt(0.0, "probability of CutMix per batch", run=True)
     cutmix_mode: CutMixMode = opt(CutMixMode.box, "CutMix region: box, vertical (a full-height strip) or half",
                                   run=True)
@@ -173,6 +179,9 @@ class TrainConfig:
     mixup_alpha: float = opt(0.4, "Mixup: the share of the first image is drawn from Beta(a, a)", run=True)
     ema: float = opt(0.0, "decay of an EMA of the weights (timm's ModelEmaV3, e.g. 0.999; 0: off): validated "
                      "each epoch, kept as the fold's best when it wins", run=True)
+    ema_warmup: bool = opt(True, "--ema: warm the average up (timm's ModelEmaV3 use_warmup: the decay grows from 0 "
+                           "towards --ema over the first steps, so a short run's average is not its initial weights)",
+                           "--ema-warmup/--no-ema-warmup", run=True)
     old_age: int = opt(60, "train ages >= this as the old band (60: no change)", run=True)
     drop_rate: float = opt(0.0, "dropout before the classifier", run=True)
     drop_path: float = opt(0.0, "stochastic depth: the rate at which the deepest residual block is skipped while "

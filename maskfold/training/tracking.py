@@ -98,6 +98,7 @@ def epoch_line(row: dict, epochs: int, to_go: str) -> str:
     """One short line per epoch, for tmux and logs."""
     ema = f" ema {row['val_f1_ema']:.4f}" if "val_f1_ema" in row else ""
     rate = f" {row['img_per_s']:.0f} img/s" if row.get("img_per_s") else ""
+    rate += " (head alone: backbone frozen)" if row.get("frozen") else ""
     # a task's model (train.py --task) scores its own task alone
     tasks = " ".join(f"{t} {row[f'val_f1_{t}']:.3f}" for t in ("mask", "gender", "age") if f"val_f1_{t}" in row)
     if "val_f1" not in row:  # the final model (--fold all): nothing to validate on

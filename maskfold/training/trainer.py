@@ -15,10 +15,9 @@ from torch import nn
 from tqdm import tqdm
 
 from maskfold.device import amp_dtype, autocast, resolve_device
-from maskfold.labels import NUM_CLASSES, TASKS, age_label, encode, probs18, scores, task_scores
-from maskfold.prediction.inference import predict_probs
+from maskfold.forward import predict_probs, to_display, to_input
+from maskfold.labels import NUM_CLASSES, TASKS, probs18, scores, task_scores
 from maskfold.signals import stop_if_interrupted
-from maskfold.training.data import to_display, to_input
 from maskfold.training.mixing import mix
 from maskfold.training.optim import make_optimizer, make_scheduler
 from maskfold.training.options import TrainConfig
@@ -28,17 +27,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def train_targets(df, old_age: int) -> np.ndarray:
-    """Training labels with ages >= old_age moved to the old band (the teams' 58/59 trick). A photo whose age
-    band a fix set (split.py --fixes: an age or photo fix, named in the `fix` column) keeps that band: the fix
-    says which band the person is in, whatever --old-age does to the ages near it."""
-    band = age_label(df["age"].to_numpy(), old_age)
-    if "fix" in df.columns and "age_label" in df.columns:
-        fixed = df["fix"].map(lambda f: isinstance(f, str) and bool({"age", "photo"} & set(f.split(";")))).to_numpy()
-        band = np.where(fixed, df["age_label"].to_numpy(), band)
-    return encode(df["mask_label"].to_numpy(), df["gender_label"].to_numpy(), band)
 
 
 @dataclass
@@ -76,6 +64,8 @@ class Fold:
     trained_on: dict | None = None  # the fold and person-to-fold map: which people these weights learnt from
     top: list = field(default_factory=list)  # --avg-best: (val F1, epoch, weights on the CPU) of the best epochs
     averaged: dict | None = None  # --avg-best's outcome: the epochs averaged, their F1, whether it was kept
+    head: set = field(default_factory=set)  # ids of the head's parameters (what trains while the backbone is frozen)
+    frozen: bool = False  # --freeze-epochs: this epoch moves the head alone
 
 
 def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: list[float], std: list[float],
@@ -94,8 +84,17 @@ def build(cfg: TrainConfig, place: Place, net: nn.Module, crit: Callable, mean: 
     if cfg.ema:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(net, decay=cfg.ema, use_warmup=True)  # warm-up: a short run still moves its average
-    return Fold(cfg, place, net, net, opt, sched, crit, mean, std, amp, scaler, ema)
+        ema = ModelEmaV3(net, decay=cfg.ema, use_warmup=cfg.ema_warmup)  # warm-up: a short run moves its average
+    fold = Fold(cfg, place, net, net, opt, sched, crit, mean, std, amp, scaler, ema)
+    fold.head = {id(p) for p in head_parameters(net)}
+    return fold
+
+
+def head_parameters(net: nn.Module):
+    """The parameters of the head (our task heads, or timm's classifier): all that trains under --freeze-epochs."""
+    if hasattr(net, "heads") and hasattr(net, "backbone"):
+        return list(net.heads.parameters())
+    return list(net.get_classifier().parameters()) if hasattr(net, "get_classifier") else []
 
 
 def wrap(fold: Fold) -> None:
@@ -124,6 +123,10 @@ def optimizer_step(fold: Fold) -> None:
         if fold.scaler is not None:
             fold.scaler.unscale_(fold.opt)
         torch.nn.utils.clip_grad_norm_(fold.net.parameters(), cfg.clip_grad)
+    if fold.frozen:  # the backbone's gradients dropped: the optimizer leaves a parameter without one untouched
+        for p in fold.net.parameters():
+            if id(p) not in fold.head:
+                p.grad = None
     if fold.scaler is not None:
         fold.scaler.step(fold.opt)
         fold.scaler.update()
@@ -139,6 +142,7 @@ def optimizer_step(fold: Fold) -> None:
 def train_epoch(fold: Fold, loader, epoch: int) -> dict:
     cfg, dev = fold.cfg, fold.place.device
     fold.model.train()
+    fold.frozen = epoch < cfg.freeze_epochs
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
     # Sums stay on the device: a .item() or .cpu() per step would stall a GPU's queue every step.
     total = torch.zeros((), dtype=torch.float64, device=dev)
@@ -200,7 +204,7 @@ def sync_grads(fold: Fold, stepping: bool):
 def validate(fold: Fold, images: np.ndarray, labels: np.ndarray, ema: bool = False,
              tta: bool | str = False, net: nn.Module | None = None) -> tuple[dict, np.ndarray]:
     """Macro F1 of the whole validation fold (each process predicts a share under torchrun), of the weights,
-    of their EMA or of `net` (--avg-best's average), with the TTA views `tta` names (maskfold.prediction.tta)
+    of their EMA or of `net` (--avg-best's average), with the TTA views `tta` names (maskfold.tta)
     or without."""
     place = fold.place
     mine = np.arange(place.rank, len(images), place.world)
@@ -247,8 +251,6 @@ def setup_place(cfg: TrainConfig):
     """Device, rank and world size; under torchrun, one process per device."""
     import torch
     import torch.distributed as dist
-
-    from maskfold.training.trainer import Place
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = resolve_device(cfg.device) == "cuda"
