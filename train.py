@@ -130,8 +130,11 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
     if place.rank0:
         start_fold_dir(cfg, df["fold"].nunique(), facts)
     log = Log(cfg.fold_dir / "train.log" if place.rank0 else None)
-    log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} head={cfg.net_head} loss={cfg.loss} opt={cfg.optimizer} "
-        f"sched={cfg.scheduler} on {place.device} x{place.world}" + (f" ({place.backend})" if place.backend else "")
+    start = (f"from {cfg.init_from}" if cfg.init_from else f"from ImageNet weights ({cfg.pretrained_file})"
+             if cfg.pretrained_file else "from the hub's ImageNet weights" if cfg.pretrained else "from scratch")
+    log(f"run {cfg.run_name} fold {cfg.fold}: {cfg.model} {start}, head={cfg.net_head} loss={cfg.loss} "
+        f"opt={cfg.optimizer} sched={cfg.scheduler} on {place.device} x{place.world}"
+        + (f" ({place.backend})" if place.backend else "")
         + f"; {threads}, {cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}")
     if cfg.final:
         log(final_words(cfg))

@@ -47,7 +47,7 @@ def test_tta_views_reach_the_probabilities_and_the_record(run, demo_tree, tmp_pa
     seen = []
     real = tta.views
     monkeypatch.setattr(tta, "views", lambda x, names: seen.append(names) or real(x, names))
-    monkeypatch.setattr("maskfold.prediction.inference.views", tta.views)
+    monkeypatch.setattr("maskfold.forward.views", tta.views)
     out = {}
     for spec in ("none", "flip", "flip,shift,scale"):
         r = run_predict(run, demo_tree, tmp_path / f"{spec}.csv", "--tta", spec)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The fine-tuning regime: a tf_efficientnet_lite0 started from real ImageNet weights (bench/lite_weights.py), each
+# lever against the same baseline, same folds, two seeds, on the harder demo; CV and test macro F1.
+#
+#   bash bench/finetune.sh        # 200 train and 300 eval people, 4 epochs at 96x72, 3 folds: about 60 min on 2 cores
+#
+# VARIANTS (name|flags lines) chooses the levers; the table is bench/levers_table.py's, in $OUT/levers.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PEOPLE=${PEOPLE:-200}
+EVAL_PEOPLE=${EVAL_PEOPLE:-300}
+EPOCHS=${EPOCHS:-4}
+FOLDS=${FOLDS:-3}
+SEEDS=${SEEDS:-"42 1"}
+OUT=${OUT:-bench/out/finetune}
+WEIGHTS=${WEIGHTS:-work/weights/tf_efficientnet_lite0.pth}
+[ -f "$WEIGHTS" ] || $PY bench/lite_weights.py lite0 -o "$(dirname "$WEIGHTS")" > /dev/null
+TRAIN=(--model tf_efficientnet_lite0 --pretrained-file "$WEIGHTS" --epochs "$EPOCHS" --img-size 96 72
+       --batch-size 32 --lr 1e-3 --head multi --loss weighted_ce --workers 0 --out "$OUT/runs")
+VARIANTS=${VARIANTS:-"base|
+lr3e-4|--lr 3e-4
+lr3e-3|--lr 3e-3
+frozen1|--freeze-epochs 1
+ema|--ema 0.99
+randaug|--aug randaugment
+layerdecay|--layer-decay 0.7"}
+# shellcheck source=bench/common.sh
+source bench/common.sh
+runs=()
+while IFS='|' read -r name flags; do
+  [ -n "$name" ] || continue
+  for seed in $SEEDS; do
+    # shellcheck disable=SC2086  # the flags are words
+    train_run "${name}_s$seed" $flags --seed "$seed"
+    runs+=("$OUT/runs/${name}_s$seed")
+  done
+done <<< "$VARIANTS"
+log "predict every run, one decode (--per-run)"
+$PY predict.py "${runs[@]}" --images "$OUT/crops/eval" --info "$D/eval/info.csv" --per-run "$OUT/probs" \
+    --overwrite > "$OUT/predict.json"
+: > "$OUT/scores.jsonl"
+for r in "${runs[@]}"; do
+  name=$(basename "$r")
+  score "$name" "$r" "$OUT/probs/$name.csv"
+done
+$PY bench/levers_table.py "$OUT" | tee "$OUT/levers.txt"

@@ -1,0 +1,192 @@
+"""sweep.py: a study shared by workers (SQLite here, PostgreSQL where a server can be started), each trial a run
+trained by train.py; a killed worker loses nothing, the pruner stops a bad setting after its first fold, and
+every mistake in the space or the storage is one line with nothing written."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import sweep
+
+from conftest import ROOT, invoke
+
+FIXED = {"pretrained": False, "epochs": 1, "img_size": [32, 24], "batch_size": 16, "workers": 0, "device": "cpu",
+         "oof_tta": "none"}
+
+
+def space_file(path, space, models=("test_resnet",), fixed=None):
+    path.write_text(json.dumps({"models": list(models), "fixed": {**FIXED, **(fixed or {})}, "space": space}))
+    return path
+
+
+@pytest.fixture
+def folds(tiny_run):
+    return tiny_run[0]
+
+
+def worker(folds, tmp_path, space, study, *extra):
+    cmd = [sys.executable, str(ROOT / "sweep.py"), str(space), str(folds), "--study", study, "--storage",
+           f"sqlite:///{tmp_path}/sweep.db", "--out", str(tmp_path / "runs"), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+
+
+def table(tmp_path, study):
+    return pd.read_csv(tmp_path / "runs" / f"sweep_{study}.csv")
+
+
+@pytest.mark.parametrize("space,models,needle", [
+    ({"learning_rate": [1e-4, 1e-2, "log"]}, ("test_resnet",), "learning_rate is not a learning option"),
+    ({"lr": [1e-4, 1e-2, "log"]}, ("resnet_nine",), "not a timm model"),
+    ({"loss": [0.1, 0.5, "log"]}, ("test_resnet",), "a range on a fixed choice"),
+    ({"loss": ["ce", "hinge"]}, ("test_resnet",), "loss: hinge"),
+    ({"lr": [1e-2, 1e-4, "log"]}, ("test_resnet",), "needs low < high"),
+    ({"workers": [0, 1]}, ("test_resnet",), "workers is not a learning option of train.py (fix the others)"),
+    ({"fold": [0, 1]}, ("test_resnet",), "the sweep sets it"),
+])
+def test_a_mistake_in_the_space_is_one_line_and_writes_nothing(folds, tmp_path, space, models, needle):
+    s = space_file(tmp_path / "space.json", space, models)
+    r = invoke(sweep.app, s, folds, "--study", "x", "--storage", f"sqlite:///{tmp_path}/sweep.db", "--out",
+               tmp_path / "runs")
+    assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.json"]
+
+
+def test_a_storage_that_cannot_be_reached_is_one_line(folds, tmp_path):
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]})
+    for url, needle in (("postgresql://nobody:x@127.0.0.1:1/none", "cannot be used"),
+                        (f"sqlite:///{tmp_path}/no/such/dir/s.db", "no folder"),
+                        ("journal:/no/such/dir/j.log", "no folder")):
+        r = invoke(sweep.app, s, folds, "--study", "x", "--storage", url, "--out", tmp_path / "runs")
+        assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_study_name_with_another_space_or_split_is_refused(folds, tmp_path, demo_tree):
+    import split
+
+    a = space_file(tmp_path / "a.json", {"lr": [1e-4, 1e-2, "log"]})
+    b = space_file(tmp_path / "b.json", {"lr": [1e-4, 1e-1, "log"]})
+    args = ["--study", "s", "--storage", f"sqlite:///{tmp_path}/sweep.db", "--out", tmp_path / "runs"]
+    assert invoke(sweep.app, a, folds, *args, "--show").exit_code == 0
+    r = invoke(sweep.app, b, folds, *args, "--show")
+    assert r.exit_code == 2 and "another search space" in r.output, r.output
+    other = tmp_path / "folds3.csv"
+    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", other,
+                  "--folds", "3").exit_code == 0
+    r = invoke(sweep.app, a, other, *args, "--show")
+    assert r.exit_code == 2 and "another folds.csv" in r.output, r.output
+
+
+def test_the_space_reaches_train_py_as_flags():
+    from maskfold.sweep.space import flags
+
+    got = flags({"lr": 0.01, "img_size": "96 72", "pretrained": False, "ema_warmup": True, "sampler": "sqrt",
+                 "layer_decay": None})
+    assert got == ["--lr", "0.01", "--img-size", "96", "72", "--no-pretrained", "--ema-warmup", "--sampler", "sqrt"]
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_sqlite_study_finish_every_trial_once(folds, tmp_path):
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"], "loss": ["ce", "focal"]})
+    procs = [worker(folds, tmp_path, s, "two", "--trials", "4", "--pruner", "none", "--seed", str(i))
+             for i in (1, 2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    df = table(tmp_path, "two")
+    assert (df["state"] == "done").sum() >= 4 and df["run"].is_unique
+    mine = [json.loads(o[0].strip().splitlines()[-1])["trials_by_this_worker"] for o in outs]
+    assert all(n >= 1 for n in mine), mine  # both workers trained
+    for run in df["run"]:
+        log = [(tmp_path / "runs" / run / f"fold{k}" / "train.log").read_text() for k in (0, 1)]
+        assert all(x.count("best epoch") == 1 for x in log)  # each fold trained once
+    results = pd.read_csv(tmp_path / "runs" / "results.csv")
+    assert len(results) == 2 * len(df)  # one row per fold trained, none twice
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_and_started_again_loses_nothing(folds, tmp_path):
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]}, fixed={"epochs": 2})
+    args = ("--trials", "1", "--pruner", "none", "--heartbeat", "1")
+    p = worker(folds, tmp_path, s, "kill", *args)
+    fold0 = tmp_path / "runs" / "kill_0" / "fold0" / "metrics.json"
+    deadline = time.time() + 300
+    while not fold0.is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    assert fold0.is_file(), p.stderr.read()[-2000:] if p.poll() is not None else "fold 0 never finished"
+    time.sleep(2)  # into fold 1
+    p.send_signal(signal.SIGKILL)  # its train.py dies with it
+    p.wait()
+    first = fold0.read_text()
+    time.sleep(5)  # past the grace of 4 heartbeats: the trial is the dead worker's no longer
+    p = worker(folds, tmp_path, s, "kill", *args)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    df = table(tmp_path, "kill")
+    assert list(df["state"]) == ["failed, queued again", "done"], df
+    assert df["run"].tolist() == ["kill_0", "kill_0"]  # the same run folder, taken up where it stopped
+    assert fold0.read_text() == first and "kill_0/fold0 is finished; skipped" in err  # fold 0 not trained again
+    assert (tmp_path / "runs" / "kill_0" / "fold1" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_pruner_stops_a_bad_setting_after_its_first_fold(folds, tmp_path):
+    import optuna
+
+    s = space_file(tmp_path / "space.json", {"lr": [3e-3, 10.0]}, fixed={"epochs": 2, "aug": "none"})
+    store = f"sqlite:///{tmp_path}/sweep.db"
+    args = ["--study", "p", "--storage", store, "--out", tmp_path / "runs"]
+    assert invoke(sweep.app, s, folds, *args, "--show").exit_code == 0
+    study = optuna.load_study(study_name="p", storage=store)
+    for lr in (3e-3, 3e-3, 10.0):  # two sound trials, then one made to be bad
+        study.enqueue_trial({"model": "test_resnet", "lr": lr})
+    p = worker(folds, tmp_path, s, "p", "--trials", "3", "--startup", "2")
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    df = table(tmp_path, "p")
+    assert df["state"].tolist() == ["done", "done", "stopped"], df.to_string()
+    assert pd.isna(df.loc[2, "f1_fold1"]) and not (tmp_path / "runs" / "p_2" / "fold1").exists()
+    assert json.loads((tmp_path / "runs" / "p_2" / "sweep.json").read_text())["state"] == "stopped"
+
+
+def postgres_url(tmp_path):
+    """A PostgreSQL server of this test's own (Debian's package, run as the postgres user), or a reason to skip."""
+    bins = sorted(p for p in __import__("glob").glob("/usr/lib/postgresql/*/bin") if os.path.isfile(f"{p}/initdb"))
+    if not bins or shutil.which("su") is None:
+        pytest.skip("no PostgreSQL server here (Debian's postgresql package; .ci/run installs it where it can)")
+    data = tmp_path / "pg"
+    data.mkdir()
+    shutil.chown(data, "postgres") if os.geteuid() == 0 else None
+    run = lambda cmd: subprocess.run(["su", "postgres", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd],  # noqa: E731
+                                     capture_output=True, text=True, timeout=120)
+    r = run(f"{bins[-1]}/initdb -D {data} -A trust -U postgres")
+    if r.returncode:
+        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
+    port = 55432
+    r = run(f"{bins[-1]}/pg_ctl -D {data} -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' -w start")
+    if r.returncode:
+        pytest.skip(f"PostgreSQL did not start: {r.stderr[-300:]}")
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", lambda: run(f"{bins[-1]}/pg_ctl -D {data} -m fast stop")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_on_a_real_postgresql_server(folds, tmp_path):
+    url, stop = postgres_url(tmp_path)
+    try:
+        s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]})
+        cmd = [sys.executable, str(ROOT / "sweep.py"), str(s), str(folds), "--study", "pg", "--storage", url,
+               "--out", str(tmp_path / "runs"), "--trials", "2", "--pruner", "none"]
+        procs = [subprocess.Popen(cmd + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in (1, 2)]
+        outs = [p.communicate(timeout=900) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        df = table(tmp_path, "pg")
+        assert (df["state"] == "done").sum() >= 2 and df["run"].is_unique
+    finally:
+        stop()
