@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -155,29 +156,50 @@ def test_the_pruner_stops_a_bad_setting_after_its_first_fold(folds, tmp_path):
     assert json.loads((tmp_path / "runs" / "p_2" / "sweep.json").read_text())["state"] == "stopped"
 
 
-def postgres_url(tmp_path):
-    """A PostgreSQL server of this test's own (Debian's package, run as the postgres user), or a reason to skip."""
-    bins = sorted(p for p in __import__("glob").glob("/usr/lib/postgresql/*/bin") if os.path.isfile(f"{p}/initdb"))
-    if not bins or shutil.which("su") is None:
+def postgres_url():
+    """A PostgreSQL server of this test's own (Debian's package, started as the postgres user, since it refuses to
+    run as root), its URL and how to stop it; or a reason to skip."""
+    import glob
+    import tempfile
+
+    bins = sorted(p for p in glob.glob("/usr/lib/postgresql/*/bin") if os.path.isfile(f"{p}/initdb"))
+    if not bins:
         pytest.skip("no PostgreSQL server here (Debian's postgresql package; .ci/run installs it where it can)")
-    data = tmp_path / "pg"
+    root = os.geteuid() == 0
+    if root and shutil.which("su") is None:
+        pytest.skip("no su to start PostgreSQL as the postgres user")
+    home = Path(tempfile.mkdtemp(prefix="maskfold-pg-"))  # outside pytest's private folders: postgres reads it
+    home.chmod(0o755)
+    data = home / "data"
     data.mkdir()
-    shutil.chown(data, "postgres") if os.geteuid() == 0 else None
-    run = lambda cmd: subprocess.run(["su", "postgres", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd],  # noqa: E731
-                                     capture_output=True, text=True, timeout=120)
+    if root:
+        shutil.chown(data, "postgres")
+
+    def run(cmd):
+        return subprocess.run(["su", "postgres", "-c", cmd] if root else ["sh", "-c", cmd], capture_output=True,
+                              text=True, timeout=120)
+
     r = run(f"{bins[-1]}/initdb -D {data} -A trust -U postgres")
     if r.returncode:
-        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.skip(f"initdb failed: {r.stderr.strip()[-300:]}")
     port = 55432
-    r = run(f"{bins[-1]}/pg_ctl -D {data} -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' -w start")
+    r = run(f"{bins[-1]}/pg_ctl -D {data} -l {data}/log -o '-p {port} -k {data} -c listen_addresses=127.0.0.1' "
+            "-w start")
     if r.returncode:
-        pytest.skip(f"PostgreSQL did not start: {r.stderr[-300:]}")
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres", lambda: run(f"{bins[-1]}/pg_ctl -D {data} -m fast stop")
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {r.stderr.strip()[-300:]}")
+
+    def stop():
+        run(f"{bins[-1]}/pg_ctl -D {data} -m fast stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", stop
 
 
 @pytest.mark.slow
 def test_two_workers_share_a_study_on_a_real_postgresql_server(folds, tmp_path):
-    url, stop = postgres_url(tmp_path)
+    url, stop = postgres_url()
     try:
         s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]})
         cmd = [sys.executable, str(ROOT / "sweep.py"), str(s), str(folds), "--study", "pg", "--storage", url,
