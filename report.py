@@ -42,7 +42,8 @@ app = make_app()
 
 @dataclass(frozen=True, kw_only=True)
 class ReportOptions:
-    runs: list[Path] = arg("run folders, or folders of runs (each run inside them)")
+    runs: Optional[list[Path]] = arg("run folders, or folders of runs (each run inside them); none with --sweep "
+                                     "alone", default=None)
     out: Path = opt(Path("report.html"), "HTML page to write", "--out", "-o")
     crops: Optional[list[Path]] = opt(None, "crop.py output folder (repeat): its status counts and preview sheet")
     worst: int = opt(24, "out-of-fold photos per run to show, those it gets most wrong first")
@@ -51,6 +52,8 @@ class ReportOptions:
                                 "weights, the CV of each step, per-class F1 and the answers each step changed")
     audit: Optional[Path] = opt(None, "audit.py's label_issues.csv: its suspect people's photos, surest first, "
                                 "with label and held-out vote")
+    sweep: Optional[list[Path]] = opt(None, "sweep.py's table of a study (<out>/sweep_<study>.csv; repeat): its "
+                                      "trials, the options' importance and the CV against each option")
     title: str = opt("Runs compared", "the page's title")
     overwrite: bool = opt(False, "replace an existing page")
 
@@ -76,7 +79,7 @@ def main(o: ReportOptions):
     t0 = time.time()
     check_new(o.out, overwrite=o.overwrite)
     problems: list[str] = []
-    runs = [r for r in (load_run(p, problems) for p in run_paths(o.runs, problems)) if r is not None]
+    runs = [r for r in (load_run(p, problems) for p in run_paths(o.runs or [], problems)) if r is not None]
     sections = []
     if runs:
         label_runs(runs)
@@ -99,6 +102,10 @@ def main(o: ReportOptions):
         problems.append(f"{o.audit}: no run with out-of-fold files to show its photos")
     if o.blend:  # the headline: what was submitted, first
         sections[:0] = ["<h2>The submission</h2>", blend_section(o.blend, problems)]
+    for path in o.sweep or []:
+        from maskfold.pages.sweep_section import sweep_section
+
+        sections += [f"<h2>Sweep {html.esc(path.stem.removeprefix('sweep_'))}</h2>", sweep_section(path, problems)]
     crops = [crop_section(f, problems) for f in o.crops or []]
     if any(crops):
         sections += ["<h2>Crops</h2>", *crops]

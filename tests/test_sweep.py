@@ -212,3 +212,41 @@ def test_two_workers_share_a_study_on_a_real_postgresql_server(folds, tmp_path):
         assert (df["state"] == "done").sum() >= 2 and df["run"].is_unique
     finally:
         stop()
+
+
+def test_show_writes_the_table_and_the_report_draws_it(folds, tmp_path):
+    """--show on a study of finished trials: the table, the importance, the best command; report.py --sweep."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    import report
+
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"], "loss": ["ce", "focal"]})
+    store = f"sqlite:///{tmp_path}/sweep.db"
+    args = ["--study", "shown", "--storage", store, "--out", tmp_path / "runs"]
+    assert invoke(sweep.app, s, folds, *args, "--show").exit_code == 0
+    study = optuna.load_study(study_name="shown", storage=store)
+    dists = {"model": CategoricalDistribution(["test_resnet"]), "lr": FloatDistribution(1e-4, 1e-2, log=True),
+             "loss": CategoricalDistribution(["ce", "focal"])}
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        lr, loss = float(10 ** rng.uniform(-4, -2)), ["ce", "focal"][i % 2]
+        cv = 0.5 + 0.05 * np.log10(lr) + (0.1 if loss == "focal" else 0)
+        study.add_trial(optuna.trial.create_trial(
+            params={"model": "test_resnet", "lr": lr, "loss": loss}, distributions=dists, value=cv,
+            user_attrs={"run": f"shown_{i}", "f1_fold0": cv, "f1_fold1": cv, "seconds": 10.0}))
+    r = invoke(sweep.app, s, folds, *args, "--show")
+    assert r.exit_code == 0, r.output
+    df = table(tmp_path, "shown")
+    assert len(df) == 6 and set(df["state"]) == {"done"} and df["cv_f1"].notna().all()
+    record = json.loads((tmp_path / "runs" / "sweep_shown.csv.json").read_text())
+    assert set(record["importance"]) == {"lr", "loss"}
+    best = df.loc[df["cv_f1"].idxmax()]
+    assert f"--run-name {best['run']}" in record["best_command"] and f"--loss {best['loss']}" in record["best_command"]
+    assert "best trial, to train it again by hand" in r.output
+    page = tmp_path / "r.html"
+    r = invoke(report.app, "--sweep", tmp_path / "runs" / "sweep_shown.csv", "-o", page, "--title", "sweep")
+    text = page.read_text()
+    assert "Sweep shown" in text and "Importance of each option" in text and "CV against each option" in text
+    assert text.count("<tr") >= 6 + 2
