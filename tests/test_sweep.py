@@ -250,3 +250,27 @@ def test_show_writes_the_table_and_the_report_draws_it(folds, tmp_path):
     text = page.read_text()
     assert "Sweep shown" in text and "Importance of each option" in text and "CV against each option" in text
     assert text.count("<tr") >= 6 + 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_queues_the_trial_again_and_the_same_command_finishes_it(folds, tmp_path):
+    from conftest import ctrl_c_default
+
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]}, fixed={"epochs": 2})
+    cmd = [sys.executable, str(ROOT / "sweep.py"), str(s), str(folds), "--study", "c", "--storage",
+           f"sqlite:///{tmp_path}/sweep.db", "--out", str(tmp_path / "runs"), "--trials", "1", "--pruner", "none"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=ctrl_c_default)
+    fold0 = tmp_path / "runs" / "c_0" / "fold0" / "metrics.json"
+    deadline = time.time() + 300
+    while not fold0.is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C in its tmux window: the worker and its train.py
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "queued again" in err.strip().splitlines()[-1], err[-2000:]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = table(tmp_path, "c")
+    assert df["state"].tolist() == ["failed, queued again", "done"] and set(df["run"]) == {"c_0"}
+    assert "c_0/fold0 is finished; skipped" in r.stderr
