@@ -168,17 +168,21 @@ def train_fold(cfg: TrainConfig, df: pd.DataFrame, extra: pd.DataFrame | None, s
         result(metrics)
 
 
-def decide(cfg: TrainConfig, facts: FoldFacts, folds_total: int) -> tuple[str, object]:
+def decide(cfg: TrainConfig, facts: FoldFacts, files: list[str], folds_total: int) -> tuple[str, object, FoldFacts]:
     """What this fold does, decided once (rank 0, under the fold's lock): ("finished", metrics), ("copied",
-    metrics) or ("train", FoldState)."""
+    metrics) or ("train", FoldState), with the fold's facts and, unless it is finished, its learning record (the
+    code, the files' and photos' bytes: `files`)."""
+    from maskfold.training.learning import learning_record, numerics
+
     state = prepare_fold(cfg, facts)
     if state.finished is not None:
         print(f"{cfg.fold_dir} is finished; skipped", file=sys.stderr)
-        return "finished", state.finished
+        return "finished", state.finished, facts
+    facts = replace(facts, learning=learning_record(cfg, files, numerics(cfg)))
     twin = twin_fold(cfg, facts) if state.resume_from is None and not cfg.overwrite else None
     if twin is not None:
-        return "copied", copy_twin(cfg, twin, folds_total, facts)
-    return "train", state
+        return "copied", copy_twin(cfg, twin, folds_total, facts), facts
+    return "train", state, facts
 
 
 def agreed(place, decision):
@@ -203,7 +207,6 @@ def agreed(place, decision):
 @command(app, TrainConfig, check)
 def main(cfg: TrainConfig):
     """Train one fold of a run: folds.csv + a timm model name -> runs/<run>/fold<k>/."""
-    from maskfold.training.learning import learning_record, numerics
     from maskfold.training.trainer import setup_place
 
     t0 = time.time()
@@ -220,10 +223,8 @@ def main(cfg: TrainConfig):
     try:
         # Rank 0 alone holds the fold's lock and decides; the other processes of a torchrun follow its decision.
         with fold_lock(cfg.run_dir, cfg.fold_dir.name) if place.rank0 else contextlib.nullcontext():
-            if place.rank0:
-                files = df["file"].tolist() + (extra["file"].tolist() if extra is not None else [])
-                facts = replace(facts, learning=learning_record(cfg, files, numerics(cfg)))
-            kind, what = agreed(place, lambda: decide(cfg, facts, df["fold"].nunique()))
+            files = df["file"].tolist() + (extra["file"].tolist() if extra is not None else [])
+            kind, what, facts = agreed(place, lambda: decide(cfg, facts, files, df["fold"].nunique()))
             if kind != "train":
                 return result(what) if place.rank0 else None
             train_fold(cfg, df, extra, what, facts, t0, place)
