@@ -268,7 +268,7 @@ def test_ctrl_c_queues_the_trial_again_and_the_same_command_finishes_it(folds, t
     time.sleep(2)
     os.killpg(p.pid, signal.SIGINT)  # Ctrl-C in its tmux window: the worker and its train.py
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "queued again" in err.strip().splitlines()[-1], err[-2000:]
+    assert p.returncode in (130, -signal.SIGINT) and "queued again" in err.strip().splitlines()[-1], err[-2000:]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     df = table(tmp_path, "c")
