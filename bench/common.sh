@@ -26,3 +26,22 @@ score() {  # name, runs (comma-separated), then ensemble.py's inputs and flags: 
     | $PY -c "import json, sys; s = json.loads(sys.stdin.read()); s.update(name='$name', run='$runs'.split(',')); \
 print(json.dumps(s))" >> "$OUT/scores.jsonl"
 }
+train_variants() {  # each line of $VARIANTS (name|flags) for each of $SEEDS: its run, added to the array runs
+  local name flags seed
+  while IFS='|' read -r name flags; do
+    [ -n "$name" ] || continue
+    for seed in $SEEDS; do
+      # shellcheck disable=SC2086  # the flags are words
+      train_run "${name}_s$seed" $flags --seed "$seed"
+      runs+=("$OUT/runs/${name}_s$seed")
+    done
+  done <<< "$VARIANTS"
+}
+score_runs() {  # each run of the array runs, by its probabilities in $OUT/probs: $OUT/scores.jsonl afresh
+  local r name
+  : > "$OUT/scores.jsonl"
+  for r in "${runs[@]}"; do
+    name=$(basename "$r")
+    score "$name" "$r" "$OUT/probs/$name.csv"
+  done
+}

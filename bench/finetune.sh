@@ -28,20 +28,9 @@ layerdecay|--layer-decay 0.7"}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 runs=()
-while IFS='|' read -r name flags; do
-  [ -n "$name" ] || continue
-  for seed in $SEEDS; do
-    # shellcheck disable=SC2086  # the flags are words
-    train_run "${name}_s$seed" $flags --seed "$seed"
-    runs+=("$OUT/runs/${name}_s$seed")
-  done
-done <<< "$VARIANTS"
+train_variants
 log "predict every run, one decode (--per-run)"
 $PY predict.py "${runs[@]}" --images "$OUT/crops/eval" --info "$D/eval/info.csv" --per-run "$OUT/probs" \
     --overwrite > "$OUT/predict.json"
-: > "$OUT/scores.jsonl"
-for r in "${runs[@]}"; do
-  name=$(basename "$r")
-  score "$name" "$r" "$OUT/probs/$name.csv"
-done
+score_runs
 $PY bench/levers_table.py "$OUT" | tee "$OUT/levers.txt"

@@ -34,14 +34,7 @@ avgbest|--avg-best 3"}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 runs=()
-while IFS='|' read -r name flags; do
-  [ -n "$name" ] || continue
-  for seed in $SEEDS; do
-    # shellcheck disable=SC2086  # the flags are words
-    train_run "${name}_s$seed" $flags --seed "$seed"
-    runs+=("$OUT/runs/${name}_s$seed")
-  done
-done <<< "$VARIANTS"
+train_variants
 log "predict every run, one decode (--per-run)"
 $PY predict.py "${runs[@]}" --images "$OUT/crops/eval" --info "$D/eval/info.csv" --per-run "$OUT/probs" \
     --overwrite > "$OUT/predict.json"
@@ -62,9 +55,5 @@ if [ "$PSEUDO" = 1 ]; then
   $PY predict.py "${pseudo_runs[@]}" --images "$OUT/crops/eval" --info "$D/eval/info.csv" --per-run "$OUT/probs" \
       --overwrite > /dev/null
 fi
-: > "$OUT/scores.jsonl"
-for r in "${runs[@]}"; do
-  name=$(basename "$r")
-  score "$name" "$r" "$OUT/probs/$name.csv"
-done
+score_runs
 $PY bench/levers_table.py "$OUT" | tee "$OUT/levers.txt"
