@@ -55,7 +55,7 @@ class SweepOptions:
                              "below the others' median at that fold stops), wilcoxon, or none")
     startup: int = opt(2, "trials that finish before the median pruner stops any")
     heartbeat: float = opt(30.0, "seconds between a running trial's signs of life; a trial silent for 4 of them "
-                           "(its worker killed) is failed and queued again", hidden=False)
+                           "(its worker killed) is failed and queued again")
     seed: Optional[int] = opt(None, "seed of the sampler (Optuna's TPE) in this worker")
     show: bool = opt(False, "print the study's table and exit (trains nothing)")
 
@@ -65,7 +65,7 @@ def check(o: SweepOptions) -> None:
         raise UserError("--trials must be >= 1, --startup >= 0, --heartbeat above 0")
 
 
-def checked_space(o: SweepOptions, folds) -> sp.Space:
+def checked_space(o: SweepOptions) -> sp.Space:
     """The space, each model and value checked by train.py's own rules before anything is written."""
     from maskfold.training.options import TrainConfig
 
@@ -121,7 +121,7 @@ class TrainFailed(Exception):
     """train.py refused or failed a fold: the trial fails for good, with its line."""
 
 
-def run_trial(o: SweepOptions, study, trial, space: sp.Space, folds: int) -> tuple[str, Optional[float]]:
+def run_trial(o: SweepOptions, trial, space: sp.Space, folds: int) -> tuple[str, Optional[float]]:
     """Every fold of the trial's run in turn, each F1 reported; ('done', CV), ('stopped', None)."""
     from maskfold.training.results import summarize
 
@@ -167,7 +167,7 @@ def work(o: SweepOptions, study, space: sp.Space, folds: int) -> int:
               file=sys.stderr)
         try:
             with st.Heartbeat(study, trial._trial_id, o.heartbeat):
-                state, cv = run_trial(o, study, trial, space, folds)
+                state, cv = run_trial(o, trial, space, folds)
         except KeyboardInterrupt:
             frozen = study._storage.get_trial(trial._trial_id)
             study.tell(trial, state=TrialState.FAIL)
@@ -222,7 +222,7 @@ def main(o: SweepOptions):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     df = read_folds(o.folds_csv, 0)
     folds = int(df["fold"].nunique())
-    space = checked_space(o, df)
+    space = checked_space(o)
     storage = st.open_storage(o.storage)
     study = st.open_study(storage, o.study, {"space_digest": space.digest(), "folds_digest": folds_digest(df),
                                              "folds": folds, "space": space.record()}, pruner(o),

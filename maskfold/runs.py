@@ -104,11 +104,17 @@ def check_folds_agree(run_dir: Path, configs: dict[int, dict]) -> None:
                         "of their own")
 
 
+def with_own(config: dict, reference: dict) -> dict:
+    """A fold's config with `reference`'s own settings of a final model (the epochs, and what chooses an epoch by
+    validation): what a final model and its run's K folds must share."""
+    return {**config, **{o: reference.get(o) for o in FINAL_OWN}}
+
+
 def check_final(run_dir: Path) -> None:
     """The final model (fold_all) is scored by its run's K-fold CV: it must have trained as they did, but for the
     epochs (and what chooses an epoch by validation, which it has none of)."""
     final = read_json(Path(run_dir) / "fold_all" / "config.json")
-    configs = {k: {**c, **{o: final.get(o) for o in FINAL_OWN}} for k, c in fold_configs(run_dir).items()}
+    configs = {k: with_own(c, final) for k, c in fold_configs(run_dir).items()}
     odd, keys = disagreeing(final, configs)
     if odd:
         raise UserError(f"{Path(run_dir) / 'fold_all'}: the final model trained with other options than fold(s) "

@@ -15,9 +15,9 @@ import pandas as pd
 
 from maskfold.cli import UserError
 from maskfold.files import append_csv, write_json
-from maskfold.runs import differences, disagreeing, explain, fold_configs, own_fold, read_json
+from maskfold.runs import differences, disagreeing, explain, fold_configs, own_fold, read_json, with_own
 from maskfold.training.learning import what_differs
-from maskfold.training.options import FINAL_OWN, RUN_RECORD, FoldFacts, TrainConfig
+from maskfold.training.options import RUN_RECORD, FoldFacts, TrainConfig
 from maskfold.training.results import results_row, write_summaries
 
 
@@ -72,8 +72,7 @@ def prepare_fold(cfg: TrainConfig, facts: FoldFacts) -> FoldState:
         configs["all"] = read_json(final)
     others = {k: c for k, c in configs.items() if k != cfg.fold}
     # the final model trains as the run's folds do but for the epochs their CV chose, with no validation to stop by
-    others = {k: {**c, **{o: mine.get(o) for o in FINAL_OWN}} if cfg.final or k == "all" else c
-              for k, c in others.items()}
+    others = {k: with_own(c, mine) if cfg.final or k == "all" else c for k, c in others.items()}
     odd, keys = disagreeing(mine, others)
     if odd:
         raise UserError(f"run {cfg.run_dir} was made with other options ({explain(keys)}) in fold(s) "

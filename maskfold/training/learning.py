@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from maskfold.probs import sha256
+
 LIBRARIES = ("torch", "torchvision", "timm", "albumentations", "numpy", "opencv-python-headless", "pillow",
              "scikit-learn")
 OPTION_FILES = ("init_from", "pretrained_file", "aug", "extra")
@@ -30,16 +32,11 @@ def code_files() -> list[Path]:
     return mine + sorted((ROOT / "maskfold").rglob("*.py"))
 
 
-def file_sha(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def code_digest() -> str:
     h = hashlib.sha256()
     for f in code_files():
         name = str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else f.name
-        h.update(f"{name}\0{file_sha(f) if f.is_file() else 'absent'}\n".encode())
+        h.update(f"{name}\0{sha256(f) if f.is_file() else 'absent'}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -57,7 +54,7 @@ def images_digest(files: list[str]) -> str:
     """Every photo's path and bytes (crops made again at the same paths are other photos)."""
     h = hashlib.sha256()
     for f in sorted(files):
-        h.update(f"{f}\0{file_sha(Path(f))}\n".encode())
+        h.update(f"{f}\0{sha256(Path(f))}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -67,7 +64,7 @@ def learning_record(cfg, files: list[str], numerics: dict) -> dict:
     for name in OPTION_FILES:
         value = getattr(cfg, name, None)
         if value is not None and Path(value).is_file():
-            named[name] = file_sha(Path(value))[:16]
+            named[name] = sha256(Path(value))[:16]
     parts = {"code": code_digest(), "libraries": library_versions(), "files": named,
              "images": images_digest(files), "numerics": numerics}
     return {**parts, "digest": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]}
