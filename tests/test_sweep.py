@@ -274,3 +274,15 @@ def test_ctrl_c_queues_the_trial_again_and_the_same_command_finishes_it(folds, t
     df = table(tmp_path, "c")
     assert df["state"].tolist() == ["failed, queued again", "done"] and set(df["run"]) == {"c_0"}
     assert "c_0/fold0 is finished; skipped" in r.stderr
+
+
+def test_a_journal_file_holds_the_study_as_a_database_does(folds, tmp_path):
+    """journal:FILE (a shared disk): the study is made in the file, and a worker naming it with another space is
+    refused, as with SQLite."""
+    a = space_file(tmp_path / "a.json", {"lr": [1e-4, 1e-2, "log"]})
+    b = space_file(tmp_path / "b.json", {"lr": [1e-4, 1e-1, "log"]})
+    args = ["--study", "j", "--storage", f"journal:{tmp_path}/j.log", "--out", tmp_path / "runs", "--show"]
+    assert invoke(sweep.app, a, folds, *args).exit_code == 0
+    assert (tmp_path / "j.log").stat().st_size > 0
+    r = invoke(sweep.app, b, folds, *args)
+    assert r.exit_code == 2 and "another search space" in r.output, r.output
