@@ -52,11 +52,13 @@ class SweepOptions:
                       "together")
     out: Path = opt(Path("work/runs"), "folder of runs: each trial is <out>/<study>_<trial>")
     pruner: PrunerKind = opt(PrunerKind.median, "median (after --startup finished trials, a trial whose fold F1 is "
-                             "below the others' median at that fold stops), wilcoxon, or none")
+                             "below the others' median at that fold stops), wilcoxon (5 folds or more: a trial whose "
+                             "folds so far are significantly below the best trial's stops), or none")
     startup: int = opt(2, "trials that finish before the median pruner stops any")
     heartbeat: float = opt(30.0, "seconds between a running trial's signs of life; a trial silent for 4 of them "
                            "(its worker killed) is failed and queued again")
-    seed: Optional[int] = opt(None, "seed of the sampler (Optuna's TPE) in this worker")
+    seed: Optional[int] = opt(None, "seed of the sampler (Optuna's TPE) in this worker: give each worker its own "
+                              "(two workers with one seed propose the same settings)")
     show: bool = opt(False, "print the study's table and exit (trains nothing)")
 
 
@@ -202,6 +204,9 @@ def write_table(o: SweepOptions, study, space: sp.Space, folds: int) -> dict:
     return {"table": str(path), "record": f"{path}.json", **{k: record[k] for k in ("importance", "best_command")}}
 
 
+WILCOXON_FOLDS = 5  # the signed-rank test of n folds all below the best reaches p = 0.5**n: below 0.1 at n = 4
+
+
 def pruner(o: SweepOptions):
     import optuna
 
@@ -222,6 +227,10 @@ def main(o: SweepOptions):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     df = read_folds(o.folds_csv, 0)
     folds = int(df["fold"].nunique())
+    if o.pruner == PrunerKind.wilcoxon and folds < WILCOXON_FOLDS and not o.show:
+        raise UserError(f"--pruner wilcoxon: {o.folds_csv} has {folds} folds, and Wilcoxon's test can stop a trial "
+                        f"only after 4 folds below the best trial's (p < 0.1) with one still to go: it needs "
+                        f"{WILCOXON_FOLDS} or more folds; use --pruner median")
     space = checked_space(o)
     storage = st.open_storage(o.storage)
     study = st.open_study(storage, o.study, {"space_digest": space.digest(), "folds_digest": folds_digest(df),

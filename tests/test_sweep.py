@@ -286,3 +286,56 @@ def test_a_journal_file_holds_the_study_as_a_database_does(folds, tmp_path):
     assert (tmp_path / "j.log").stat().st_size > 0
     r = invoke(sweep.app, b, folds, *args)
     assert r.exit_code == 2 and "another search space" in r.output, r.output
+
+
+def test_wilcoxon_needs_five_folds_and_says_so(folds, tmp_path):
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"]})
+    r = invoke(sweep.app, s, folds, "--study", "w", "--storage", f"sqlite:///{tmp_path}/w.db", "--out",
+               tmp_path / "runs", "--pruner", "wilcoxon")
+    assert r.exit_code == 2 and "needs 5 or more folds" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "w.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_wilcoxon_stops_a_setting_below_the_best_on_every_fold_with_a_fold_to_go(demo_tree, tmp_path, monkeypatch):
+    """The pruner's wiring (each fold's F1 reported as its step, the stop recorded), with folds whose F1 is set:
+    a tiny model on 12 people learns too little in a test's time to tell a sound setting from lr 10."""
+    import optuna
+
+    import split
+    from maskfold.training import results
+
+    folds5 = tmp_path / "folds5.csv"
+    assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds5,
+                  "--folds", "5").exit_code == 0
+    trained = []
+
+    def fold(o, run, model, values, k):
+        trained.append((run, k))
+        return {"f1": (0.80 if values["lr"] < 1 else 0.30) + 0.01 * k}
+
+    monkeypatch.setattr(sweep, "run_fold", fold)
+    monkeypatch.setattr(results, "summarize", lambda run: {"cv_f1": 0.82})
+    s = space_file(tmp_path / "space.json", {"lr": [3e-3, 10.0]})
+    store = f"sqlite:///{tmp_path}/sweep.db"
+    args = [s, folds5, "--study", "w", "--storage", store, "--out", tmp_path / "runs", "--pruner", "wilcoxon"]
+    assert invoke(sweep.app, *args, "--show").exit_code == 0
+    study = optuna.load_study(study_name="w", storage=store)
+    for lr in (3e-3, 10.0, 3e-3):
+        study.enqueue_trial({"model": "test_resnet", "lr": lr})
+    r = invoke(sweep.app, *args, "--trials", "3")
+    assert r.exit_code == 0, r.output
+    df = table(tmp_path, "w")
+    assert df["state"].tolist() == ["done", "stopped", "done"], df.to_string()
+    assert [k for run, k in trained if run == "w_1"] == [0, 1, 2, 3]  # p = 1/16 after 4 folds: the 5th not trained
+    assert [k for run, k in trained if run == "w_2"] == [0, 1, 2, 3, 4]  # as good as the best: never stopped
+
+
+def test_a_workers_seed_decides_its_proposals(folds, tmp_path):
+    s = space_file(tmp_path / "space.json", {"lr": [1e-4, 1e-2, "log"], "loss": ["ce", "focal", "weighted_ce"]})
+    lrs = {}
+    for study, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        r = invoke(sweep.app, s, folds, "--study", study, "--storage", f"sqlite:///{tmp_path}/s.db", "--out",
+                   tmp_path / "runs", "--trials", "1", "--seed", seed, "--pruner", "none")
+        assert r.exit_code == 0, r.output
+        lrs[study] = table(tmp_path, study).loc[0, ["lr", "loss"]].tolist()
+    assert lrs["a"] == lrs["b"] and lrs["a"] != lrs["c"], lrs
