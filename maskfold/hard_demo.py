@@ -6,8 +6,12 @@ doubt. Here, as in the competition's data (../shared/COMPETITION.md):
   exactly 60 and the 50s are crowded up to 59, so 58-59 against 60 is the hardest call;
 - the age cue is a colour that moves continuously with the age in years, with a spread of its own per
   person (a 29-year-old and a 31-year-old look alike, and a 59 like a 60);
-- the gender cue (the stripes' direction) is faint for some people and veiled in some photos (light,
-  a turned head);
+- the gender cue (the stripes' direction) is faint for some people, some people's is veiled further (a
+  fringe, a hat's shadow), and a few people look like the other gender (their stripes turned the other way:
+  right only by their label);
+- a person's hard cue is hard in all seven photos, as a face is one face: the light and the veil are the
+  person's (a photo only moves a little around them), so a person's photos err together and one answer per
+  person cannot undo what one photo got wrong;
 - masks come in many colours and patterns, and some people wear theirs low, close to "worn wrongly";
 - some people share a room (background, light and framing) and differ only by themselves (their
   shirt, their face's tint, their cue);
@@ -22,7 +26,9 @@ import numpy as np
 
 FEMALE = 0.61
 AGE_BANDS = (0.47, 0.45, 0.08)  # of people: <30, 30-59, 60 (the real data has 7.1%)
-AGE_SPREAD = 3.5  # years: sd of a person's age cue around their age
+AGE_SPREAD = 7.0  # years: sd of a person's age cue around their age
+LOOKS_OTHER = 0.06  # of people whose face reads as the other gender's (the stripes turned the other way)
+VEILED = 0.2  # of people whose gender cue is veiled to 0.5 of its strength in every photo
 ROOM_SHARE = 0.3  # of people photographed in a room shared with 1-3 others
 NOISE_KINDS = {"gender": 0.4, "swap": 0.4, "age": 0.2}  # of the people whose labels are wrong
 
@@ -50,7 +56,9 @@ def make_people(n: int, rng: np.random.Generator, id_offset: int, portraits: lis
             "cy": float(rng.uniform(-30, 20)), "tint": rng.uniform(0.8, 1.2, 3).tolist(),
             "bg": rng.integers(40, 230, 6).tolist(), "rng_seed": int(rng.integers(2**31)),
             "age_cue": float(age + rng.normal(0, AGE_SPREAD)),
-            "gender_strength": float(rng.beta(5, 1)),  # some people's cue is faint
+            "gender_strength": float(rng.beta(2, 1.5)),  # some people's cue is faint
+            "looks_other": bool(rng.random() < LOOKS_OTHER),
+            "veil": 0.5 if rng.random() < VEILED else 1.0, "light": float(rng.uniform(0.75, 1.15)),
             "shirt": rng.integers(20, 235, 3).tolist(),
             "mask_top": float(rng.uniform(0.3, 0.8)),  # 0.8: worn low, close to worn wrongly
             "wrong_top": float(rng.uniform(0.25, 0.85)),
@@ -68,7 +76,7 @@ def share_rooms(people: list[dict], rng: np.random.Generator) -> None:
         room, todo = todo[:k], todo[k:]
         first = people[room[0]]
         for i in room[1:]:
-            for key in ("bg", "tint", "face_w", "cx", "cy", "flip"):
+            for key in ("bg", "tint", "face_w", "cx", "cy", "flip", "light"):
                 people[i][key] = first[key]
 
 
@@ -81,15 +89,15 @@ def age_colour(cue: float) -> tuple[int, int, int]:
 
 def draw_cue(draw, p: dict, x1: float, x2: float, face_top: float, eye_y: float, rng: np.random.Generator) -> None:
     """A band on the forehead in the age colour, with stripes whose direction says the gender, as faint as
-    the person's gender strength, veiled further in some photos."""
+    the person's gender strength and veil, in the person's light; a photo moves the light by a few percent."""
     h = eye_y - face_top
     y1, y2 = face_top + 0.05 * h, face_top + 0.55 * h
     colour = np.array(age_colour(p["age_cue"]), float)
-    light = float(rng.uniform(0.75, 1.15))  # this photo's light
+    light = p["light"] * float(rng.uniform(0.97, 1.03))
     draw.rectangle([x1, y1, x2, y2], fill=tuple(int(v) for v in np.clip(colour * light, 0, 255)))
-    strength = p["gender_strength"] * (0.6 if rng.random() < 0.15 else 1.0)  # a turned head, a shadow
+    strength = p["gender_strength"] * p["veil"]
     stripe = tuple(int(v) for v in np.clip((colour * (1 - strength) + 250 * strength) * light, 0, 255))
-    stripes(draw, p["gender"] == "male", x1, y1, x2, y2, stripe)
+    stripes(draw, (p["gender"] == "male") != p.get("looks_other", False), x1, y1, x2, y2, stripe)
 
 
 def stripes(draw, male: bool, x1: float, y1: float, x2: float, y2: float, fill) -> None:

@@ -19,6 +19,7 @@ def test_hard_people_have_the_real_make_up():
     assert set(ages[ages >= 60]) == {60} and ((ages == 58) | (ages == 59)).mean() > 0.03
     cue = np.array([p["age_cue"] for p in people])
     assert np.std(cue - ages) == pytest.approx(hard_demo.AGE_SPREAD, rel=0.05)  # a spread per person
+    assert np.mean([p["looks_other"] for p in people]) == pytest.approx(hard_demo.LOOKS_OTHER, abs=0.01)
 
 
 def test_some_people_share_a_room_and_differ_only_by_themselves():
@@ -70,3 +71,32 @@ def test_bad_kind_or_noise_is_one_line(tmp_path):
     assert r.stderr.startswith("error: Invalid value for '--kind'") and not (tmp_path / "d").exists()
     r = invoke(demo.app, tmp_path / "d", "--label-noise", "1.5")
     assert r.exit_code == 2 and "--label-noise" in r.output
+
+
+class _Fills:
+    """Stands in for PIL's ImageDraw: records the colours draw_cue paints."""
+
+    def __init__(self):
+        self.fills = []
+
+    def rectangle(self, box, fill):
+        self.fills.append(fill)
+
+
+def test_a_persons_hard_cue_is_hard_in_all_seven_photos():
+    """The light and the veil are the person's: their photos' cue colours differ by a few percent, so one
+    answer per person cannot undo a cue that is hard for the person (the real data's photos err together)."""
+    people = hard_demo.make_people(200, np.random.default_rng(3), 0, ["a"])
+    assert 0.1 < np.mean([p["veil"] < 1 for p in people]) < 0.3
+    spreads, lights = [], []
+    for p in people[:40]:
+        photos = []
+        for seed in range(7):  # seven photos: each its own generator, as demo.py draws them
+            draw = _Fills()
+            hard_demo.draw_cue(draw, p, 0, 50, 0, 40, np.random.default_rng(seed))
+            photos.append([draw.fills[0], draw.fills[-1]])  # the band and a stripe
+        photos = np.array(photos, float)
+        spreads.append((photos.max(0) - photos.min(0)).max() / max(photos.mean(0).max(), 1.0))
+        lights.append(photos[:, 0].mean())
+    assert max(spreads) < 0.08  # one person: the same light and veil in every photo
+    assert np.std(lights) > 20  # while people's lights differ
