@@ -19,12 +19,13 @@ train_run() {  # name, then train.py's flags (TRAIN, the script's, first; FOLDS_
         > /dev/null
   done
 }
-score() {  # name, runs (comma-separated), then ensemble.py's inputs and flags: one line of $OUT/scores.jsonl
+score() {  # name, runs (comma-separated), then ensemble.py's inputs and flags: one line of $SCORES
+  # ($OUT/scores.jsonl unless set)
   local name=$1 runs=$2; shift 2
   $PY ensemble.py "$@" --info "$D/eval/info.csv" -o "$OUT/sub.csv" --truth "$D/eval/truth.csv" --overwrite \
       2> /dev/null | tail -1 \
     | $PY -c "import json, sys; s = json.loads(sys.stdin.read()); s.update(name='$name', run='$runs'.split(',')); \
-print(json.dumps(s))" >> "$OUT/scores.jsonl"
+print(json.dumps(s))" >> "${SCORES:-$OUT/scores.jsonl}"
 }
 train_variants() {  # each line of $VARIANTS (name|flags) for each of $SEEDS: its run, added to the array runs
   local name flags seed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A sweep as a team runs it, on the harder demo: two workers on one SQLite study (one core each), a fine-tuned
-# tf_efficientnet_lite0 from ImageNet weights, TRIALS trials of the learning rate, loss, frozen start and
+# tf_efficientnet_lite0 from ImageNet weights, TRIALS trials of the learning rate, loss, CutMix and
 # augmentation, the median pruner; then the best trial's CV and test F1 against the default recipe's, and the
 # time the pruner saved.
 #
@@ -23,9 +23,9 @@ models: [tf_efficientnet_lite0]
 fixed: {pretrained_file: $WEIGHTS, epochs: $EPOCHS, img_size: [96, 72], batch_size: 32, head: multi,
         workers: 0, threads: 1}
 space:
-  lr: [1.0e-4, 3.0e-3, log]
+  lr: [3.0e-4, 1.0e-2, log]
   loss: [ce, weighted_ce, focal]
-  freeze_epochs: [0, 1]
+  cutmix: [0.0, 0.5]
   aug: [light, randaugment]
 YAML
 SWEEP=("$OUT/space.yaml" "$OUT/folds.csv" --study bench --storage "sqlite:///$OUT/sweep.db" --out "$OUT/runs"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The steps after training, in the fine-tuning regime: bench/finetune.sh's base runs (a pretrained
+# tf_efficientnet_lite0, two seeds) scored with each step the recipe may add, same folds, CV and test macro F1:
+#   notta        the eval photos alone (predict.py --tta none; base is predict.py's default, the flip)
+#   final        the final model alone (train.py --fold all, the run's epochs; its CV is the K folds')
+#   folds+final  the K fold models and the final model averaged in one predict.py call
+#   bias         ensemble.py --bias (class offsets fitted out of fold; kept only where they gain there)
+#   person       one answer per person: people.py's groups of the eval photos (looks and answers), the train
+#                photos grouped with them for the out-of-fold check that decides (ensemble.py --oof-people)
+#
+#   bash bench/finetune.sh && bash bench/finetune_steps.sh     # about 15 minutes on 2 cores after finetune.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PEOPLE=${PEOPLE:-200}
+EVAL_PEOPLE=${EVAL_PEOPLE:-300}
+EPOCHS=${EPOCHS:-4}
+FOLDS=${FOLDS:-3}
+SEEDS=${SEEDS:-"42 1"}
+OUT=${OUT:-bench/out/finetune}
+WEIGHTS=${WEIGHTS:-work/weights/tf_efficientnet_lite0.pth}
+TRAIN=(--model tf_efficientnet_lite0 --pretrained-file "$WEIGHTS" --epochs "$EPOCHS" --img-size 96 72
+       --batch-size 32 --lr 1e-3 --head multi --loss weighted_ce --workers 0 --out "$OUT/runs")
+# shellcheck source=bench/common.sh
+source bench/common.sh
+R=$OUT/runs
+P=$OUT/probs
+EV=(--images "$OUT/crops/eval" --info "$D/eval/info.csv")
+mkdir -p "$OUT/steps"
+SCORES=$OUT/steps/scores.jsonl
+: > "$SCORES"
+for s in $SEEDS; do
+  [ -f "$P/base_s$s.csv" ] || { echo "no $P/base_s$s.csv: run bench/finetune.sh first" >&2; exit 2; }
+  log "seed $s: the eval photos without TTA; the final model"
+  $PY predict.py "$R/base_s$s" "${EV[@]}" --tta none -o "$P/notta_s$s.csv" --overwrite > /dev/null
+  $PY train.py "$OUT/folds.csv" "${TRAIN[@]}" --seed "$s" --run-name "base_s$s" --fold all --skip-done > /dev/null
+  $PY predict.py "$R/base_s$s/fold_all/best.pt" "${EV[@]}" -o "$P/final_s$s.csv" --overwrite > /dev/null 2>&1
+  $PY predict.py "$R/base_s$s" "$R/base_s$s/fold_all/best.pt" "${EV[@]}" -o "$P/folds_final_s$s.csv" \
+      --overwrite > /dev/null 2>&1
+  log "seed $s: people"
+  $PY people.py "$D/eval/images" -o "$OUT/people_s$s.csv" --info "$D/eval/info.csv" --probs "$P/base_s$s.csv" \
+      --also "$D/train/images" --also-out "$OUT/people_train_s$s.csv" --also-probs "$R/base_s$s" \
+      --truth "$D/eval/people_truth.csv" --overwrite > "$OUT/people_s$s.json"
+done
+for s in $SEEDS; do
+  score "base_s$s" "$R/base_s$s" "$P/base_s$s.csv"
+  score "notta_s$s" "$R/base_s$s" "$P/notta_s$s.csv"
+  score "final_s$s" "$R/base_s$s" "$P/final_s$s.csv"
+  score "folds+final_s$s" "$R/base_s$s" "$P/folds_final_s$s.csv"
+  score "bias_s$s" "$R/base_s$s" "$P/base_s$s.csv" --bias
+  score "person_s$s" "$R/base_s$s" "$P/base_s$s.csv" --people "$OUT/people_s$s.csv" \
+      --oof-people "$OUT/people_train_s$s.csv"
+done
+$PY bench/levers_table.py "$OUT/steps" | tee "$OUT/steps/steps.txt"
