@@ -301,8 +301,9 @@ def test_wilcoxon_stops_a_setting_below_the_best_on_every_fold_with_a_fold_to_go
     a tiny model on 12 people learns too little in a test's time to tell a sound setting from lr 10."""
     import optuna
 
-    import split
     from maskfold.training import results
+
+    import split
 
     folds5 = tmp_path / "folds5.csv"
     assert invoke(split.app, demo_tree / "train" / "train.csv", demo_tree / "train" / "images", "-o", folds5,
