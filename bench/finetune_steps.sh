@@ -2,7 +2,7 @@
 # The steps after training, in the fine-tuning regime: bench/finetune.sh's base runs (a pretrained
 # tf_efficientnet_lite0, two seeds) scored with each step the recipe may add, same folds, CV and test macro F1:
 #   notta        the eval photos alone (predict.py --tta none; base is predict.py's default, the flip): test F1
-#                only (bench/test_f1.py), since the runs' oof.csv holds flipped answers, $OUT/steps/tta.jsonl
+#                only (bench/truth_f1.py), since the runs' oof.csv holds flipped answers, $OUT/steps/tta.jsonl
 #   final        the final model alone (train.py --fold all, the run's epochs; its CV is the K folds')
 #   folds+final  the K fold models and the final model averaged in one predict.py call
 #   bias         ensemble.py --bias (class offsets fitted out of fold; kept only where they gain there)
@@ -53,7 +53,7 @@ for s in $SEEDS; do
       --oof-people "$OUT/people_train_s$s.csv"
 done
 for s in $SEEDS; do
-  $PY bench/test_f1.py "$D/eval/truth.csv" "$P/base_s$s.csv" "$P/notta_s$s.csv"
+  $PY bench/truth_f1.py "$D/eval/truth.csv" "$P/base_s$s.csv" "$P/notta_s$s.csv"
 done > "$OUT/steps/tta.jsonl"
 $PY bench/levers_table.py "$OUT/steps" | tee "$OUT/steps/steps.txt"
 cat "$OUT/steps/tta.jsonl"

@@ -2,7 +2,7 @@
 out-of-fold file of the same recipe (predict.py --tta none on a run whose oof.csv was made with the flip, which
 ensemble.py rightly refuses to score out of fold).
 
-    python bench/test_f1.py demo_data/eval/truth.csv work/probs_notta.csv work/probs.csv
+    python bench/truth_f1.py demo_data/eval/truth.csv work/probs_notta.csv work/probs.csv
 """
 from __future__ import annotations
 
