@@ -6,8 +6,8 @@ ensemble.py rightly refuses to score out of fold).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import pandas as pd
 
@@ -15,12 +15,16 @@ from common import ROOT  # noqa: F401  (puts the project on the path)
 from maskfold.labels import PROB_COLS, task_f1
 
 
-def main(truth: str, *probs: str) -> None:
-    t = pd.read_csv(truth).set_index("ImageID")["ans"]
-    for path in probs:
+def main() -> None:
+    ap = argparse.ArgumentParser(description="test macro F1 (and each task's) of probability CSVs, one JSON line each")
+    ap.add_argument("truth", help="the demo's eval/truth.csv (ImageID,ans)")
+    ap.add_argument("probs", nargs="+", help="probability CSVs of predict.py")
+    a = ap.parse_args()
+    t = pd.read_csv(a.truth).set_index("ImageID")["ans"]
+    for path in a.probs:
         p = pd.read_csv(path).set_index("ImageID").loc[t.index, PROB_COLS]
         print(json.dumps({"probs": path, **task_f1(t.to_numpy(), p.to_numpy().argmax(1))}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()
