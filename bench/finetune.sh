@@ -7,17 +7,8 @@
 # VARIANTS (name|flags lines) chooses the levers; the table is bench/levers_table.py's, in $OUT/levers.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-PEOPLE=${PEOPLE:-200}
-EVAL_PEOPLE=${EVAL_PEOPLE:-300}
-EPOCHS=${EPOCHS:-4}
-FOLDS=${FOLDS:-3}
-SEEDS=${SEEDS:-"42 1"}
-OUT=${OUT:-bench/out/finetune}
-WEIGHTS=${WEIGHTS:-work/weights/tf_efficientnet_lite0.pth}
-[ -f "$WEIGHTS" ] || $PY bench/lite_weights.py lite0 -o "$(dirname "$WEIGHTS")" > /dev/null
-TRAIN=(--model tf_efficientnet_lite0 --pretrained-file "$WEIGHTS" --epochs "$EPOCHS" --img-size 96 72
-       --batch-size 32 --lr 1e-3 --head multi --loss weighted_ce --workers 0 --out "$OUT/runs")
+# shellcheck source=bench/finetune_base.sh
+source bench/finetune_base.sh
 VARIANTS=${VARIANTS:-"base|
 lr3e-4|--lr 3e-4
 lr3e-3|--lr 3e-3

@@ -12,16 +12,8 @@
 #   bash bench/finetune.sh && bash bench/finetune_steps.sh     # about 15 minutes on 2 cores after finetune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-PEOPLE=${PEOPLE:-200}
-EVAL_PEOPLE=${EVAL_PEOPLE:-300}
-EPOCHS=${EPOCHS:-4}
-FOLDS=${FOLDS:-3}
-SEEDS=${SEEDS:-"42 1"}
-OUT=${OUT:-bench/out/finetune}
-WEIGHTS=${WEIGHTS:-work/weights/tf_efficientnet_lite0.pth}
-TRAIN=(--model tf_efficientnet_lite0 --pretrained-file "$WEIGHTS" --epochs "$EPOCHS" --img-size 96 72
-       --batch-size 32 --lr 1e-3 --head multi --loss weighted_ce --workers 0 --out "$OUT/runs")
+# shellcheck source=bench/finetune_base.sh
+source bench/finetune_base.sh
 # shellcheck source=bench/common.sh
 source bench/common.sh
 R=$OUT/runs
