@@ -16,7 +16,7 @@ PEOPLE  ?= 200
 EVAL_PEOPLE ?= 50
 ACCEPT  ?= 0.9   # how sure an audit row must be to be applied (1: only certain rows, often none: round 2 is then copied)
 WEIGHTS := $(WORK)/weights/tf_efficientnet_lite0.pth
-TRAIN   ?= --pretrained-file $(WEIGHTS) --epochs 4 --img-size 96 72 --batch-size 32 --lr 1e-3 --head multi \
+TRAIN   ?= --pretrained-file $(WEIGHTS) --epochs 4 --img-size 96 72 --batch-size 32 --head multi \
 	--loss weighted_ce --workers 0
 SCRATCH := --no-pretrained --epochs 12 --img-size 96 72 --batch-size 32 --lr 3e-3 --head multi --loss weighted_ce
 

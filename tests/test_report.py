@@ -38,7 +38,7 @@ def test_report_compares_runs_and_shows_their_photos(two_runs, tmp_path):
     page = out.read_text()
     for section in ("Runs", "Folds", "Curves", "Per-class F1", "Confusion matrices", "most wrong", "doubt"):
         assert f"<h2>{section}" in page or section in page, section
-    assert "lr=0.01" in page and "lr=0.001" in page  # each run labelled by the option that differs
+    assert "lr=0.01" in page and "lr=0.003" in page  # each run labelled by the option that differs
     assert len(re.findall(r"<div class='thumb( bad)?'>", page)) >= 2 * 24
     assert "src='file:" not in page and "data:image/jpeg" in page  # pictures inlined: the page travels alone
 

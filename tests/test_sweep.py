@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_trial_and_started_again_loses_nothing(folds, tmp_pa
 def test_the_pruner_stops_a_bad_setting_after_its_first_fold(folds, tmp_path):
     import optuna
 
-    s = space_file(tmp_path / "space.json", {"lr": [3e-3, 10.0]}, fixed={"epochs": 2, "aug": "none"})
+    s = space_file(tmp_path / "space.json", {"lr": [3e-3, 10.0]}, fixed={"epochs": 2, "aug": "none", "loss": "ce"})
     store = f"sqlite:///{tmp_path}/sweep.db"
     args = ["--study", "p", "--storage", store, "--out", tmp_path / "runs"]
     assert invoke(sweep.app, s, folds, *args, "--show").exit_code == 0

@@ -230,7 +230,7 @@ def test_loss_and_regularisation_options_change_training(folds, tmp_path, neutra
     assert [base[k] for k in KEYS] == [again[k] for k in KEYS]  # deterministic, so a difference is the option's
     assert [base[k] for k in KEYS] != [other[k] for k in KEYS]
     if neutral[1] in ("focal", "label_smoothing"):  # gamma 0 / smoothing 0 are plain cross entropy
-        ce, _ = _metrics(folds, tmp_path / "ce")
+        ce, _ = _metrics(folds, tmp_path / "ce", "--loss", "ce")
         assert [ce[k] for k in KEYS] == [base[k] for k in KEYS]
 
 
@@ -272,7 +272,7 @@ def test_a_fold_with_other_options_is_refused_even_with_overwrite(folds, tmp_pat
     r = run_train(folds, out, "--fold", "1", "--loss", "focal", "--overwrite")
     assert r.exit_code == 2 and "fold(s) 0" in r.stderr and "(loss)" in r.stderr, r.stderr
     cfg = json.loads((out / "test_resnet" / "fold1" / "config.json").read_text())
-    assert cfg["loss"] == "ce"  # untouched
+    assert cfg["loss"] == "weighted_ce"  # untouched (the default)
     assert run_train(folds, out, "--fold", "1", "--overwrite").exit_code == 0  # same options: redone
 
 
@@ -488,7 +488,8 @@ def test_results_and_summary_compare_runs(folds, tmp_path):
     assert run_train(folds, out, "--run-name", "lr01", "--lr", "0.01").exit_code == 0
     res = pd.read_csv(out / "results.csv")
     assert {"lr", "batch_size", "img_size", "seed", "old_age", "ema", "mixup", "f1_mask"} <= set(res.columns)
-    assert res["lr"].tolist() == [0.001, 0.001, 0.01] and res["img_size"].tolist() == ["32x24"] * 3
+    assert res["lr"].tolist() == [0.003, 0.003, 0.01] and res["img_size"].tolist() == ["32x24"] * 3
+    assert res["loss"].tolist() == ["weighted_ce"] * 3  # the defaults the fine-tuning study chose
     summ = pd.read_csv(out / "summary.csv").set_index("run")
     assert summ.loc["test_resnet", "folds"] == 2 and summ.loc["test_resnet", "of"] == 3
     oof = pd.concat([pd.read_csv(out / "test_resnet" / f"fold{k}" / "oof.csv") for k in (0, 1)])
