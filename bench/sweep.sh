@@ -38,7 +38,7 @@ wait
 echo "sweep seconds: $(( $(date +%s) - t0 ))" | tee "$OUT/seconds.txt"
 $PY sweep.py "${SWEEP[@]}" --show > "$OUT/show.json" 2> "$OUT/table.txt"
 best=$(tail -1 "$OUT/show.json" | $PY -c "import json,sys,re; print(re.search(r'--run-name (\S+)', json.loads(sys.stdin.read())['best_command']).group(1))")
-log "the default recipe ($EPOCHS epochs, lr 1e-3, weighted_ce, light) on the same folds, and the best trial"
+log "the default recipe ($EPOCHS epochs, train.py's default lr, weighted_ce, light) on the same folds, and the best trial"
 TRAIN=(--model tf_efficientnet_lite0 --pretrained-file "$WEIGHTS" --epochs "$EPOCHS" --img-size 96 72 --batch-size 32
        --head multi --loss weighted_ce --workers 0 --out "$OUT/runs")
 train_run default
